@@ -1,0 +1,53 @@
+# `make help` lists the targets. Everything runs inside .venv, created on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 5000
+SWEEP ?= optimizer=adam,adagrad,rmsprop
+
+.DEFAULT_GOAL := help
+.PHONY: help install run sweep test test-fast ui lint format lock clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev]"
+	@touch $@
+
+install: $(STAMP) ## create .venv and install pinned dependencies (no-op when up to date)
+
+run: install ## fetch MNIST and run the default optimizer sweep (adam, adagrad, rmsprop)
+	$(BIN)/python -m src.data
+	$(BIN)/python -m src.train -m $(SWEEP)
+	@echo "Browse the runs: make ui  (then open http://$(HOST):$(PORT))"
+
+test: install ## run the whole test suite
+	$(BIN)/python -m pytest
+
+test-fast: install ## run the tests that train nothing
+	$(BIN)/python -m pytest -m "not slow"
+
+ui: install ## MLflow UI for the project's store on http://$(HOST):$(PORT) (HOST=0.0.0.0 to share)
+	$(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host $(HOST) --port $(PORT)
+
+lint: install ## ruff lint and format check
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+format: install ## ruff: fix what it can and format
+	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests
+
+lock: install ## rewrite requirements.lock from the current .venv
+	{ echo "# Every package of a working environment, from \`pip freeze\` (make lock). make install uses it as constraints."; \
+	  $(BIN)/python -m pip freeze --exclude-editable; } > requirements.lock
+
+clean: ## delete outputs of runs (outputs/, multirun/, caches); keeps mlflow.db, mlartifacts/ and data/
+	rm -rf outputs multirun .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +

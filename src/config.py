@@ -1,0 +1,195 @@
+"""Config helpers shared by every entry point: the `project_root` resolver, validation, flattening.
+
+Validation runs on the composed config before anything expensive happens (no TensorFlow import, no
+MLflow run), so a typo costs a second, not a training run.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from src.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = PROJECT_ROOT / "conf"
+
+# `${project_root:}` in conf/ makes default paths absolute, independent of the cwd and Hydra's output dir.
+OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
+
+# What model.fit logs every epoch, and so what a callback may `monitor`.
+LOGGED_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+MODES = ("auto", "min", "max")
+DATA_SOURCES = ("keras", "pypi", "local")
+VERBOSE_CHOICES = ("auto", 0, 1, 2)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+class _Checker:
+    """Collects every problem of a config so that one error lists them all."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def fail(self, key: str, value: Any, allowed: str) -> None:
+        self.problems.append(f"{key}={value!r} is invalid: {allowed}")
+
+    def integer(self, key: str, value: Any, minimum: int) -> None:
+        if not _is_int(value) or value < minimum:
+            self.fail(key, value, f"use an integer >= {minimum}")
+
+    def number(
+        self, key: str, value: Any, low: float, high: float | None = None, *, low_open: bool, high_open: bool = True
+    ) -> None:
+        ok = _is_number(value) and (value > low if low_open else value >= low)
+        if ok and high is not None:
+            ok = value < high if high_open else value <= high
+        if not ok:
+            left = "(" if low_open else "["
+            right = "inf)" if high is None else (f"{high})" if high_open else f"{high}]")
+            self.fail(key, value, f"use a number in {left}{low}, {right}")
+
+    def choice(self, key: str, value: Any, allowed: tuple[Any, ...]) -> None:
+        if value not in allowed or isinstance(value, bool):
+            self.fail(key, value, "use one of " + ", ".join(str(a) for a in allowed))
+
+    def frequency(self, key: str, value: Any, words: tuple[str, ...]) -> None:
+        if value not in words and not (_is_int(value) and value >= 1):
+            self.fail(key, value, f"use {' or '.join(repr(w) for w in words)} or an integer >= 1")
+
+
+def _check_optimizer(check: _Checker, optimizer: Mapping[str, Any]) -> None:
+    if "_target_" not in optimizer:
+        check.fail("optimizer._target_", None, "every optimizer config needs a _target_ class")
+    learning_rate = optimizer.get("learning_rate")
+    if not isinstance(learning_rate, Mapping):  # a Mapping is a Keras schedule: Keras validates it
+        check.number("optimizer.learning_rate", learning_rate, 0, low_open=True)
+    for key in ("epsilon", "epsilon_1", "epsilon_2"):
+        if key in optimizer:
+            check.number(f"optimizer.{key}", optimizer[key], 0, low_open=True)
+    for key in ("beta_1", "beta_2", "rho", "ema_momentum", "adam_beta_1", "adam_beta_2"):
+        if key in optimizer:
+            check.number(f"optimizer.{key}", optimizer[key], 0, 1, low_open=False)
+    if "momentum" in optimizer:
+        check.number("optimizer.momentum", optimizer["momentum"], 0, low_open=False)
+    for key in ("weight_decay", "clipnorm", "clipvalue", "global_clipnorm"):
+        if optimizer.get(key) is not None:
+            check.number(f"optimizer.{key}", optimizer[key], 0, low_open=key != "weight_decay")
+
+
+def _check_callback(check: _Checker, name: str, callback: Mapping[str, Any]) -> None:
+    prefix = f"callbacks.{name}"
+    enabled = callback.get("enabled", True)
+    if not isinstance(enabled, bool):
+        check.fail(f"{prefix}.enabled", enabled, "use true or false")
+        return
+    if not enabled:
+        return
+    if "_target_" not in callback:
+        check.fail(f"{prefix}._target_", None, "an enabled callback needs a _target_ class")
+    if "monitor" in callback and callback["monitor"] not in LOGGED_METRICS:
+        check.fail(
+            f"{prefix}.monitor",
+            callback["monitor"],
+            "this metric is never logged; use one of " + ", ".join(LOGGED_METRICS),
+        )
+    if "mode" in callback:
+        check.choice(f"{prefix}.mode", callback["mode"], MODES)
+    for key in ("patience", "start_from_epoch", "cooldown", "histogram_freq", "embeddings_freq"):
+        if key in callback:
+            check.integer(f"{prefix}.{key}", callback[key], 0)
+    for key in ("min_delta", "min_lr"):
+        if key in callback:
+            check.number(f"{prefix}.{key}", callback[key], 0, low_open=False)
+    if "factor" in callback:
+        check.number(f"{prefix}.factor", callback["factor"], 0, 1, low_open=True)
+    if "verbose" in callback:
+        check.choice(f"{prefix}.verbose", callback["verbose"], (0, 1))
+    if "save_freq" in callback:
+        check.frequency(f"{prefix}.save_freq", callback["save_freq"], ("epoch",))
+    if "update_freq" in callback:
+        check.frequency(f"{prefix}.update_freq", callback["update_freq"], ("epoch", "batch"))
+    if "filepath" in callback:
+        filepath = str(callback["filepath"])
+        suffix = ".weights.h5" if callback.get("save_weights_only") else ".keras"
+        if not filepath.endswith(suffix):
+            check.fail(f"{prefix}.filepath", filepath, f"Keras needs a path ending in {suffix}")
+
+
+def _check_model(check: _Checker, model: Mapping[str, Any]) -> None:
+    for key in ("hidden_units", "filters"):
+        if key in model:
+            units = model[key]
+            if not isinstance(units, list) or not units or not all(_is_int(u) and u >= 1 for u in units):
+                check.fail(f"model.{key}", units, "use a non-empty list of integers >= 1, e.g. [128]")
+    if "kernel_size" in model:
+        check.integer("model.kernel_size", model["kernel_size"], 1)
+    if "dropout" in model:
+        check.number("model.dropout", model["dropout"], 0, 1, low_open=False)
+
+
+def _check_data(check: _Checker, data: Mapping[str, Any]) -> None:
+    val_split = data.get("val_split")
+    check.number("data.val_split", val_split, 0, 1, low_open=True)
+    limit = data.get("limit")
+    if limit is not None:
+        check.integer("data.limit", limit, 1)
+        if _is_int(limit) and limit >= 1 and _is_number(val_split) and 0 < val_split < 1:
+            n_val = int(round(limit * val_split))
+            if n_val < 1 or n_val >= limit:
+                check.fail(
+                    "data.limit", limit, f"with data.val_split={val_split} it leaves no training or validation images"
+                )
+    sources = data.get("sources")
+    if not isinstance(sources, list) or not sources or any(s not in DATA_SOURCES for s in sources):
+        check.fail("data.sources", sources, "use a non-empty list drawn from " + ", ".join(DATA_SOURCES))
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError listing every invalid value of a composed training config.
+
+    Reads values unresolved where they may hold `${hydra:...}` (checkpoint paths): validation also runs
+    on sweep jobs that Hydra has not launched yet.
+    """
+    check = _Checker()
+    train = cfg.train
+    check.integer("train.epochs", train.epochs, 1)
+    check.integer("train.batch_size", train.batch_size, 1)
+    check.integer("train.seed", train.seed, 0)
+    check.integer("train.steps_per_execution", train.steps_per_execution, 1)
+    check.choice("train.verbose", train.verbose, VERBOSE_CHOICES)
+    _check_optimizer(check, OmegaConf.to_container(cfg.optimizer, resolve=True))
+    callbacks = OmegaConf.to_container(cfg.callbacks, resolve=False) if cfg.get("callbacks") else {}
+    for name, callback in callbacks.items():
+        if not isinstance(callback, Mapping):
+            check.fail(f"callbacks.{name}", callback, "each callback is a mapping with enabled and _target_")
+            continue
+        _check_callback(check, name, callback)
+    _check_model(check, OmegaConf.to_container(cfg.model, resolve=True))
+    _check_data(check, OmegaConf.to_container(cfg.data, resolve=False))
+    if not isinstance(cfg.mlflow.experiment_name, str) or not cfg.mlflow.experiment_name.strip():
+        check.fail("mlflow.experiment_name", cfg.mlflow.experiment_name, "use a non-empty name")
+    if check.problems:
+        separator = "\n  " if len(check.problems) > 1 else " "
+        raise ConfigError("invalid config:" + separator + separator.join(check.problems))
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Yield (dotted.key, leaf) pairs of a nested mapping; lists stay whole leaves."""
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            yield from flatten(value, f"{dotted}.")
+        else:
+            yield dotted, value

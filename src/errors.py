@@ -1,0 +1,33 @@
+"""Errors a user can fix, and how the command-line entry points report them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class UserError(Exception):
+    """Bad input the user can fix: reported as one line, without a traceback."""
+
+
+class ConfigError(UserError):
+    """A config value is invalid; the message names the key, the value and what is allowed."""
+
+
+class DataError(UserError):
+    """MNIST is missing, corrupt, or could not be fetched."""
+
+
+@contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    """Turn a UserError into a clean exit (code 1) with a one-line message.
+
+    `HYDRA_FULL_ERROR=1` shows the full traceback instead, as Hydra users expect.
+    """
+    try:
+        yield
+    except UserError as error:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        raise SystemExit(f"error: {error}") from None

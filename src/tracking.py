@@ -1,0 +1,346 @@
+"""Everything MLflow: where runs go, the run of one training job, and a sweep's parent run.
+
+Run model:
+- `python -m src.train ...` is one plain run.
+- `python -m src.train -m ...` is one *parent* run (created by the Hydra callback `MlflowSweepCallback`
+  on multirun start, named after the swept overrides) with every job a *child* (`mlflow.parentRunId`).
+  When the sweep ends the parent gets `summary.csv`/`summary.md` (one row per child) and the best
+  child's id as a tag.
+- A job that raises ends FAILED, Ctrl-C/SIGTERM ends KILLED; the parent is closed in every case (on
+  multirun end, or by an exit handler when Hydra stops early), so no run is ever left RUNNING.
+
+mlflow is imported inside functions: config errors are reported before its ~2 s import.
+"""
+
+from __future__ import annotations
+
+import atexit
+import csv
+import io
+import json
+import logging
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from src.config import flatten, validate
+from src.errors import ConfigError, exit_on_user_error
+
+if TYPE_CHECKING:
+    from mlflow import ActiveRun
+    from mlflow.entities import Run
+
+log = logging.getLogger(__name__)
+
+# The sweep in progress, as JSON {"parent_run_id": ..., "swept": [keys]}: set by MlflowSweepCallback,
+# read by each job. An environment variable reaches jobs in the same process (basic launcher) and in
+# worker processes alike.
+SWEEP_ENV = "MNIST_OPTIMIZERS_SWEEP"
+
+# Overrides that only say where things go: left out of run names.
+NOT_IN_RUN_NAMES = ("hydra.run.dir", "hydra.sweep.dir", "mlflow.tracking_uri", "mlflow.experiment_name", "data.dir")
+
+# Columns of a sweep's summary, after the swept keys; all are metrics of the child runs.
+SUMMARY_METRICS = ("test_accuracy", "best_val_accuracy", "best_epoch", "stopped_epoch", "train_seconds")
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a `sqlite:///...` URI, else None."""
+    if not tracking_uri.startswith("sqlite:"):
+        return None
+    return Path(unquote(urlparse(tracking_uri).path))
+
+
+def artifact_location(mlflow_cfg: DictConfig) -> str | None:
+    """Where a new experiment keeps artifacts: the configured place, else `mlartifacts/` beside the
+    SQLite file (MLflow's own default is relative to the cwd); None lets a tracking server decide."""
+    if mlflow_cfg.artifact_location:
+        return str(mlflow_cfg.artifact_location)
+    database = sqlite_path(str(mlflow_cfg.tracking_uri))
+    if database is None:
+        return None
+    folder = re.sub(r"[^A-Za-z0-9._-]+", "_", str(mlflow_cfg.experiment_name))
+    return str(database.parent / "mlartifacts" / folder)
+
+
+def use_experiment(mlflow_cfg: DictConfig) -> str:
+    """Point MLflow at the configured store and experiment (created if new); return the experiment id."""
+    import mlflow
+
+    tracking_uri = str(mlflow_cfg.tracking_uri)
+    database = sqlite_path(tracking_uri)
+    if database is not None:
+        database.parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(tracking_uri)
+    name = str(mlflow_cfg.experiment_name)
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return mlflow.create_experiment(name, artifact_location=artifact_location(mlflow_cfg))
+
+
+def config_params(cfg: DictConfig, choices: Mapping[str, str]) -> dict[str, str]:
+    """The resolved config flattened into MLflow params, plus each config group's choice.
+
+    `optimizer=momentum` becomes the param `optimizer`, so a swept key and its param share a name.
+    """
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    params = {key: str(value) for key, value in flatten(resolved)}
+    params.update({group: str(choice) for group, choice in choices.items() if not group.startswith("hydra")})
+    return params
+
+
+def current_sweep() -> dict[str, Any]:
+    """The sweep this process' jobs belong to: {"parent_run_id", "swept"}, or {} outside a sweep."""
+    return json.loads(os.environ.get(SWEEP_ENV) or "{}")
+
+
+def job_run_name(task_overrides: Sequence[str], choices: Mapping[str, str]) -> str:
+    """A short, readable run name: the swept overrides in a sweep (`optimizer=adam`), else the
+    optimizer plus the command-line overrides."""
+
+    def key(override: str) -> str:
+        return override.split("=", 1)[0].lstrip("+~")
+
+    swept = current_sweep().get("swept")
+    if swept:
+        return ",".join(o for o in task_overrides if key(o) in swept)
+    shown = [o for o in task_overrides if key(o) not in NOT_IN_RUN_NAMES]
+    if not any(key(o) == "optimizer" for o in shown):
+        shown.insert(0, f"optimizer={choices.get('optimizer')}")
+    return ",".join(shown)
+
+
+@contextmanager
+def job_run(cfg: DictConfig, run_name: str, params: Mapping[str, str], tags: Mapping[str, str]) -> Iterator[ActiveRun]:
+    """The MLflow run of one training job: a child when a sweep is in progress, else a plain run.
+
+    Ends FINISHED, FAILED (exception) or KILLED (Ctrl-C/SIGTERM), whatever happens inside.
+    """
+    import mlflow
+
+    experiment_id = use_experiment(cfg.mlflow)
+    parent_run_id = current_sweep().get("parent_run_id")
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, parent_run_id=parent_run_id, tags=dict(tags))
+    try:
+        mlflow.log_params(dict(params))
+        yield run
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
+
+
+def epoch_logger():
+    """A Keras callback that logs every epoch's metrics (with step = epoch) to the active run."""
+    from mlflow.keras import MlflowCallback
+
+    class EpochMetricsLogger(MlflowCallback):
+        # MlflowCallback also logs each validation pass as `validation_*` at step 0; the per-epoch
+        # `val_*` metrics already hold the same numbers.
+        def on_test_end(self, logs: dict | None = None) -> None:
+            return None
+
+    return EpochMetricsLogger()
+
+
+def model_requirements() -> list[str]:
+    """Pinned requirements of a logged model: Keras and its backend. Passing them explicitly spares
+    MLflow's requirement inference, which costs ~7 s per model."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import keras
+
+    requirements = [f"keras=={keras.__version__}"]
+    try:
+        backend = keras.backend.backend()
+        requirements.append(f"{backend}=={version(backend)}")
+    except PackageNotFoundError:
+        pass
+    return requirements
+
+
+def log_keras_model(model: Any, example_images: Any) -> None:
+    """Log `model` as an MLflow model (`model/`) whose signature says: raw 28x28 images in, 10 probabilities out."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(example_images, model.predict(example_images, verbose=0))
+    mlflow.keras.log_model(model, name="model", signature=signature, pip_requirements=model_requirements())
+
+
+def log_job_files(cfg: DictConfig, output_dir: Path) -> None:
+    """Log a job's files to the active run: checkpoints, TensorBoard logs, config, history, log file."""
+    import mlflow
+
+    callbacks = cfg.get("callbacks") or {}
+    checkpoint_dirs = {output_dir / "checkpoints"}
+    if callbacks.get("model_checkpoint", {}).get("enabled"):
+        checkpoint_dirs.add(Path(callbacks.model_checkpoint.filepath).parent)
+    for folder in sorted(checkpoint_dirs):
+        if folder.is_dir():
+            mlflow.log_artifacts(str(folder), "checkpoints")
+    tensorboard = callbacks.get("tensorboard", {})
+    if tensorboard.get("enabled") and Path(tensorboard.log_dir).is_dir():
+        mlflow.log_artifacts(tensorboard.log_dir, "tensorboard")
+    mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
+    if (output_dir / ".hydra").is_dir():  # Hydra's own record: config, hydra.yaml, overrides.yaml
+        mlflow.log_artifacts(str(output_dir / ".hydra"), "config/hydra")
+    for name in ("history.json", "metrics.json", *(p.name for p in output_dir.glob("*.log"))):
+        if (output_dir / name).is_file():
+            mlflow.log_artifact(str(output_dir / name))
+
+
+# --------------------------------------------------------------------------------------------------
+# Sweeps: one parent run per multirun
+
+
+def _parse_sweep(config: DictConfig) -> tuple[list[str], list[list[str]]]:
+    """(the swept keys, every job's override list) of a multirun, as Hydra's basic sweeper expands it."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    arguments = [f"{key}={value}" for key, value in (config.hydra.sweeper.get("params") or {}).items()]
+    arguments += list(config.hydra.overrides.task)
+    overrides = OverridesParser.create().parse_overrides(arguments)
+    swept = [override.get_key_element() for override in overrides if override.is_sweep_override()]
+    for override in overrides:
+        if override.is_sweep_override() and not list(override.sweep_iterator()):
+            raise ConfigError(f"{override.input_line!r} sweeps over nothing: give at least one value")
+    batches = BasicSweeper.split_arguments(overrides, max_batch_size=None)
+    return swept, [job for batch in batches for job in batch]
+
+
+def validate_sweep(config: DictConfig) -> tuple[list[str], int]:
+    """Compose and validate every job of the sweep before any of them starts or any run exists.
+
+    Returns (swept keys, number of jobs). Only the basic sweeper's grid can be expanded up front;
+    other sweepers' jobs are still validated one by one as they start.
+    """
+    from hydra.core.global_hydra import GlobalHydra
+
+    if "BasicSweeper" not in str(config.hydra.sweeper.get("_target_", "")):
+        return [], 0
+    swept, jobs = _parse_sweep(config)
+    loader = GlobalHydra.instance().config_loader()
+    for job_overrides in jobs:
+        try:
+            validate(loader.load_sweep_config(config, job_overrides))
+        except ConfigError as error:
+            raise ConfigError(f"job {' '.join(job_overrides)}: {error}") from None
+    return swept, len(jobs)
+
+
+def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if not value.is_integer() else str(int(value))
+    return "" if value is None else str(value)
+
+
+def summary_rows(children: Sequence[Run], swept: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+    """One row per child run: its name, status, swept values, and SUMMARY_METRICS."""
+    header = ["run", "status", *swept, *SUMMARY_METRICS, "run_id"]
+    rows = []
+    for child in children:
+        values = [child.data.params.get(key, "") for key in swept]
+        metrics = [_format(child.data.metrics.get(name)) for name in SUMMARY_METRICS]
+        rows.append([child.info.run_name, child.info.status, *values, *metrics, child.info.run_id])
+    return header, rows
+
+
+class MlflowSweepCallback(Callback):
+    """Hydra callback: a multirun is one MLflow parent run; each job's run becomes its child."""
+
+    def __init__(self) -> None:
+        self.parent_run_id: str | None = None
+        self.experiment_id: str | None = None
+        self.swept: list[str] = []
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from mlflow import MlflowClient
+        from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+
+        with exit_on_user_error():
+            self.swept, job_count = validate_sweep(config)
+        self.experiment_id = use_experiment(config.mlflow)
+        task_overrides = list(config.hydra.overrides.task)
+        swept_overrides = [o for o in task_overrides if o.split("=", 1)[0].lstrip("+~") in self.swept]
+        run_name = " ".join(swept_overrides) or "multirun"
+        tags = {
+            MLFLOW_RUN_NAME: run_name,
+            "sweep": "parent",
+            "hydra_overrides": " ".join(task_overrides),
+            "sweep_dir": str(config.hydra.sweep.dir),
+            "sweep_jobs": str(job_count),
+        }
+        run = MlflowClient().create_run(self.experiment_id, run_name=run_name, tags=tags)
+        self.parent_run_id = run.info.run_id
+        os.environ[SWEEP_ENV] = json.dumps({"parent_run_id": self.parent_run_id, "swept": self.swept})
+        atexit.register(self.close, "FAILED")  # Hydra skips on_multirun_end when a job fails
+        global _open_sweep
+        _open_sweep = self
+        print(f"MLflow parent run {run_name!r} ({self.parent_run_id}) in {config.mlflow.tracking_uri}")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self.close("FINISHED")
+
+    def close(self, status: str) -> None:
+        """Write the summary to the parent run and end it with `status` (FAILED if a child failed)."""
+        from mlflow import MlflowClient
+
+        if self.parent_run_id is None:
+            return
+        parent_run_id, self.parent_run_id = self.parent_run_id, None
+        os.environ.pop(SWEEP_ENV, None)
+        client = MlflowClient()
+        children = client.search_runs(
+            [self.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=10000
+        )
+        children = sorted(children, key=lambda run: int(run.data.tags.get("job_num", 0)))
+        header, rows = summary_rows(children, self.swept)
+        if rows:
+            buffer = io.StringIO()
+            csv.writer(buffer, lineterminator="\n").writerows([header, *rows])
+            client.log_text(parent_run_id, buffer.getvalue(), "summary.csv")
+            table = _markdown_table(header, rows)
+            client.log_text(parent_run_id, table, "summary.md")
+            print("\nSweep summary (also in the parent run's summary.md):\n" + table)
+        finished = [c for c in children if c.info.status == "FINISHED" and "best_val_accuracy" in c.data.metrics]
+        if finished:
+            best = max(finished, key=lambda run: run.data.metrics["best_val_accuracy"])
+            client.set_tag(parent_run_id, "best_child_run_id", best.info.run_id)
+            client.set_tag(parent_run_id, "best_child_run_name", best.info.run_name)
+            client.log_metric(parent_run_id, "best_val_accuracy", best.data.metrics["best_val_accuracy"])
+        statuses = {child.info.status for child in children}
+        failed = sum(child.info.status != "FINISHED" for child in children)
+        client.set_tag(parent_run_id, "failed_jobs", str(failed))
+        if status == "FINISHED" and failed:
+            status = "FAILED"
+        if status == "FAILED" and "KILLED" in statuses:
+            status = "KILLED"
+        client.set_terminated(parent_run_id, status)
+
+
+_open_sweep: MlflowSweepCallback | None = None
+
+
+def close_open_sweep(status: str) -> None:
+    """End the sweep's parent run now, e.g. with KILLED when the user pressed Ctrl-C."""
+    if _open_sweep is not None:
+        _open_sweep.close(status)
