@@ -92,7 +92,9 @@ def test_unknown_source_is_named(tmp_path: Path) -> None:
 
 def test_npz_with_pickled_objects_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "evil.npz"
-    np.savez(path, x_train=np.array([{"a": 1}], dtype=object), y_train=np.zeros(1), x_test=np.zeros(1), y_test=np.zeros(1))
+    np.savez(
+        path, x_train=np.array([{"a": 1}], dtype=object), y_train=np.zeros(1), x_test=np.zeros(1), y_test=np.zeros(1)
+    )
     with pytest.raises(DataError, match="not a readable MNIST npz"):
         data.read_npz(path)
 

@@ -1,0 +1,224 @@
+"""What a user does: sweeps from the command line, read back from a real MLflow store (SQLite in tmp_path)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Run
+
+from src.config import PROJECT_ROOT
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+SMALL = ("data.limit=2000", "train.epochs=2", "data.fetch_if_missing=false")
+
+
+def store_args(folder: Path, mnist_dir: Path) -> list[str]:
+    return [
+        f"mlflow.tracking_uri=sqlite:///{folder}/mlflow.db",
+        f"hydra.sweep.dir={folder}/multirun",
+        f"hydra.run.dir={folder}/outputs",
+        f"data.dir={mnist_dir}",
+    ]
+
+
+def all_runs(folder: Path) -> list[Run]:
+    if not (folder / "mlflow.db").exists():
+        return []
+    client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiments, max_results=1000)
+
+
+def split_parent(runs: list[Run]) -> tuple[Run, list[Run]]:
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1, [r.info.run_name for r in parents]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(children) == len(runs) - 1
+    return parents[0], sorted(children, key=lambda r: int(r.data.tags["job_num"]))
+
+
+@pytest.fixture(scope="module")
+def optimizer_sweep(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path):
+    folder = tmp_path_factory.mktemp("sweep")
+    result = run_cli(
+        "src.train", "-m", "optimizer=adam,adagrad,rmsprop", *SMALL, *store_args(folder, mnist_dir), cwd=folder
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder, result
+
+
+def test_sweep_is_one_parent_with_three_finished_children(optimizer_sweep) -> None:
+    folder, result = optimizer_sweep
+    parent, children = split_parent(all_runs(folder))
+    assert parent.info.status == "FINISHED"
+    assert parent.info.run_name == "optimizer=adam,adagrad,rmsprop"
+    assert [c.info.status for c in children] == ["FINISHED"] * 3
+    assert [c.data.params["optimizer"] for c in children] == ["adam", "adagrad", "rmsprop"]
+    assert [c.data.params["optimizer._target_"] for c in children] == [
+        "keras.optimizers.Adam",
+        "keras.optimizers.Adagrad",
+        "keras.optimizers.RMSprop",
+    ]
+    assert [c.info.run_name for c in children] == ["optimizer=adam", "optimizer=adagrad", "optimizer=rmsprop"]
+    assert "Sweep summary" in result.stdout
+
+
+def test_children_hold_params_metrics_and_artifacts(optimizer_sweep) -> None:
+    folder, _ = optimizer_sweep
+    _, children = split_parent(all_runs(folder))
+    client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
+    for child in children:
+        params = child.data.params
+        assert params["train.epochs"] == "2" and params["data.limit"] == "2000"
+        assert params["callbacks.early_stopping.patience"] == "3" and "optimizer.epsilon" in params
+        for name in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds"):
+            assert [m.step for m in client.get_metric_history(child.info.run_id, name)] == [0, 1], name
+        metrics = child.data.metrics
+        assert 0 < metrics["test_accuracy"] <= 1 and metrics["stopped_epoch"] == 2
+        assert metrics["best_epoch"] in (1, 2) and metrics["train_seconds"] > 0
+        tags = child.data.tags
+        assert len(tags["data_sha256"]) == 64 and tags["hydra_overrides"].startswith(child.info.run_name)
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"checkpoints", "config", "tensorboard", "history.json", "model_summary.txt"} <= artifacts
+        checkpoints = {a.path for a in client.list_artifacts(child.info.run_id, "checkpoints")}
+        assert checkpoints == {"checkpoints/best.keras", "checkpoints/last.keras"}
+        configs = {a.path for a in client.list_artifacts(child.info.run_id, "config/hydra")}
+        assert "config/hydra/overrides.yaml" in configs
+
+
+def test_adam_learns_and_adagrad_lags(optimizer_sweep) -> None:
+    folder, _ = optimizer_sweep
+    _, children = split_parent(all_runs(folder))
+    accuracy = {c.data.params["optimizer"]: c.data.metrics["test_accuracy"] for c in children}
+    assert accuracy["adam"] > 0.8 and accuracy["adagrad"] < accuracy["adam"]
+
+
+def test_parent_summary_has_one_row_per_child_and_names_the_best(optimizer_sweep) -> None:
+    folder, _ = optimizer_sweep
+    parent, children = split_parent(all_runs(folder))
+    client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
+    local = client.download_artifacts(parent.info.run_id, "summary.csv", str(folder / "download"))
+    rows = list(csv.DictReader(io.StringIO(Path(local).read_text())))
+    assert [row["optimizer"] for row in rows] == ["adam", "adagrad", "rmsprop"]
+    assert all(row["status"] == "FINISHED" and float(row["test_accuracy"]) > 0 for row in rows)
+    best = max(children, key=lambda c: c.data.metrics["best_val_accuracy"])
+    assert parent.data.tags["best_child_run_id"] == best.info.run_id
+    assert parent.data.metrics["best_val_accuracy"] == best.data.metrics["best_val_accuracy"]
+
+
+def test_logged_model_and_checkpoint_load_back_and_predict_digits(optimizer_sweep, mnist_dir: Path) -> None:
+    import keras
+    import mlflow
+
+    from src import data
+
+    folder, _ = optimizer_sweep
+    _, children = split_parent(all_runs(folder))
+    adam = children[0]
+    mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
+    arrays = data.read_npz(mnist_dir / "mnist.npz")
+    images, labels = arrays["x_test"][:500].astype("float32"), arrays["y_test"][:500]
+    model_id = adam.outputs.model_outputs[0].model_id
+    model = mlflow.pyfunc.load_model(f"models:/{model_id}")
+    assert model.metadata.signature is not None
+    digits = np.argmax(np.asarray(model.predict(images)), axis=1)
+    assert (digits == labels).mean() > 0.8
+    client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
+    best = client.download_artifacts(adam.info.run_id, "checkpoints/best.keras", str(folder / "ckpt"))
+    checkpoint = keras.saving.load_model(best, safe_mode=True)
+    assert (np.argmax(checkpoint.predict(images, verbose=0), axis=1) == labels).mean() > 0.8
+
+
+def test_callback_sweep_gives_children_differing_in_that_setting(tmp_path: Path, mnist_dir: Path) -> None:
+    result = run_cli(
+        "src.train",
+        "-m",
+        "optimizer=sgd",
+        "callbacks.early_stopping.patience=0,1",
+        "callbacks.tensorboard.enabled=false",
+        *SMALL,
+        *store_args(tmp_path, mnist_dir),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    parent, children = split_parent(all_runs(tmp_path))
+    assert parent.info.run_name == "callbacks.early_stopping.patience=0,1"
+    assert [c.data.params["callbacks.early_stopping.patience"] for c in children] == ["0", "1"]
+    assert [c.info.status for c in children] == ["FINISHED", "FINISHED"]
+    assert all(
+        "tensorboard"
+        not in {a.path for a in MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").list_artifacts(c.info.run_id)}
+        for c in children
+    )
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["optimizer.learning_rate=-1"],
+        ["-m", "optimizer=adam,rmsprop", "optimizer.learning_rate=0.1,-1"],
+        ["callbacks.early_stopping.monitor=val_acc"],
+    ],
+    ids=["single", "one-bad-job-in-a-sweep", "monitor-never-logged"],
+)
+def test_bad_value_fails_before_any_run_exists(tmp_path: Path, mnist_dir: Path, arguments: list[str]) -> None:
+    result = run_cli("src.train", *arguments, *SMALL, *store_args(tmp_path, mnist_dir), cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and ("learning_rate" in error_lines[0] or "monitor" in error_lines[0])
+    assert all_runs(tmp_path) == []
+
+
+def test_a_failing_job_ends_failed_and_so_does_its_parent(tmp_path: Path, mnist_dir: Path) -> None:
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the checkpoint folder should be")
+    result = run_cli(
+        "src.train",
+        "-m",
+        "optimizer=adam,sgd",
+        f"callbacks.model_checkpoint.filepath={blocker}/best.keras",
+        *SMALL,
+        *store_args(tmp_path, mnist_dir),
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    parent, children = split_parent(all_runs(tmp_path))
+    assert [c.info.status for c in children] == ["FAILED", "FAILED"]
+    assert parent.info.status == "FAILED" and parent.data.tags["failed_jobs"] == "2"
+
+
+def test_sigterm_ends_the_running_child_and_the_parent_killed(tmp_path: Path, mnist_dir: Path) -> None:
+    command = [sys.executable, "-m", "src.train", "-m", "optimizer=adam,rmsprop", "train.epochs=200"]
+    command += ["data.limit=20000", "data.fetch_if_missing=false", *store_args(tmp_path, mnist_dir)]
+    MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").search_experiments()  # create the tables before polling them
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            runs = all_runs(tmp_path)
+            child = [r for r in runs if "mlflow.parentRunId" in r.data.tags and "val_accuracy" in r.data.metrics]
+            if child:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("no child run logged an epoch within 120 s")
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, output[-2000:]
+    parent, children = split_parent(all_runs(tmp_path))
+    assert [c.info.status for c in children] == ["KILLED"]
+    assert parent.info.status == "KILLED"
