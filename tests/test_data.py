@@ -18,7 +18,7 @@ def test_keras_url_and_hash_are_those_of_keras_own_loader() -> None:
     source = Path(importlib.util.find_spec("keras").submodule_search_locations[0], "src/datasets/mnist.py")
     text = source.read_text()
     folder = re.search(r'origin_folder = \(\s*"([^"]+)"', text).group(1)
-    assert data.KERAS_MNIST_URL == f"{folder}mnist.npz"
+    assert f"{folder}mnist.npz" == data.KERAS_MNIST_URL
     assert data.KERAS_MNIST_SHA256 in text
 
 
