@@ -24,9 +24,6 @@ from src import data, tracking
 from src.config import CONFIG_DIR, validate
 from src.errors import ConfigError, exit_on_user_error
 
-# TensorFlow's C++ start-up chatter (CPU features, missing CUDA) hides the progress output.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 log = logging.getLogger(__name__)
 
 

@@ -89,6 +89,7 @@ def test_children_hold_params_metrics_and_artifacts(optimizer_sweep) -> None:
         assert metrics["best_epoch"] in (1, 2) and metrics["train_seconds"] > 0
         tags = child.data.tags
         assert len(tags["data_sha256"]) == 64 and tags["hydra_overrides"].startswith(child.info.run_name)
+        assert len(tags["mlflow.source.git.commit"]) == 40
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert {"checkpoints", "config", "tensorboard", "history.json", "model_summary.txt"} <= artifacts
         checkpoints = {a.path for a in client.list_artifacts(child.info.run_id, "checkpoints")}
