@@ -22,10 +22,13 @@ $(STAMP): pyproject.toml requirements.lock
 
 install: $(STAMP) ## create .venv and install pinned dependencies (no-op when up to date)
 
-run: install ## fetch MNIST and run the default optimizer sweep (adam, adagrad, rmsprop)
-	$(BIN)/python -m src.data
-	$(BIN)/python -m src.train -m $(SWEEP)
+run: install ## the DVC pipeline: fetch MNIST, train + evaluate adam, adagrad, rmsprop, compare (dvc repro)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	@echo "Report: reports/comparison.md (+ curves.png, confusion_grid.png); HTML plots: dvc plots show"
 	@echo "Browse the runs: make ui  (then open http://$(HOST):$(PORT))"
+
+sweep: install ## a Hydra sweep outside DVC (SWEEP="optimizer=adam,adagrad,rmsprop" by default)
+	$(BIN)/python -m src.train -m $(SWEEP)
 
 test: install ## run the whole test suite
 	$(BIN)/python -m pytest
@@ -48,6 +51,6 @@ lock: install ## rewrite requirements.lock from the current .venv
 	{ echo "# Every package of a working environment, from \`pip freeze\` (make lock). make install uses it as constraints."; \
 	  $(BIN)/python -m pip freeze --exclude-editable; } > requirements.lock
 
-clean: ## delete outputs of runs (outputs/, multirun/, caches); keeps mlflow.db, mlartifacts/ and data/
-	rm -rf outputs multirun .pytest_cache .ruff_cache
+clean: ## delete Hydra outputs (outputs/, multirun/) and caches; keeps mlflow.db, mlartifacts/, data/, runs/
+	rm -rf outputs multirun dvc_plots .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +

@@ -88,6 +88,7 @@ def train(cfg: DictConfig, arrays: data.Arrays, data_path: Path) -> float:
         "hydra_overrides": " ".join(hydra_cfg.overrides.task),
         "job_num": str(hydra_cfg.job.get("num", 0)),
         "output_dir": str(output_dir),
+        **{str(key): str(value) for key, value in (cfg.mlflow.get("tags") or {}).items()},
     }
     with tracking.job_run(cfg, run_name, tracking.config_params(cfg, choices), tags) as run:
         log.info("MLflow run %s (%s), outputs in %s", run_name, run.info.run_id, output_dir)
@@ -115,6 +116,7 @@ def train(cfg: DictConfig, arrays: data.Arrays, data_path: Path) -> float:
             _save_keras_atomic(model, output_dir / "checkpoints" / "last.keras")
             _write_json(output_dir / "history.json", history.history)
             _write_json(output_dir / "metrics.json", results)
+            _write_json(output_dir / "run.json", {"run_id": run.info.run_id, "run_name": run_name})
             tracking.log_keras_model(model, splits.x_test[:5])
         finally:  # whatever happened, keep what the job wrote so far with its run
             tracking.log_job_files(cfg, output_dir)

@@ -1,0 +1,207 @@
+"""`python -m src.compare`: the DVC `compare` stage, the optimizers side by side.
+
+Reads `runs/<name>/` (training) and `reports/eval/<name>/` (evaluation) for every optimizer listed in
+params.yaml and writes:
+- reports/comparison.md and .csv: one row per optimizer (test accuracy, best val accuracy, best epoch,
+  stopped epoch, train seconds, and the settings that differ between the runs);
+- reports/metrics.json: the same numbers for `dvc metrics show`;
+- reports/curves.json (DVC plot data) and reports/curves.png: val_accuracy and val_loss per epoch;
+- reports/confusion_grid.png: the test-set confusion matrices side by side.
+In MLflow, it opens one parent run for the comparison, makes the training runs its children and logs
+the reports to it, so the UI shows the pipeline's runs side by side.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from src.config import PROJECT_ROOT, flatten
+from src.errors import UserError, exit_on_user_error
+
+PARAMS_FILE = PROJECT_ROOT / "params.yaml"
+RUNS_DIR = PROJECT_ROOT / "runs"
+REPORTS_DIR = PROJECT_ROOT / "reports"
+# Config keys that say where things go, not how training works: never "settings that differ".
+LOCATION_KEYS = ("dir", "path", "filepath", "log_dir", "backup_dir", "tracking_uri", "tags", "cache_dir")
+COLUMNS = ("optimizer", "test_accuracy", "best_val_accuracy", "best_epoch", "stopped_epoch", "train_seconds")
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise UserError(f"{path} is missing; run the stage that makes it (`dvc repro`)")
+    return json.loads(path.read_text())
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(text)
+    os.replace(temp, path)
+
+
+def load_results(names: list[str], runs_dir: Path, eval_dir: Path) -> list[dict[str, Any]]:
+    results = []
+    for name in names:
+        run = runs_dir / name
+        training = _read_json(run / "metrics.json")
+        evaluation = _read_json(eval_dir / name / "metrics.json")
+        config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+        settings = {
+            key: value
+            for key, value in flatten(config)
+            if key.rsplit(".", 1)[-1] not in LOCATION_KEYS and not key.startswith("mlflow.")
+        }
+        results.append(
+            {
+                "optimizer": name,
+                "test_accuracy": evaluation["test_accuracy"],
+                "best_val_accuracy": round(training["best_val_accuracy"], 5),
+                "best_epoch": training["best_epoch"],
+                "stopped_epoch": training["stopped_epoch"],
+                "train_seconds": round(training["train_seconds"], 1),
+                "settings": settings,
+                "history": _read_json(run / "history.json"),
+                "confusion": _read_json(eval_dir / name / "confusion.json"),
+                "run": _read_json(run / "run.json") if (run / "run.json").is_file() else {},
+            }
+        )
+    return results
+
+
+def differing_settings(results: list[dict[str, Any]]) -> list[str]:
+    keys = sorted({key for result in results for key in result["settings"]})
+    return [key for key in keys if len({repr(result["settings"].get(key)) for result in results}) > 1]
+
+
+def table(results: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    differing = [key for key in differing_settings(results) if key != "optimizer._target_"]
+    header = [*COLUMNS, *differing]
+    rows = [[r[c] for c in COLUMNS] + [r["settings"].get(key, "") for key in differing] for r in results]
+    return header, rows
+
+
+def markdown(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(results: list[dict[str, Any]], path: Path) -> None:
+    from matplotlib import pyplot
+    from matplotlib.ticker import MaxNLocator
+
+    figure, (accuracy_axes, loss_axes) = pyplot.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    for result in results:
+        history = result["history"]
+        epochs = range(1, len(history["val_accuracy"]) + 1)
+        accuracy_axes.plot(epochs, history["val_accuracy"], marker="o", label=result["optimizer"])
+        loss_axes.plot(epochs, history["val_loss"], marker="o", label=result["optimizer"])
+    for axes, metric in ((accuracy_axes, "validation accuracy"), (loss_axes, "validation loss")):
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(metric)
+        axes.set_title(f"{metric} per epoch")
+        axes.grid(alpha=0.3)
+        axes.legend(title="optimizer")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    figure.savefig(path.with_name(f".{path.name}.tmp.png"), dpi=120)
+    pyplot.close(figure)
+    os.replace(path.with_name(f".{path.name}.tmp.png"), path)
+
+
+def plot_confusion_grid(results: list[dict[str, Any]], path: Path) -> None:
+    import numpy as np
+    from matplotlib import pyplot
+
+    from src.evaluate import plot_confusion
+
+    figure, axes = pyplot.subplots(
+        1, len(results), figsize=(4.5 * len(results), 4.8), squeeze=False, layout="constrained"
+    )
+    for result, cell in zip(results, axes[0], strict=True):
+        plot_confusion(np.array(result["confusion"]), f"{result['optimizer']}: {result['test_accuracy']:.4f}", cell)
+    figure.savefig(path.with_name(f".{path.name}.tmp.png"), dpi=110)
+    pyplot.close(figure)
+    os.replace(path.with_name(f".{path.name}.tmp.png"), path)
+
+
+def log_to_mlflow(results: list[dict[str, Any]], reports_dir: Path) -> str | None:
+    """One parent run per comparison; the training runs it compares become its children."""
+    import mlflow
+    from omegaconf import OmegaConf
+
+    from src.config import CONFIG_DIR
+
+    run_ids = [r["run"].get("run_id") for r in results]
+    if not all(run_ids):
+        return None
+    mlflow_cfg = OmegaConf.load(CONFIG_DIR / "config.yaml").mlflow
+    from src.tracking import use_experiment
+
+    experiment_id = use_experiment(mlflow_cfg)
+    client = mlflow.MlflowClient()
+    name = "dvc compare: " + ",".join(r["optimizer"] for r in results)
+    parent = client.create_run(experiment_id, run_name=name, tags={"dvc_stage": "compare", "sweep": "parent"})
+    for run_id in run_ids:
+        client.set_tag(run_id, "mlflow.parentRunId", parent.info.run_id)
+    for report in ("comparison.md", "comparison.csv", "metrics.json", "curves.png", "confusion_grid.png"):
+        client.log_artifact(parent.info.run_id, str(reports_dir / report))
+    best = max(results, key=lambda r: r["test_accuracy"])
+    client.set_tag(parent.info.run_id, "best_child_run_id", best["run"]["run_id"])
+    client.set_terminated(parent.info.run_id, "FINISHED")
+    return parent.info.run_id
+
+
+def compare(names: list[str], runs_dir: Path = RUNS_DIR, reports_dir: Path = REPORTS_DIR) -> list[dict[str, Any]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    results = load_results(names, runs_dir, reports_dir / "eval")
+    header, rows = table(results)
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows([header, *rows])
+    _write_atomic(reports_dir / "comparison.csv", buffer.getvalue())
+    title = (
+        "# Optimizers on MNIST\n\nOne row per optimizer (from `dvc repro`); accuracies on the 10000 test images.\n\n"
+    )
+    images = "\n![validation curves](curves.png)\n\n![confusion matrices](confusion_grid.png)\n"
+    _write_atomic(reports_dir / "comparison.md", title + markdown(header, rows) + images)
+    metrics = {r["optimizer"]: {c: r[c] for c in COLUMNS[1:]} for r in results}
+    _write_atomic(reports_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    curves = [
+        {"optimizer": r["optimizer"], "epoch": epoch + 1, "val_accuracy": accuracy, "val_loss": loss}
+        for r in results
+        for epoch, (accuracy, loss) in enumerate(
+            zip(r["history"]["val_accuracy"], r["history"]["val_loss"], strict=True)
+        )
+    ]
+    _write_atomic(reports_dir / "curves.json", json.dumps(curves, indent=1) + "\n")
+    plot_curves(results, reports_dir / "curves.png")
+    plot_confusion_grid(results, reports_dir / "confusion_grid.png")
+    return results
+
+
+def main() -> None:
+    with exit_on_user_error():
+        params = yaml.safe_load(PARAMS_FILE.read_text())
+        names = params.get("optimizers") or []
+        if not names:
+            raise UserError(f"{PARAMS_FILE}: `optimizers` lists no optimizer")
+        results = compare(names)
+        parent_run_id = log_to_mlflow(results, REPORTS_DIR)
+    print(markdown(*table(results)))
+    print(
+        f"Report: {REPORTS_DIR / 'comparison.md'} (curves.png, confusion_grid.png beside it); `dvc plots show` for HTML"
+    )
+    if parent_run_id:
+        print(f"MLflow: parent run {parent_run_id}; browse with `make ui` -> http://127.0.0.1:5000")
+
+
+if __name__ == "__main__":
+    main()
