@@ -133,19 +133,16 @@ def plot_confusion_grid(results: list[dict[str, Any]], path: Path) -> None:
 
 def log_to_mlflow(results: list[dict[str, Any]], reports_dir: Path) -> str | None:
     """One parent run per comparison; the training runs it compares become its children."""
-    import mlflow
-    from omegaconf import OmegaConf
+    from mlflow import MlflowClient
 
-    from src.config import CONFIG_DIR
+    from src.data import compose_config
+    from src.tracking import use_experiment
 
     run_ids = [r["run"].get("run_id") for r in results]
     if not all(run_ids):
         return None
-    mlflow_cfg = OmegaConf.load(CONFIG_DIR / "config.yaml").mlflow
-    from src.tracking import use_experiment
-
-    experiment_id = use_experiment(mlflow_cfg)
-    client = mlflow.MlflowClient()
+    experiment_id = use_experiment(compose_config([]).mlflow)  # the store and experiment `src.train` used
+    client = MlflowClient()
     name = "dvc compare: " + ",".join(r["optimizer"] for r in results)
     parent = client.create_run(experiment_id, run_name=name, tags={"dvc_stage": "compare", "sweep": "parent"})
     for run_id in run_ids:

@@ -259,7 +259,7 @@ def split(arrays: Arrays, val_split: float, limit: int | None, seed: int) -> Spl
     )
 
 
-def _compose(overrides: list[str]):
+def compose_config(overrides: list[str]):
     """Compose conf/config.yaml with command-line overrides (Hydra's compose API: no output dirs)."""
     from hydra import compose, initialize_config_dir
 
@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     with exit_on_user_error():
         try:
-            data = _compose(args).data
+            data = compose_config(args).data
         except HydraException as error:
             raise SystemExit(f"error: {error}") from None
         result = fetch(Path(data.dir), list(data.sources), data.local_path, Path(data.cache_dir))

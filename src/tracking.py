@@ -44,8 +44,8 @@ log = logging.getLogger(__name__)
 # worker processes alike.
 SWEEP_ENV = "MNIST_OPTIMIZERS_SWEEP"
 
-# Overrides that only say where things go: left out of run names.
-NOT_IN_RUN_NAMES = ("hydra.run.dir", "hydra.sweep.dir", "mlflow.tracking_uri", "mlflow.experiment_name", "data.dir")
+# Overrides that say where things go or how the run is filed, not how it trains: left out of run names.
+NOT_IN_RUN_NAMES = ("hydra.", "mlflow.", "data.dir", "data.fetch_if_missing", "data.cache_dir")
 
 # Columns of a sweep's summary, after the swept keys; all are metrics of the child runs.
 SUMMARY_METRICS = ("test_accuracy", "best_val_accuracy", "best_epoch", "stopped_epoch", "train_seconds")
@@ -112,7 +112,7 @@ def job_run_name(task_overrides: Sequence[str], choices: Mapping[str, str]) -> s
     swept = current_sweep().get("swept")
     if swept:
         return ",".join(o for o in task_overrides if key(o) in swept)
-    shown = [o for o in task_overrides if key(o) not in NOT_IN_RUN_NAMES]
+    shown = [o for o in task_overrides if not key(o).startswith(NOT_IN_RUN_NAMES)]
     if not any(key(o) == "optimizer" for o in shown):
         shown.insert(0, f"optimizer={choices.get('optimizer')}")
     return ",".join(shown)
