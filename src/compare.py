@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import yaml
 
 from src.config import PROJECT_ROOT, flatten
 from src.errors import UserError, exit_on_user_error
+from src.files import markdown_table, save_figure_atomic, write_text_atomic
 
 PARAMS_FILE = PROJECT_ROOT / "params.yaml"
 RUNS_DIR = PROJECT_ROOT / "runs"
@@ -37,13 +37,6 @@ def _read_json(path: Path) -> Any:
     if not path.is_file():
         raise UserError(f"{path} is missing; run the stage that makes it (`dvc repro`)")
     return json.loads(path.read_text())
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(text)
-    os.replace(temp, path)
 
 
 def load_results(names: list[str], runs_dir: Path, eval_dir: Path) -> list[dict[str, Any]]:
@@ -87,12 +80,6 @@ def table(results: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
     return header, rows
 
 
-def markdown(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
 def plot_curves(results: list[dict[str, Any]], path: Path) -> None:
     from matplotlib import pyplot
     from matplotlib.ticker import MaxNLocator
@@ -110,9 +97,8 @@ def plot_curves(results: list[dict[str, Any]], path: Path) -> None:
         axes.grid(alpha=0.3)
         axes.legend(title="optimizer")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    figure.savefig(path.with_name(f".{path.name}.tmp.png"), dpi=120)
+    save_figure_atomic(figure, path)
     pyplot.close(figure)
-    os.replace(path.with_name(f".{path.name}.tmp.png"), path)
 
 
 def plot_confusion_grid(results: list[dict[str, Any]], path: Path) -> None:
@@ -126,9 +112,8 @@ def plot_confusion_grid(results: list[dict[str, Any]], path: Path) -> None:
     )
     for result, cell in zip(results, axes[0], strict=True):
         plot_confusion(np.array(result["confusion"]), f"{result['optimizer']}: {result['test_accuracy']:.4f}", cell)
-    figure.savefig(path.with_name(f".{path.name}.tmp.png"), dpi=110)
+    save_figure_atomic(figure, path, dpi=110)
     pyplot.close(figure)
-    os.replace(path.with_name(f".{path.name}.tmp.png"), path)
 
 
 def log_to_mlflow(results: list[dict[str, Any]], reports_dir: Path) -> str | None:
@@ -163,14 +148,14 @@ def compare(names: list[str], runs_dir: Path = RUNS_DIR, reports_dir: Path = REP
     header, rows = table(results)
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows([header, *rows])
-    _write_atomic(reports_dir / "comparison.csv", buffer.getvalue())
+    write_text_atomic(reports_dir / "comparison.csv", buffer.getvalue())
     title = (
         "# Optimizers on MNIST\n\nOne row per optimizer (from `dvc repro`); accuracies on the 10000 test images.\n\n"
     )
     images = "\n![validation curves](curves.png)\n\n![confusion matrices](confusion_grid.png)\n"
-    _write_atomic(reports_dir / "comparison.md", title + markdown(header, rows) + images)
+    write_text_atomic(reports_dir / "comparison.md", title + markdown_table(header, rows) + images)
     metrics = {r["optimizer"]: {c: r[c] for c in COLUMNS[1:]} for r in results}
-    _write_atomic(reports_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_text_atomic(reports_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     curves = [
         {"optimizer": r["optimizer"], "epoch": epoch + 1, "val_accuracy": accuracy, "val_loss": loss}
         for r in results
@@ -178,7 +163,7 @@ def compare(names: list[str], runs_dir: Path = RUNS_DIR, reports_dir: Path = REP
             zip(r["history"]["val_accuracy"], r["history"]["val_loss"], strict=True)
         )
     ]
-    _write_atomic(reports_dir / "curves.json", json.dumps(curves, indent=1) + "\n")
+    write_text_atomic(reports_dir / "curves.json", json.dumps(curves, indent=1) + "\n")
     plot_curves(results, reports_dir / "curves.png")
     plot_confusion_grid(results, reports_dir / "confusion_grid.png")
     return results
@@ -192,7 +177,7 @@ def main() -> None:
             raise UserError(f"{PARAMS_FILE}: `optimizers` lists no optimizer")
         results = compare(names)
         parent_run_id = log_to_mlflow(results, REPORTS_DIR)
-    print(markdown(*table(results)))
+    print(markdown_table(*table(results)))
     print(
         f"Report: {REPORTS_DIR / 'comparison.md'} (curves.png, confusion_grid.png beside it); `dvc plots show` for HTML"
     )

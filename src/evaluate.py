@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import numpy as np
 from src import data
 from src.config import PROJECT_ROOT
 from src.errors import DataError, UserError, exit_on_user_error
+from src.files import save_figure_atomic, write_text_atomic
 
 RUNS_DIR = PROJECT_ROOT / "runs"
 EVAL_DIR = PROJECT_ROOT / "reports" / "eval"
@@ -53,12 +53,6 @@ def plot_confusion(counts: np.ndarray, title: str, axes) -> None:
         )
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(text)
-    os.replace(temp, path)
-
-
 def evaluate(name: str, runs_dir: Path = RUNS_DIR, out_dir: Path = EVAL_DIR, data_dir: Path | None = None) -> dict:
     checkpoint = runs_dir / name / "checkpoints" / "best.keras"
     if not checkpoint.is_file():
@@ -84,15 +78,14 @@ def evaluate(name: str, runs_dir: Path = RUNS_DIR, out_dir: Path = EVAL_DIR, dat
 
     target = out_dir / name
     target.mkdir(parents=True, exist_ok=True)
-    _write_text_atomic(target / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_text_atomic(target / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     rows = "\n".join(f"{a},{p}" for a, p in zip(labels.tolist(), predicted.tolist(), strict=True))
-    _write_text_atomic(target / "predictions.csv", "actual,predicted\n" + rows + "\n")
-    _write_text_atomic(target / "confusion.json", json.dumps(counts.tolist()) + "\n")
+    write_text_atomic(target / "predictions.csv", "actual,predicted\n" + rows + "\n")
+    write_text_atomic(target / "confusion.json", json.dumps(counts.tolist()) + "\n")
     figure, axes = pyplot.subplots(figsize=(5, 5), layout="constrained")
     plot_confusion(counts, f"{name}: test accuracy {accuracy:.4f}", axes)
-    figure.savefig(target / ".confusion.tmp.png", dpi=120)
+    save_figure_atomic(figure, target / "confusion.png")
     pyplot.close(figure)
-    os.replace(target / ".confusion.tmp.png", target / "confusion.png")
     return metrics
 
 

@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.config import flatten, validate
 from src.errors import ConfigError, exit_on_user_error
+from src.files import markdown_table
 
 if TYPE_CHECKING:
     from mlflow import ActiveRun
@@ -241,12 +242,6 @@ def validate_sweep(config: DictConfig) -> tuple[list[str], int]:
     return swept, len(jobs)
 
 
-def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
 def _format(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}" if not value.is_integer() else str(int(value))
@@ -318,7 +313,7 @@ class MlflowSweepCallback(Callback):
             buffer = io.StringIO()
             csv.writer(buffer, lineterminator="\n").writerows([header, *rows])
             client.log_text(parent_run_id, buffer.getvalue(), "summary.csv")
-            table = _markdown_table(header, rows)
+            table = markdown_table(header, rows)
             client.log_text(parent_run_id, table, "summary.md")
             print("\nSweep summary (also in the parent run's summary.md):\n" + table)
         finished = [c for c in children if c.info.status == "FINISHED" and "best_val_accuracy" in c.data.metrics]

@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from src import data, tracking
 from src.config import CONFIG_DIR, validate
 from src.errors import ConfigError, exit_on_user_error
+from src.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,7 @@ def _instantiate(group: str, node: DictConfig) -> Any:
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(temp, path)
+    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
 def summarize_history(history: dict[str, list[float]]) -> dict[str, float]:
