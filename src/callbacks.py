@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import keras
@@ -11,15 +10,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 
-def from_config(callbacks_cfg: DictConfig | None) -> dict[str, keras.callbacks.Callback]:
-    """Instantiate every enabled callback of conf/callbacks/ by its `_target_`, keyed by config name."""
-    built: dict[str, keras.callbacks.Callback] = {}
-    for name, settings in (callbacks_cfg or {}).items():
+def from_config(callbacks_cfg: DictConfig | None) -> list[keras.callbacks.Callback]:
+    """Instantiate every enabled callback of conf/callbacks/ by its `_target_`, in config order."""
+    built = []
+    for settings in (callbacks_cfg or {}).values():
         if not settings.get("enabled", True):
             continue
-        kwargs: Mapping[str, Any] = OmegaConf.to_container(settings, resolve=True)
-        kwargs = {key: value for key, value in kwargs.items() if key != "enabled"}
-        built[name] = instantiate(kwargs)
+        kwargs: dict[str, Any] = OmegaConf.to_container(settings, resolve=True)
+        kwargs.pop("enabled", None)  # ours, not Keras'
+        built.append(instantiate(kwargs))
     return built
 
 
@@ -36,5 +35,4 @@ class EpochStats(keras.callbacks.Callback):
         if logs is None:
             return
         logs["epoch_seconds"] = time.perf_counter() - self._started
-        if "learning_rate" not in logs:  # ReduceLROnPlateau already reports it
-            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))

@@ -29,14 +29,18 @@ PARAMS_FILE = PROJECT_ROOT / "params.yaml"
 RUNS_DIR = PROJECT_ROOT / "runs"
 REPORTS_DIR = PROJECT_ROOT / "reports"
 # Config keys that say where things go, not how training works: never "settings that differ".
-LOCATION_KEYS = ("dir", "path", "filepath", "log_dir", "backup_dir", "tracking_uri", "tags", "cache_dir")
+LOCATION_KEYS = ("dir", "local_path", "filepath", "log_dir", "backup_dir", "cache_dir")
 COLUMNS = ("optimizer", "test_accuracy", "best_val_accuracy", "best_epoch", "stopped_epoch", "train_seconds")
 
 
-def _read_json(path: Path) -> Any:
+def _read_text(path: Path) -> str:
     if not path.is_file():
         raise UserError(f"{path} is missing; run the stage that makes it (`dvc repro`)")
-    return json.loads(path.read_text())
+    return path.read_text()
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(_read_text(path))
 
 
 def load_results(names: list[str], runs_dir: Path, eval_dir: Path) -> list[dict[str, Any]]:
@@ -45,7 +49,7 @@ def load_results(names: list[str], runs_dir: Path, eval_dir: Path) -> list[dict[
         run = runs_dir / name
         training = _read_json(run / "metrics.json")
         evaluation = _read_json(eval_dir / name / "metrics.json")
-        config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+        config = yaml.safe_load(_read_text(run / ".hydra" / "config.yaml"))
         settings = {
             key: value
             for key, value in flatten(config)
@@ -69,14 +73,19 @@ def load_results(names: list[str], runs_dir: Path, eval_dir: Path) -> list[dict[
 
 
 def differing_settings(results: list[dict[str, Any]]) -> list[str]:
-    keys = sorted({key for result in results for key in result["settings"]})
-    return [key for key in keys if len({repr(result["settings"].get(key)) for result in results}) > 1]
+    """Settings every run has but not with the same value (e.g. learning_rate after `dvc exp run -S`).
+
+    Keys only some optimizers have (amsgrad, rho, ...) are left out: the optimizer column says it all.
+    """
+    shared = set.intersection(*(set(result["settings"]) for result in results))
+    shared.discard("optimizer._target_")
+    return sorted(key for key in shared if len({repr(result["settings"][key]) for result in results}) > 1)
 
 
 def table(results: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
-    differing = [key for key in differing_settings(results) if key != "optimizer._target_"]
+    differing = differing_settings(results)
     header = [*COLUMNS, *differing]
-    rows = [[r[c] for c in COLUMNS] + [r["settings"].get(key, "") for key in differing] for r in results]
+    rows = [[r[c] for c in COLUMNS] + [r["settings"][key] for key in differing] for r in results]
     return header, rows
 
 

@@ -103,18 +103,19 @@ def current_sweep() -> dict[str, Any]:
     return json.loads(os.environ.get(SWEEP_ENV) or "{}")
 
 
+def override_key(override: str) -> str:
+    """`+mlflow.tags.x=1` -> `mlflow.tags.x`: the config key a command-line override sets."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def job_run_name(task_overrides: Sequence[str], choices: Mapping[str, str]) -> str:
     """A short, readable run name: the swept overrides in a sweep (`optimizer=adam`), else the
     optimizer plus the command-line overrides."""
-
-    def key(override: str) -> str:
-        return override.split("=", 1)[0].lstrip("+~")
-
     swept = current_sweep().get("swept")
     if swept:
-        return ",".join(o for o in task_overrides if key(o) in swept)
-    shown = [o for o in task_overrides if not key(o).startswith(NOT_IN_RUN_NAMES)]
-    if not any(key(o) == "optimizer" for o in shown):
+        return ",".join(o for o in task_overrides if override_key(o) in swept)
+    shown = [o for o in task_overrides if not override_key(o).startswith(NOT_IN_RUN_NAMES)]
+    if not any(override_key(o) == "optimizer" for o in shown):
         shown.insert(0, f"optimizer={choices.get('optimizer')}")
     return ",".join(shown)
 
@@ -275,7 +276,7 @@ class MlflowSweepCallback(Callback):
             self.swept, job_count = validate_sweep(config)
         self.experiment_id = use_experiment(config.mlflow)
         task_overrides = list(config.hydra.overrides.task)
-        swept_overrides = [o for o in task_overrides if o.split("=", 1)[0].lstrip("+~") in self.swept]
+        swept_overrides = [o for o in task_overrides if override_key(o) in self.swept]
         run_name = " ".join(swept_overrides) or "multirun"
         tags = {
             MLFLOW_RUN_NAME: run_name,

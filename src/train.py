@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +29,14 @@ from src.files import write_text_atomic
 log = logging.getLogger(__name__)
 
 
-def _instantiate(group: str, node: DictConfig) -> Any:
-    """Build a Keras object from its config, reporting a bad setting as a ConfigError."""
-    from hydra.utils import instantiate
-
+def _build(group: str, builder: Callable[[], Any]) -> Any:
+    """Run `builder`, reporting what Keras rejects (it validates its own arguments) as a ConfigError
+    that names the config group."""
     try:
-        return instantiate(node)
-    except Exception as error:  # Keras validates its own arguments; show its message under our key
-        cause = error.__cause__ or error
-        raise ConfigError(f"{group} ({node.get('_target_')}) cannot be built: {cause}") from error
+        return builder()
+    except Exception as error:
+        cause = error.__cause__ or error  # Hydra wraps the Keras error in an InstantiationException
+        raise ConfigError(f"{group} cannot be built: {cause}") from error
 
 
 def _write_json(path: Path, payload: Any) -> None:
@@ -58,8 +58,9 @@ def train(cfg: DictConfig, arrays: data.Arrays, data_path: Path) -> float:
     """Train, evaluate and log one job; return its best validation accuracy."""
     import keras
     import mlflow
+    from hydra.utils import instantiate
 
-    from src.callbacks import EpochStats
+    from src.callbacks import EpochStats, from_config
 
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
@@ -67,9 +68,9 @@ def train(cfg: DictConfig, arrays: data.Arrays, data_path: Path) -> float:
     splits = data.split(arrays, cfg.data.val_split, cfg.data.limit, cfg.train.seed)
 
     # Build everything before the MLflow run exists: a bad setting never leaves a run behind.
-    optimizer = _instantiate("optimizer", cfg.optimizer)
-    model = _instantiate("model", cfg.model)
-    configured_callbacks = _instantiate_callbacks(cfg)
+    optimizer = _build(f"optimizer ({cfg.optimizer._target_})", lambda: instantiate(cfg.optimizer))
+    model = _build(f"model ({cfg.model._target_})", lambda: instantiate(cfg.model))
+    configured_callbacks = _build("callbacks", lambda: from_config(cfg.get("callbacks")))
     model.compile(
         optimizer=optimizer,
         loss="sparse_categorical_crossentropy",
@@ -120,16 +121,6 @@ def train(cfg: DictConfig, arrays: data.Arrays, data_path: Path) -> float:
         finally:  # whatever happened, keep what the job wrote so far with its run
             tracking.log_job_files(cfg, output_dir)
         return results["best_val_accuracy"]
-
-
-def _instantiate_callbacks(cfg: DictConfig) -> list:
-    from src.callbacks import from_config
-
-    try:
-        return list(from_config(cfg.get("callbacks")).values())
-    except Exception as error:
-        cause = error.__cause__ or error
-        raise ConfigError(f"callbacks cannot be built: {cause}") from error
 
 
 def _save_keras_atomic(model: Any, path: Path) -> None:

@@ -170,15 +170,17 @@ def test_callback_sweep_gives_children_differing_in_that_setting(tmp_path: Path,
         ["optimizer.learning_rate=-1"],
         ["-m", "optimizer=adam,rmsprop", "optimizer.learning_rate=0.1,-1"],
         ["callbacks.early_stopping.monitor=val_acc"],
+        ["+optimizer.momentum_typo=0.5"],
     ],
-    ids=["single", "one-bad-job-in-a-sweep", "monitor-never-logged"],
+    ids=["single", "one-bad-job-in-a-sweep", "monitor-never-logged", "argument-keras-rejects"],
 )
 def test_bad_value_fails_before_any_run_exists(tmp_path: Path, mnist_dir: Path, arguments: list[str]) -> None:
     result = run_cli("src.train", *arguments, *SMALL, *store_args(tmp_path, mnist_dir), cwd=tmp_path)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(error_lines) == 1 and ("learning_rate" in error_lines[0] or "monitor" in error_lines[0])
+    assert len(error_lines) == 1
+    assert any(word in error_lines[0] for word in ("learning_rate", "monitor", "momentum_typo"))
     assert all_runs(tmp_path) == []
 
 
