@@ -1,25 +1,48 @@
-"""Keras callbacks: the configured ones (conf/callbacks/) and the per-epoch stats this project adds."""
+"""Keras callbacks: the configured ones (conf/callbacks/) and the per-epoch stats this project adds.
+
+Two of Keras' callbacks are subclassed, keeping their parameters, because a crash must never leave a
+half-written file that a later run accepts:
+- `ModelCheckpoint` saves to a temp file and renames it (Keras writes in place);
+- `BackupAndRestore` commits each backup with one atomic rename of its metadata, keeps the logs of every
+  completed epoch (a resumed run knows its whole history) and restores the state of EarlyStopping and
+  ModelCheckpoint from them (Keras resets both, so a resumed run would forget its best epoch).
+"""
 
 from __future__ import annotations
 
+import json
+import math
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import keras
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from src.files import write_text_atomic
 
-def from_config(callbacks_cfg: DictConfig | None) -> list[keras.callbacks.Callback]:
-    """Instantiate every enabled callback of conf/callbacks/ by its `_target_`, in config order."""
+
+def from_config(callbacks_cfg: DictConfig | None, backup_dir: Path | None = None) -> list[keras.callbacks.Callback]:
+    """Instantiate every enabled callback of conf/callbacks/ by its `_target_`, in config order.
+
+    `backup_dir` fills a BackupAndRestore whose `backup_dir` is null. A BackupAndRestore goes last, so
+    that it restores the other callbacks' state after their own `on_train_begin` reset it.
+    """
     built = []
     for settings in (callbacks_cfg or {}).values():
         if not settings.get("enabled", True):
             continue
         kwargs: dict[str, Any] = OmegaConf.to_container(settings, resolve=True)
         kwargs.pop("enabled", None)  # ours, not Keras'
+        if "backup_dir" in kwargs and kwargs["backup_dir"] is None:
+            kwargs["backup_dir"] = str(backup_dir)
         built.append(instantiate(kwargs))
-    return built
+    backups = [callback for callback in built if isinstance(callback, BackupAndRestore)]
+    for backup in backups:
+        backup.peers = [callback for callback in built if callback is not backup]
+    return [callback for callback in built if callback not in backups] + backups
 
 
 class EpochStats(keras.callbacks.Callback):
@@ -36,3 +59,135 @@ class EpochStats(keras.callbacks.Callback):
             return
         logs["epoch_seconds"] = time.perf_counter() - self._started
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+class ModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """keras.callbacks.ModelCheckpoint that writes a temp file and renames it over the checkpoint."""
+
+    def _save_model(self, epoch: int, batch: int | None, logs: dict | None) -> None:
+        self._final_path = Path(super()._get_file_path(epoch, batch, logs))
+        temp = self._temp_path()
+        super()._save_model(epoch, batch, logs)  # saves to _get_file_path(), i.e. the temp file
+        if temp.exists():
+            os.replace(temp, self._final_path)
+
+    def _get_file_path(self, epoch: int, batch: int | None, logs: dict | None) -> str:
+        return str(self._temp_path())
+
+    def _temp_path(self) -> Path:
+        # Keras picks the format from the suffix, so the temp name keeps it (.keras or .weights.h5)
+        suffix = ".weights.h5" if self._final_path.name.endswith(".weights.h5") else self._final_path.suffix
+        return self._final_path.with_name(f".tmp-{self._final_path.name.removesuffix(suffix)}{suffix}")
+
+
+def _float_logs(logs: dict | None) -> dict[str, float]:
+    return {key: float(keras.ops.convert_to_numpy(value)) for key, value in (logs or {}).items()}
+
+
+class BackupAndRestore(keras.callbacks.BackupAndRestore):
+    """keras.callbacks.BackupAndRestore (same parameters), crash-safe and keeping the epoch history.
+
+    After each epoch the weights (with the optimizer state) go to `epoch-NNNNN.weights.h5`, then
+    `training_metadata.json` is replaced atomically: it names the weights and holds every completed
+    epoch's logs. A kill at any instant leaves the previous backup whole. Backups are made per epoch
+    only: Keras resumes at an epoch boundary anyway, so a mid-epoch backup would redo batches.
+
+    `restored_history` holds the logs of the epochs done before this `fit` (empty on a fresh start);
+    `stopped` is true when EarlyStopping had already ended the run.
+    """
+
+    def __init__(
+        self,
+        backup_dir: str,
+        save_freq: str = "epoch",
+        double_checkpoint: bool = False,
+        delete_checkpoint: bool = True,
+    ) -> None:
+        if save_freq != "epoch":
+            raise ValueError(f"save_freq={save_freq!r}: only 'epoch' is supported (Keras resumes at epoch boundaries)")
+        super().__init__(backup_dir, save_freq, double_checkpoint, delete_checkpoint)
+        self.peers: list[keras.callbacks.Callback] = []
+        self.restored_history: list[dict[str, float]] = []
+        self.stopped = False
+        self._history: list[dict[str, float]] = []
+        self._kept: list[dict[str, Any]] = []
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        metadata_path = Path(self._training_metadata_path)
+        if not metadata_path.exists():
+            return
+        metadata = json.loads(metadata_path.read_text())
+        if not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        errors = []
+        for backup in metadata["weights"]:  # newest first; two with double_checkpoint
+            try:
+                self.model.load_weights(str(Path(self.backup_dir) / backup["file"]))
+                break
+            except (OSError, ValueError) as error:
+                errors.append(f"{backup['file']}: {error}")
+        else:
+            raise OSError(f"no usable backup in {self.backup_dir}: {'; '.join(errors)}")
+        history = metadata["history"][: backup["epoch"]]
+        self._history = list(history)
+        self._kept = metadata["weights"]
+        self.restored_history = list(history)
+        self.stopped = bool(metadata["stopped"]) and backup["epoch"] == metadata["epoch"]
+        self.model._initial_epoch = self.params["epochs"] if self.stopped else len(history)
+        self._restore_peers(history)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self._current_epoch = epoch + 1
+        self._history.append(_float_logs(logs))
+        self._save_model()
+
+    def _save_model(self) -> None:
+        backup_dir = Path(self.backup_dir)
+        backup_dir.mkdir(parents=True, exist_ok=True)
+        name = f"epoch-{self._current_epoch:05d}.weights.h5"
+        temp = backup_dir / f".tmp-{name}"
+        self.model.save_weights(str(temp), overwrite=True)
+        os.replace(temp, backup_dir / name)
+        newest = {"file": name, "epoch": self._current_epoch}
+        kept = [newest, *self._kept[:1]] if self.double_checkpoint else [newest]
+        metadata = {
+            "epoch": self._current_epoch,
+            "weights": kept,
+            "stopped": bool(self.model.stop_training),
+            "history": self._history,
+        }
+        write_text_atomic(Path(self._training_metadata_path), json.dumps(metadata))  # the commit point
+        for stale in backup_dir.glob("epoch-*.weights.h5"):
+            if stale.name not in {backup["file"] for backup in kept}:
+                stale.unlink()
+        self._kept = kept
+
+    def _restore_peers(self, history: list[dict[str, float]]) -> None:
+        """Give EarlyStopping and ModelCheckpoint the best value (and patience count) they had reached."""
+        for peer in self.peers:
+            if not isinstance(peer, (keras.callbacks.EarlyStopping, keras.callbacks.ModelCheckpoint)):
+                continue
+            if peer.monitor_op is None:
+                mode = peer.mode if peer.mode != "auto" else ("min" if peer.monitor.endswith("loss") else "max")
+                peer.monitor_op = keras.ops.less if mode == "min" else keras.ops.greater
+                if mode == "min":
+                    peer.min_delta = -abs(peer.min_delta)
+            if isinstance(peer, keras.callbacks.EarlyStopping):
+                for epoch, logs in enumerate(history):
+                    value = logs.get(peer.monitor)
+                    if value is None or math.isnan(value) or epoch < peer.start_from_epoch:
+                        continue
+                    peer.wait += 1
+                    if peer._is_improvement(value, peer.best):
+                        peer.best, peer.best_epoch = value, epoch
+                        if peer.baseline is None or peer._is_improvement(value, peer.baseline):
+                            peer.wait = 0
+            elif isinstance(peer, keras.callbacks.ModelCheckpoint) and peer.save_best_only:
+                for logs in history:
+                    value = logs.get(peer.monitor)
+                    if value is not None and peer._is_improvement(value, peer.best):
+                        peer.best = value
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        """Keep the backup: the caller deletes it once the run's results are safely logged (see
+        `src.resume`), so a kill between the last epoch and the end of logging still resumes."""

@@ -116,7 +116,9 @@ def _check_callback(check: _Checker, name: str, callback: Mapping[str, Any]) -> 
         check.number(f"{prefix}.factor", callback["factor"], 0, 1, low_open=True)
     if "verbose" in callback:
         check.choice(f"{prefix}.verbose", callback["verbose"], (0, 1))
-    if "save_freq" in callback:
+    if "backup_dir" in callback and callback.get("save_freq") != "epoch":
+        check.fail(f"{prefix}.save_freq", callback.get("save_freq"), "backups are made per epoch: use epoch")
+    elif "save_freq" in callback:
         check.frequency(f"{prefix}.save_freq", callback["save_freq"], ("epoch",))
     if "update_freq" in callback:
         check.frequency(f"{prefix}.update_freq", callback["update_freq"], ("epoch", "batch"))
@@ -169,6 +171,9 @@ def validate(cfg: DictConfig) -> None:
     check.integer("train.seed", train.seed, 0)
     check.integer("train.steps_per_execution", train.steps_per_execution, 1)
     check.choice("train.verbose", train.verbose, VERBOSE_CHOICES)
+    for key in ("resume", "skip_finished", "force"):
+        if not isinstance(train.get(key), bool):
+            check.fail(f"train.{key}", train.get(key), "use true or false")
     _check_optimizer(check, OmegaConf.to_container(cfg.optimizer, resolve=True))
     callbacks = OmegaConf.to_container(cfg.callbacks, resolve=False) if cfg.get("callbacks") else {}
     for name, callback in callbacks.items():

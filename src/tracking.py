@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,10 +46,52 @@ log = logging.getLogger(__name__)
 SWEEP_ENV = "MNIST_OPTIMIZERS_SWEEP"
 
 # Overrides that say where things go or how the run is filed, not how it trains: left out of run names.
-NOT_IN_RUN_NAMES = ("hydra.", "mlflow.", "data.dir", "data.fetch_if_missing", "data.cache_dir")
+NOT_IN_RUN_NAMES = (
+    "hydra.",
+    "mlflow.",
+    "data.dir",
+    "data.fetch_if_missing",
+    "data.cache_dir",
+    "train.verbose",
+    "train.resume",
+    "train.skip_finished",
+    "train.force",
+    "train.state_dir",
+)
 
 # Columns of a sweep's summary, after the swept keys; all are metrics of the child runs.
 SUMMARY_METRICS = ("test_accuracy", "best_val_accuracy", "best_epoch", "stopped_epoch", "train_seconds")
+
+
+def mask_uri(uri: str) -> str:
+    """`scheme://user:secret@host/...` -> `scheme://user:***@host/...`: safe to print, log or store."""
+    parsed = urlparse(uri)
+    if parsed.password is None:
+        return uri
+    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
+    return parsed._replace(netloc=netloc).geturl()
+
+
+def check_reachable(tracking_uri: str, timeout: float = 3.0) -> None:
+    """Fail within seconds, with a clear message, when a tracking server does not answer.
+
+    MLflow itself retries a dead server with exponential backoff for minutes.
+    """
+    import socket
+
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme not in ("http", "https"):
+        return
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout):
+            pass
+    except OSError as error:
+        reason = getattr(error, "strerror", None) or type(error).__name__
+        raise ConfigError(
+            f"mlflow.tracking_uri={mask_uri(tracking_uri)!r}: no MLflow server answers there ({reason}); "
+            "start one with `make server`, or unset MLFLOW_TRACKING_URI to use the local SQLite store"
+        ) from None
 
 
 def sqlite_path(tracking_uri: str) -> Path | None:
@@ -71,14 +113,28 @@ def artifact_location(mlflow_cfg: DictConfig) -> str | None:
     return str(database.parent / "mlartifacts" / folder)
 
 
+def _prepare_sqlite(database: Path) -> None:
+    """Create the folder and switch the database to write-ahead logging, so that parallel sweep jobs
+    (joblib launcher) read while another writes; MLflow already waits up to 20 s for a write lock."""
+    import sqlite3
+
+    try:
+        database.parent.mkdir(parents=True, exist_ok=True)
+        with sqlite3.connect(database, timeout=20) as connection:
+            connection.execute("PRAGMA journal_mode=WAL")
+    except (OSError, sqlite3.Error) as error:
+        raise ConfigError(f"mlflow.tracking_uri: cannot open the SQLite store {database} ({error})") from None
+
+
 def use_experiment(mlflow_cfg: DictConfig) -> str:
     """Point MLflow at the configured store and experiment (created if new); return the experiment id."""
     import mlflow
 
     tracking_uri = str(mlflow_cfg.tracking_uri)
+    check_reachable(tracking_uri)
     database = sqlite_path(tracking_uri)
     if database is not None:
-        database.parent.mkdir(parents=True, exist_ok=True)
+        _prepare_sqlite(database)
     mlflow.set_tracking_uri(tracking_uri)
     name = str(mlflow_cfg.experiment_name)
     experiment = mlflow.get_experiment_by_name(name)
@@ -87,12 +143,20 @@ def use_experiment(mlflow_cfg: DictConfig) -> str:
     return mlflow.create_experiment(name, artifact_location=artifact_location(mlflow_cfg))
 
 
+def masked_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as a dict, with any password in the tracking URI masked."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if "mlflow" in resolved:
+        resolved["mlflow"]["tracking_uri"] = mask_uri(str(resolved["mlflow"]["tracking_uri"]))
+    return resolved
+
+
 def config_params(cfg: DictConfig, choices: Mapping[str, str]) -> dict[str, str]:
     """The resolved config flattened into MLflow params, plus each config group's choice.
 
     `optimizer=momentum` becomes the param `optimizer`, so a swept key and its param share a name.
     """
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = masked_config(cfg)
     params = {key: str(value) for key, value in flatten(resolved)}
     params.update({group: str(choice) for group, choice in choices.items() if not group.startswith("hydra")})
     return params
@@ -120,19 +184,88 @@ def job_run_name(task_overrides: Sequence[str], choices: Mapping[str, str]) -> s
     return ",".join(shown)
 
 
+def find_finished_run(experiment_id: str, config_hash: str) -> Run | None:
+    """The newest FINISHED run of this config hash in the experiment, if any."""
+    from mlflow import MlflowClient
+
+    runs = MlflowClient().search_runs(
+        [experiment_id],
+        filter_string=f"tags.config_hash = '{config_hash}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def resumable_run_id(experiment_id: str, run_id: str | None) -> str | None:
+    """`run_id` if it is an unfinished, undeleted run of this experiment (it may be from another store)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        return None
+    try:
+        run = MlflowClient().get_run(run_id)
+    except MlflowException:
+        return None
+    ok = run.info.experiment_id == experiment_id and run.info.lifecycle_stage == "active"
+    return run_id if ok and run.info.status != "FINISHED" else None
+
+
+def adopt_into_sweep(run: Run) -> None:
+    """Make a finished run a child of the sweep in progress (a rerun of a sweep links every job)."""
+    from mlflow import MlflowClient
+
+    parent_run_id = current_sweep().get("parent_run_id")
+    previous_parent = run.data.tags.get("mlflow.parentRunId")
+    if parent_run_id and parent_run_id != previous_parent:
+        client = MlflowClient()
+        if previous_parent:
+            client.set_tag(run.info.run_id, "previous_parent_run_id", previous_parent)
+        client.set_tag(run.info.run_id, "mlflow.parentRunId", parent_run_id)
+
+
+def log_epoch_history(history: Sequence[Mapping[str, float]]) -> None:
+    """Log to the active run the per-epoch metrics it lacks (step = epoch): after a kill between a
+    backup and the logging of its epoch, a resumed run fills the gap instead of logging twice."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    run_id = mlflow.active_run().info.run_id
+    logged = {metric.step for metric in MlflowClient().get_metric_history(run_id, "loss")}
+    for epoch, logs in enumerate(history):
+        if epoch not in logged:
+            mlflow.log_metrics(dict(logs), step=epoch)
+
+
 @contextmanager
-def job_run(cfg: DictConfig, run_name: str, params: Mapping[str, str], tags: Mapping[str, str]) -> Iterator[ActiveRun]:
+def job_run(
+    cfg: DictConfig,
+    run_name: str,
+    params: Mapping[str, str],
+    tags: Mapping[str, str],
+    resume_run_id: str | None = None,
+) -> Iterator[ActiveRun]:
     """The MLflow run of one training job: a child when a sweep is in progress, else a plain run.
+    With `resume_run_id`, that (interrupted) run is reopened instead of starting a new one.
 
     Ends FINISHED, FAILED (exception) or KILLED (Ctrl-C/SIGTERM), whatever happens inside.
     """
     import mlflow
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
     experiment_id = use_experiment(cfg.mlflow)
     parent_run_id = current_sweep().get("parent_run_id")
-    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, parent_run_id=parent_run_id, tags=dict(tags))
+    if resume_run_id:
+        tags = {**tags, **({MLFLOW_PARENT_RUN_ID: parent_run_id} if parent_run_id else {})}
+        run = mlflow.start_run(run_id=resume_run_id, tags=dict(tags))
+    else:
+        run = mlflow.start_run(
+            experiment_id=experiment_id, run_name=run_name, parent_run_id=parent_run_id, tags=dict(tags)
+        )
     try:
-        mlflow.log_params(dict(params))
+        if not run.data.params:  # a resumed run keeps the params of its first attempt
+            mlflow.log_params(dict(params))
         yield run
     except KeyboardInterrupt:
         mlflow.end_run("KILLED")
@@ -143,11 +276,23 @@ def job_run(cfg: DictConfig, run_name: str, params: Mapping[str, str], tags: Map
     mlflow.end_run("FINISHED")
 
 
-def epoch_logger():
-    """A Keras callback that logs every epoch's metrics (with step = epoch) to the active run."""
+def epoch_logger(restored_history: Callable[[], Sequence[Mapping[str, float]]] = list):
+    """A Keras callback that logs every epoch's metrics (with step = epoch) to the active run.
+
+    `restored_history` gives, once training has begun, the epochs a resumed run did before (from its
+    backup): they are logged first where missing, and the optimizer params are not logged twice.
+    Put it after the BackupAndRestore callback.
+    """
     from mlflow.keras import MlflowCallback
 
     class EpochMetricsLogger(MlflowCallback):
+        def on_train_begin(self, logs: dict | None = None) -> None:
+            history = restored_history()
+            if history:
+                log_epoch_history(history)
+            else:
+                super().on_train_begin(logs)
+
         # MlflowCallback also logs each validation pass as `validation_*` at step 0; the per-epoch
         # `val_*` metrics already hold the same numbers.
         def on_test_end(self, logs: dict | None = None) -> None:
@@ -195,7 +340,7 @@ def log_job_files(cfg: DictConfig, output_dir: Path) -> None:
     tensorboard = callbacks.get("tensorboard", {})
     if tensorboard.get("enabled") and Path(tensorboard.log_dir).is_dir():
         mlflow.log_artifacts(tensorboard.log_dir, "tensorboard")
-    mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
+    mlflow.log_text(OmegaConf.to_yaml(masked_config(cfg)), "config/config.yaml")
     if (output_dir / ".hydra").is_dir():  # Hydra's own record: config, hydra.yaml, overrides.yaml
         mlflow.log_artifacts(str(output_dir / ".hydra"), "config/hydra")
     for name in ("history.json", "metrics.json", *(p.name for p in output_dir.glob("*.log"))):
@@ -291,7 +436,7 @@ class MlflowSweepCallback(Callback):
         atexit.register(self.close, "FAILED")  # Hydra skips on_multirun_end when a job fails
         global _open_sweep
         _open_sweep = self
-        print(f"MLflow parent run {run_name!r} ({self.parent_run_id}) in {config.mlflow.tracking_uri}")
+        print(f"MLflow parent run {run_name!r} ({self.parent_run_id}) in {mask_uri(str(config.mlflow.tracking_uri))}")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self.close("FINISHED")

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from src import data, tracking
+from src import data, resume, tracking
 from src.config import CONFIG_DIR, validate
 from src.errors import ConfigError, exit_on_user_error
 from src.files import write_text_atomic
@@ -54,23 +55,85 @@ def summarize_history(history: dict[str, list[float]]) -> dict[str, float]:
     }
 
 
+def _check_writable(key: str, folder: Path) -> None:
+    """A folder the job writes to must be creatable and writable: say so before training, not after."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        reason = error.strerror or error
+        raise ConfigError(f"{key}={str(folder)!r} is not writable ({reason}); choose another folder") from None
+
+
+def _writable_folders(cfg: DictConfig, state: resume.JobState) -> dict[str, Path]:
+    folders = {"train.state_dir": state.folder}
+    for name, settings in (cfg.get("callbacks") or {}).items():
+        if not settings.get("enabled", True):
+            continue
+        if settings.get("filepath"):
+            folders[f"callbacks.{name}.filepath"] = Path(settings.filepath).parent
+        if settings.get("log_dir"):
+            folders[f"callbacks.{name}.log_dir"] = Path(settings.log_dir)
+        if settings.get("backup_dir"):
+            folders[f"callbacks.{name}.backup_dir"] = Path(settings.backup_dir)
+    return folders
+
+
+def _reuse_finished(run: Any) -> float:
+    """A finished run of the same config exists: link it to the sweep in progress and return its metric."""
+    tracking.adopt_into_sweep(run)
+    log.info(
+        "skipped: run %s (%s) already trained this config (config_hash %s); train.force=true trains it again",
+        run.info.run_name,
+        run.info.run_id,
+        run.data.tags.get("config_hash"),
+    )
+    return run.data.metrics.get("best_val_accuracy", float("nan"))
+
+
 def train(cfg: DictConfig, arrays: data.Arrays, data_path: Path) -> float:
-    """Train, evaluate and log one job; return its best validation accuracy."""
+    """Train, evaluate and log one job; return its best validation accuracy.
+
+    Skips a config that already has a FINISHED run and resumes an interrupted one (see src/resume.py).
+    """
     import keras
     import mlflow
     from hydra.utils import instantiate
 
-    from src.callbacks import EpochStats, from_config
+    from src.callbacks import BackupAndRestore, EpochStats, from_config
 
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
+    data_sha256 = data.sha256_file(data_path)
+    config_hash = resume.config_hash(cfg, data_sha256)
+    experiment_id = tracking.use_experiment(cfg.mlflow)
+    force = bool(cfg.train.force)
+    if cfg.train.skip_finished and not force:
+        finished = tracking.find_finished_run(experiment_id, config_hash)
+        if finished is not None:
+            return _reuse_finished(finished)
+
+    state = resume.JobState(Path(cfg.train.state_dir) / config_hash)
+    resume_run_id = None
+    if cfg.train.resume and not force and state.has_backup:
+        previous = state.previous()
+        resume_run_id = tracking.resumable_run_id(experiment_id, previous.get("run_id"))
+        if resume_run_id:
+            resume.carry_outputs(Path(previous["output_dir"]), output_dir)
+    if resume_run_id is None:
+        state.clear()  # a stale backup (finished, deleted or foreign run) must not leak into a fresh start
+    for key, folder in _writable_folders(cfg, state).items():
+        _check_writable(key, folder)
+
     keras.utils.set_random_seed(cfg.train.seed)
     splits = data.split(arrays, cfg.data.val_split, cfg.data.limit, cfg.train.seed)
 
     # Build everything before the MLflow run exists: a bad setting never leaves a run behind.
     optimizer = _build(f"optimizer ({cfg.optimizer._target_})", lambda: instantiate(cfg.optimizer))
     model = _build(f"model ({cfg.model._target_})", lambda: instantiate(cfg.model))
-    configured_callbacks = _build("callbacks", lambda: from_config(cfg.get("callbacks")))
+    configured_callbacks = _build("callbacks", lambda: from_config(cfg.get("callbacks"), state.backup_dir))
+    backup = next((c for c in configured_callbacks if isinstance(c, BackupAndRestore)), None)
     model.compile(
         optimizer=optimizer,
         loss="sparse_categorical_crossentropy",
@@ -84,43 +147,57 @@ def train(cfg: DictConfig, arrays: data.Arrays, data_path: Path) -> float:
     choices = dict(hydra_cfg.runtime.choices)
     run_name = tracking.job_run_name(list(hydra_cfg.overrides.task), choices)
     tags = {
-        "data_sha256": data.sha256_file(data_path),
+        "config_hash": config_hash,
+        "data_sha256": data_sha256,
         "hydra_overrides": " ".join(hydra_cfg.overrides.task),
         "job_num": str(hydra_cfg.job.get("num", 0)),
         "output_dir": str(output_dir),
         **{str(key): str(value) for key, value in (cfg.mlflow.get("tags") or {}).items()},
     }
-    with tracking.job_run(cfg, run_name, tracking.config_params(cfg, choices), tags) as run:
-        log.info("MLflow run %s (%s), outputs in %s", run_name, run.info.run_id, output_dir)
+    params = tracking.config_params(cfg, choices)
+    with tracking.job_run(cfg, run_name, params, tags, resume_run_id=resume_run_id) as run:
+        state.record(run.info.run_id, output_dir)
+        action = "resumed from its backup" if resume_run_id else "started"
+        log.info("MLflow run %s (%s) %s; outputs in %s", run_name, run.info.run_id, action, output_dir)
         try:
             started = time.perf_counter()
+            restored = (lambda: backup.restored_history) if backup else list
+            fit_callbacks = [EpochStats(), *configured_callbacks, tracking.epoch_logger(restored)]
             history = model.fit(
                 splits.x_train,
                 splits.y_train,
                 batch_size=cfg.train.batch_size,
                 epochs=cfg.train.epochs,
                 validation_data=(splits.x_val, splits.y_val),
-                callbacks=[EpochStats(), *configured_callbacks, tracking.epoch_logger()],
+                callbacks=fit_callbacks,
                 verbose=verbose,
             )
             train_seconds = time.perf_counter() - started
+            full_history = _merge_history(backup.restored_history if backup else [], history.history)
             test_loss, test_accuracy = model.evaluate(splits.x_test, splits.y_test, batch_size=1024, verbose=0)
             results = {
                 "test_loss": float(test_loss),
                 "test_accuracy": float(test_accuracy),
-                **summarize_history(history.history),
+                **summarize_history(full_history),
                 "train_seconds": train_seconds,
             }
             mlflow.log_metrics(results)
             log.info("results: %s", json.dumps(results))
             _save_keras_atomic(model, output_dir / "checkpoints" / "last.keras")
-            _write_json(output_dir / "history.json", history.history)
+            _write_json(output_dir / "history.json", full_history)
             _write_json(output_dir / "metrics.json", results)
             _write_json(output_dir / "run.json", {"run_id": run.info.run_id, "run_name": run_name})
             tracking.log_keras_model(model, splits.x_test[:5])
         finally:  # whatever happened, keep what the job wrote so far with its run
             tracking.log_job_files(cfg, output_dir)
-        return results["best_val_accuracy"]
+    state.clear()  # the run ended FINISHED: nothing left to resume
+    return results["best_val_accuracy"]
+
+
+def _merge_history(restored: list[dict[str, float]], history: dict[str, list[float]]) -> dict[str, list[float]]:
+    """The whole run's per-epoch history: epochs restored from a backup, then this fit's epochs."""
+    keys = list(history) or list(restored[0] if restored else [])
+    return {key: [epoch[key] for epoch in restored if key in epoch] + list(history.get(key, [])) for key in keys}
 
 
 def _save_keras_atomic(model: Any, path: Path) -> None:
@@ -135,6 +212,7 @@ def main(cfg: DictConfig) -> float:
     try:
         with exit_on_user_error():
             validate(cfg)
+            tracking.check_reachable(str(cfg.mlflow.tracking_uri))
             arrays, data_path = data.load_for_training(
                 cfg.data.dir, cfg.data.sources, cfg.data.local_path, cfg.data.cache_dir, cfg.data.fetch_if_missing
             )

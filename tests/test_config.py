@@ -69,8 +69,8 @@ def test_callback_config_builds_keras_callback_with_its_values(name: str, tmp_pa
     node = cfg.callbacks[name]
     settings = {key: value for key, value in OmegaConf.to_container(node, resolve=False).items() if key != "enabled"}
     for key in ("filepath", "log_dir", "backup_dir"):  # ${hydra:runtime.output_dir} exists only in a job
-        if key in settings:
-            settings[key] = str(tmp_path / Path(settings[key]).name)
+        if key in settings:  # backup_dir: null means "chosen by the job"
+            settings[key] = str(tmp_path / (Path(settings[key]).name if settings[key] else key))
     callback = instantiate(settings)
     assert isinstance(callback, getattr(keras.callbacks, node._target_.rsplit(".", 1)[1]))
     compared = 0

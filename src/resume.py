@@ -1,0 +1,88 @@
+"""Resuming interrupted jobs and skipping finished ones.
+
+A job's identity is its *config hash*: the resolved training config without the keys that only say where
+things go (paths, the MLflow store, verbosity), plus the sha256 of the MNIST file. Every run is tagged
+with it. Before a job trains:
+
+- if the store already has a FINISHED run with the same hash, the job is skipped and that run reused
+  (`train.skip_finished`);
+- else if `<train.state_dir>/<hash>/` holds a backup of an interrupted run, training continues from its
+  last completed epoch, in the same MLflow run (`train.resume`);
+- else it starts fresh.
+
+`train.force=true` turns both off. The state folder is deleted once the run has ended FINISHED.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from src.files import write_text_atomic
+
+# Keys that do not change what is trained: left out of the config hash.
+NOT_HASHED_KEYS = ("mlflow", "train.verbose", "train.resume", "train.skip_finished", "train.force", "train.state_dir")
+NOT_HASHED_DATA = ("dir", "sources", "local_path", "cache_dir", "fetch_if_missing")
+NOT_HASHED_CALLBACK_KEYS = ("filepath", "log_dir", "backup_dir", "verbose")
+
+
+def config_hash(cfg: DictConfig, data_sha256: str) -> str:
+    """16 hex digits identifying what a job trains (see the module docstring)."""
+    tree: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)
+    for dotted in NOT_HASHED_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = tree
+        for key in parents:
+            node = node.get(key, {})
+        node.pop(leaf, None)
+    for key in NOT_HASHED_DATA:
+        tree.get("data", {}).pop(key, None)
+    for callback in (tree.get("callbacks") or {}).values():
+        for key in NOT_HASHED_CALLBACK_KEYS:
+            callback.pop(key, None)
+    tree["data_sha256"] = data_sha256
+    canonical = json.dumps(tree, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+@dataclass
+class JobState:
+    """`<state_dir>/<config hash>/`: the backup of an interrupted job and the run it belongs to."""
+
+    folder: Path
+
+    @property
+    def backup_dir(self) -> Path:
+        return self.folder / "backup"
+
+    @property
+    def has_backup(self) -> bool:
+        return (self.backup_dir / "training_metadata.json").is_file()
+
+    def previous(self) -> dict[str, str]:
+        """{"run_id", "output_dir"} of the interrupted attempt, or {}."""
+        record = self.folder / "run.json"
+        return json.loads(record.read_text()) if record.is_file() else {}
+
+    def record(self, run_id: str, output_dir: Path) -> None:
+        write_text_atomic(self.folder / "run.json", json.dumps({"run_id": run_id, "output_dir": str(output_dir)}))
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def carry_outputs(previous_output_dir: Path, output_dir: Path) -> None:
+    """Copy what an interrupted attempt wrote (best checkpoint, TensorBoard logs) into this attempt's
+    output folder, so that the resumed run's artifacts cover all its epochs. Logs and Hydra's own
+    record stay with the attempt that wrote them."""
+    if not previous_output_dir.is_dir() or previous_output_dir.resolve() == output_dir.resolve():
+        return
+    shutil.copytree(
+        previous_output_dir, output_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".hydra", "*.log", ".tmp-*")
+    )
