@@ -430,8 +430,10 @@ class MlflowSweepCallback(Callback):
             "sweep_dir": str(config.hydra.sweep.dir),
             "sweep_jobs": str(job_count),
         }
-        run = MlflowClient().create_run(self.experiment_id, run_name=run_name, tags=tags)
+        client = MlflowClient()
+        run = client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         self.parent_run_id = run.info.run_id
+        _close_killed_parents(client, self.experiment_id, tags["hydra_overrides"], self.parent_run_id)
         os.environ[SWEEP_ENV] = json.dumps({"parent_run_id": self.parent_run_id, "swept": self.swept})
         atexit.register(self.close, "FAILED")  # Hydra skips on_multirun_end when a job fails
         global _open_sweep
@@ -476,6 +478,23 @@ class MlflowSweepCallback(Callback):
         if status == "FAILED" and "KILLED" in statuses:
             status = "KILLED"
         client.set_terminated(parent_run_id, status)
+
+
+def _close_killed_parents(client: Any, experiment_id: str, hydra_overrides: str, new_parent_run_id: str) -> None:
+    """A rerun of a sweep whose process died (SIGKILL, power loss) takes over: the dead sweep's parent,
+    still RUNNING, ends KILLED, tagged with the parent that resumes its jobs."""
+    if "'" in hydra_overrides:  # cannot be quoted in a filter string; leave such parents alone
+        return
+    stale = client.search_runs(
+        [experiment_id],
+        filter_string=(
+            f"tags.sweep = 'parent' and tags.hydra_overrides = '{hydra_overrides}' and attributes.status = 'RUNNING'"
+        ),
+    )
+    for run in stale:
+        if run.info.run_id != new_parent_run_id:
+            client.set_tag(run.info.run_id, "resumed_by_parent_run_id", new_parent_run_id)
+            client.set_terminated(run.info.run_id, "KILLED")
 
 
 _open_sweep: MlflowSweepCallback | None = None

@@ -97,12 +97,6 @@ def train(cfg: DictConfig, arrays: data.Arrays, data_path: Path) -> float:
 
     Skips a config that already has a FINISHED run and resumes an interrupted one (see src/resume.py).
     """
-    import keras
-    import mlflow
-    from hydra.utils import instantiate
-
-    from src.callbacks import BackupAndRestore, EpochStats, from_config
-
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
     data_sha256 = data.sha256_file(data_path)
@@ -125,6 +119,12 @@ def train(cfg: DictConfig, arrays: data.Arrays, data_path: Path) -> float:
         state.clear()  # a stale backup (finished, deleted or foreign run) must not leak into a fresh start
     for key, folder in _writable_folders(cfg, state).items():
         _check_writable(key, folder)
+
+    import keras  # after the checks above: a bad path costs a second, not a TensorFlow import
+    import mlflow
+    from hydra.utils import instantiate
+
+    from src.callbacks import BackupAndRestore, EpochStats, from_config
 
     keras.utils.set_random_seed(cfg.train.seed)
     splits = data.split(arrays, cfg.data.val_split, cfg.data.limit, cfg.train.seed)

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Run
 
 from src import data
 from src.config import PROJECT_ROOT
@@ -36,3 +38,32 @@ def run_cli(module: str, *overrides: str, cwd: Path, env: dict[str, str] | None 
         text=True,
         timeout=timeout,
     )
+
+
+SMALL = ("data.limit=2000", "train.epochs=2", "data.fetch_if_missing=false")
+
+
+def store_args(folder: Path, mnist_dir: Path) -> list[str]:
+    return [
+        f"mlflow.tracking_uri=sqlite:///{folder}/mlflow.db",
+        f"hydra.sweep.dir={folder}/multirun",
+        f"hydra.run.dir={folder}/outputs",
+        f"data.dir={mnist_dir}",
+        f"train.state_dir={folder}/state",
+    ]
+
+
+def all_runs(folder: Path) -> list[Run]:
+    if not (folder / "mlflow.db").exists():
+        return []
+    client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiments, max_results=1000)
+
+
+def split_parent(runs: list[Run]) -> tuple[Run, list[Run]]:
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1, [r.info.run_name for r in parents]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(children) == len(runs) - 1
+    return parents[0], sorted(children, key=lambda r: int(r.data.tags["job_num"]))

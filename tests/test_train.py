@@ -13,39 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlflow import MlflowClient
-from mlflow.entities import Run
 
 from src.config import PROJECT_ROOT
-from tests.conftest import run_cli
+from tests.conftest import SMALL, all_runs, run_cli, split_parent, store_args
 
 pytestmark = pytest.mark.slow
-
-SMALL = ("data.limit=2000", "train.epochs=2", "data.fetch_if_missing=false")
-
-
-def store_args(folder: Path, mnist_dir: Path) -> list[str]:
-    return [
-        f"mlflow.tracking_uri=sqlite:///{folder}/mlflow.db",
-        f"hydra.sweep.dir={folder}/multirun",
-        f"hydra.run.dir={folder}/outputs",
-        f"data.dir={mnist_dir}",
-    ]
-
-
-def all_runs(folder: Path) -> list[Run]:
-    if not (folder / "mlflow.db").exists():
-        return []
-    client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    return client.search_runs(experiments, max_results=1000)
-
-
-def split_parent(runs: list[Run]) -> tuple[Run, list[Run]]:
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert len(parents) == 1, [r.info.run_name for r in parents]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert len(children) == len(runs) - 1
-    return parents[0], sorted(children, key=lambda r: int(r.data.tags["job_num"]))
 
 
 @pytest.fixture(scope="module")
@@ -185,13 +157,14 @@ def test_bad_value_fails_before_any_run_exists(tmp_path: Path, mnist_dir: Path, 
 
 
 def test_a_failing_job_ends_failed_and_so_does_its_parent(tmp_path: Path, mnist_dir: Path) -> None:
-    blocker = tmp_path / "not_a_folder"
-    blocker.write_text("a file where the checkpoint folder should be")
+    # A folder where the checkpoint file should go: every check passes, saving fails after epoch 1.
+    blocker = tmp_path / "best.keras"
+    blocker.mkdir()
     result = run_cli(
         "src.train",
         "-m",
         "optimizer=adam,sgd",
-        f"callbacks.model_checkpoint.filepath={blocker}/best.keras",
+        f"callbacks.model_checkpoint.filepath={blocker}",
         *SMALL,
         *store_args(tmp_path, mnist_dir),
         cwd=tmp_path,
