@@ -27,9 +27,10 @@ def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run_cli(module: str, *overrides: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600):
     """Run `python -m <module> <overrides>` as a user would, from `cwd`."""
-    environment = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), **(env or {})}
+    environment = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     environment.pop("MLFLOW_TRACKING_URI", None)
     environment.pop("HYDRA_FULL_ERROR", None)
+    environment.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", module, *overrides],
         cwd=cwd,

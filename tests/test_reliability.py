@@ -193,7 +193,7 @@ def test_sigkilled_run_resumes_in_the_same_mlflow_run_with_the_same_result(tmp_p
 
     second = run_cli("src.train", *RESUME, *store_args(killed, mnist_dir), cwd=killed)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "resumed from its backup" in second.stderr
+    assert "resumed from its backup" in second.stdout
     [resumed] = all_runs(killed)
     assert resumed.info.run_id == interrupted.info.run_id and resumed.info.status == "FINISHED"
     for name in ("loss", "val_accuracy", "learning_rate"):
@@ -236,7 +236,7 @@ def test_rerun_of_a_killed_sweep_skips_finished_resumes_killed_runs_missing(tmp_
 
     rerun = run_cli("src.train", *sweep, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "skipped: run optimizer=adam" in rerun.stderr
+    assert "skipped: run optimizer=adam" in rerun.stdout
     parents, children = _runs_by_parent(tmp_path)
     old_parent, new_parent = parents
     assert old_parent.info.status == "KILLED"
