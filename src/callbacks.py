@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from src import update_rules
 from src.files import write_text_atomic
 
 
@@ -45,9 +47,35 @@ def from_config(callbacks_cfg: DictConfig | None, backup_dir: Path | None = None
     return [callback for callback in built if callback not in backups] + backups
 
 
-class EpochStats(keras.callbacks.Callback):
-    """Adds `learning_rate` and `epoch_seconds` to each epoch's logs.
+def effective_step_sizes(optimizer: keras.optimizers.Optimizer) -> np.ndarray | None:
+    """What the optimizer now multiplies each parameter's gradient (Adam: first moment) by, from its own
+    state (src/update_rules.py has the formulas); None for optimizers without a simple per-parameter form."""
 
+    def state(variables: list) -> np.ndarray:
+        return np.concatenate([keras.ops.convert_to_numpy(v).ravel() for v in variables])
+
+    learning_rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+    if isinstance(optimizer, keras.optimizers.Adagrad):
+        return update_rules.adagrad_step_size(learning_rate, state(optimizer._accumulators), optimizer.epsilon)
+    if isinstance(optimizer, keras.optimizers.RMSprop) and not optimizer.centered:
+        return update_rules.rmsprop_step_size(learning_rate, state(optimizer._velocities), optimizer.epsilon)
+    if type(optimizer) is keras.optimizers.Adam and not optimizer.amsgrad:
+        iterations = int(keras.ops.convert_to_numpy(optimizer.iterations))
+        velocities = state(optimizer._velocities)
+        return update_rules.adam_step_size(
+            learning_rate, velocities, optimizer.epsilon, optimizer.beta_1, optimizer.beta_2, iterations
+        )
+    if type(optimizer) is keras.optimizers.SGD:
+        return np.array([learning_rate])
+    return None
+
+
+class EpochStats(keras.callbacks.Callback):
+    """Adds `learning_rate`, `epoch_seconds` and `effective_step_size` to each epoch's logs.
+
+    `effective_step_size` is the median over all parameters of the optimizer's per-parameter step (see
+    `effective_step_sizes`): the median, because weights of always-blank border pixels never get a gradient
+    and keep an extreme step (Adam: lr / epsilon) that says nothing about training.
     Put it first in the list: later callbacks (History, MLflow logging) see the same logs dict.
     """
 
@@ -59,6 +87,9 @@ class EpochStats(keras.callbacks.Callback):
             return
         logs["epoch_seconds"] = time.perf_counter() - self._started
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        step_sizes = effective_step_sizes(self.model.optimizer)
+        if step_sizes is not None:
+            logs["effective_step_size"] = float(np.median(step_sizes))
 
 
 class ModelCheckpoint(keras.callbacks.ModelCheckpoint):
