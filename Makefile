@@ -9,10 +9,10 @@ PORT ?= 5000
 SWEEP ?= optimizer=adam,adagrad,rmsprop
 
 .DEFAULT_GOAL := help
-.PHONY: help install run sweep test test-fast ui lint format lock clean
+.PHONY: help install run sweep hw3 test test-fast ui lint format lock clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ run: install ## the DVC pipeline: fetch MNIST, train + evaluate adam, adagrad, r
 
 sweep: install ## a Hydra sweep outside DVC (SWEEP="optimizer=adam,adagrad,rmsprop" by default)
 	$(BIN)/python -m src.train -m $(SWEEP)
+
+hw3: install ## homework Q4: adam/adagrad/rmsprop x 3 seeds, then the table beside the homework's numbers
+	$(BIN)/python -m src.train -m experiment=hw3_q4
+	$(BIN)/python -m src.homework
 
 test: install ## run the whole test suite
 	$(BIN)/python -m pytest

@@ -170,6 +170,8 @@ def validate(cfg: DictConfig) -> None:
     check.integer("train.batch_size", train.batch_size, 1)
     check.integer("train.seed", train.seed, 0)
     check.integer("train.steps_per_execution", train.steps_per_execution, 1)
+    if train.get("steps_per_epoch") is not None:
+        check.integer("train.steps_per_epoch", train.steps_per_epoch, 1)
     check.choice("train.verbose", train.verbose, VERBOSE_CHOICES)
     for key in ("resume", "skip_finished", "force"):
         if not isinstance(train.get(key), bool):

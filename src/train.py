@@ -168,6 +168,7 @@ def train(cfg: DictConfig, arrays: data.Arrays, data_path: Path) -> float:
                 splits.y_train,
                 batch_size=cfg.train.batch_size,
                 epochs=cfg.train.epochs,
+                steps_per_epoch=cfg.train.get("steps_per_epoch"),
                 validation_data=(splits.x_val, splits.y_val),
                 callbacks=fit_callbacks,
                 verbose=verbose,
