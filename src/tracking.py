@@ -421,8 +421,12 @@ class MlflowSweepCallback(Callback):
             self.swept, job_count = validate_sweep(config)
         self.experiment_id = use_experiment(config.mlflow)
         task_overrides = list(config.hydra.overrides.task)
-        swept_overrides = [o for o in task_overrides if override_key(o) in self.swept]
-        run_name = " ".join(swept_overrides) or "multirun"
+        # Named after what it sweeps: an experiment preset, swept overrides, and the preset's sweep params.
+        named = [o for o in task_overrides if override_key(o) in self.swept or override_key(o) == "experiment"]
+        overridden = {override_key(o) for o in task_overrides}
+        params = (config.hydra.sweeper.get("params") or {}).items()
+        named += [f"{key}={value}" for key, value in params if key not in overridden]
+        run_name = " ".join(dict.fromkeys(named)) or "multirun"
         tags = {
             MLFLOW_RUN_NAME: run_name,
             "sweep": "parent",

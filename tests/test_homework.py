@@ -44,4 +44,5 @@ def test_hw3_sweep_and_report(tmp_path: Path, mnist_dir: Path) -> None:
     for row in ("| adam | 93.84 % |", "| adagrad | 52.77 % |", "| rmsprop | 93.49 % |"):
         assert row in table
     assert table.count(" | 3 | ") == 3  # three seeds per optimizer
+    assert "Sweep `experiment=hw3_q4 optimizer=adam,adagrad,rmsprop train.seed=1,2,3`" in table
     assert (tmp_path / "reports" / "hw3_q4.png").stat().st_size > 10_000
