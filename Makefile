@@ -6,10 +6,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 5000
+SERVER_PORT ?= 5001
+SERVER_DIR ?= $(CURDIR)/mlflow-server
+# The server's run store: SQLite by default; a team uses PostgreSQL, e.g. postgresql://user:password@db-host/mlflow
+SERVER_STORE ?= sqlite:///$(SERVER_DIR)/mlflow.db
 SWEEP ?= optimizer=adam,adagrad,rmsprop
 
 .DEFAULT_GOAL := help
-.PHONY: help install run sweep hw3 test test-fast ui lint format lock clean
+.PHONY: help install run sweep hw3 bench test test-fast ui server lint format lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,13 +47,21 @@ test-fast: install ## run the tests that train nothing
 ui: install ## MLflow UI for the project's store on http://$(HOST):$(PORT) (HOST=0.0.0.0 to share)
 	$(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host $(HOST) --port $(PORT)
 
+server: install ## team tracking server on http://$(HOST):$(SERVER_PORT) (SERVER_STORE=postgresql://... for a team)
+	@mkdir -p "$(SERVER_DIR)/artifacts"
+	$(BIN)/mlflow server --backend-store-uri "$(SERVER_STORE)" --artifacts-destination "$(SERVER_DIR)/artifacts" \
+		--host $(HOST) --port $(SERVER_PORT) --workers 1
+
+bench: install ## benchmarks vs bare Keras: epoch time, sweep, memory, no-op dvc repro (~15 min; see docs/benchmarks.md)
+	$(BIN)/python benchmarks/bench.py
+
 lint: install ## ruff lint and format check
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 format: install ## ruff: fix what it can and format
-	$(BIN)/ruff check --fix src tests
-	$(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
 
 lock: install ## rewrite requirements.lock from the current .venv
 	{ echo "# Every package of a working environment, from \`pip freeze\` (make lock). make install uses it as constraints."; \

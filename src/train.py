@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import psutil
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
@@ -151,6 +152,7 @@ def train(cfg: DictConfig, arrays: data.Arrays, data_path: Path) -> float:
         "data_sha256": data_sha256,
         "hydra_overrides": " ".join(hydra_cfg.overrides.task),
         "job_num": str(hydra_cfg.job.get("num", 0)),
+        "keras_backend": keras.backend.backend(),  # tensorflow, or jax with KERAS_BACKEND=jax
         "output_dir": str(output_dir),
         **{str(key): str(value) for key, value in (cfg.mlflow.get("tags") or {}).items()},
     }
@@ -181,6 +183,7 @@ def train(cfg: DictConfig, arrays: data.Arrays, data_path: Path) -> float:
                 "test_accuracy": float(test_accuracy),
                 **summarize_history(full_history),
                 "train_seconds": train_seconds,
+                "process_rss_mb": psutil.Process().memory_info().rss / 2**20,  # grows across sweep jobs if memory leaks
             }
             mlflow.log_metrics(results)
             log.info("results: %s", json.dumps(results))

@@ -107,3 +107,18 @@ def test_second_repro_does_nothing_and_one_edit_reruns_only_its_stages(project: 
     assert set(status) == {"train@rmsprop"}
     rerun = sh("dvc", "repro", cwd=project)
     assert stages_run(rerun.stdout) == ["train@rmsprop", "evaluate@rmsprop", "compare"]
+
+
+def test_push_and_pull_through_a_local_directory_remote(project: Path, tmp_path: Path) -> None:
+    remote = tmp_path / "dvc-remote"
+    sh("dvc", "remote", "add", "--local", "-d", "shared", str(remote), cwd=project)  # .dvc/config.local: not in git
+    pushed = sh("dvc", "push", cwd=project)
+    assert "pushed" in pushed.stdout and any(remote.rglob("*"))
+    checkpoint = project / "runs" / "adam" / "checkpoints" / "best.keras"
+    before = checkpoint.read_bytes()
+    shutil.rmtree(project / "runs")
+    shutil.rmtree(project / ".dvc" / "cache")
+    (project / "data" / "mnist.npz").unlink()
+    sh("dvc", "pull", cwd=project)
+    assert checkpoint.read_bytes() == before and (project / "data" / "mnist.npz").is_file()
+    assert "up to date" in sh("dvc", "status", cwd=project).stdout

@@ -1,0 +1,294 @@
+"""`make bench`: this project against bare Keras. Every figure is printed with both sides and the ratio.
+
+Sections (the two sides of each pair alternate within a round, so drift in machine load hits both alike):
+
+  epoch   epoch time and samples/s of `python -m src.train` (all callbacks but EarlyStopping, MLflow logging)
+          vs a bare `model.fit` of the same model, data, seed and settings, at batch sizes 32, 128, 1024;
+          and the default config vs a bare fit at Keras' defaults (batch 32, steps_per_execution 1)
+  sweep   `python -m src.train -m optimizer=adam,adagrad,rmsprop` end to end (one process, wall time) vs one
+          process that imports TensorFlow once and runs three bare fits
+  memory  peak RSS of a 6-job sweep vs one bare run, and the sweep's RSS after each job (no growth)
+  dvc     `dvc repro` with nothing to do (run `make run` first)
+
+    python benchmarks/bench.py [--sections epoch,sweep,memory,dvc] [--epochs 3] [--rounds 2]
+
+"Epoch time" is the wall time of model.fit (training, validation, every callback) divided by the epochs.
+Each side runs in its own process. The machine, date and versions are printed first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN_IMAGES = 54000
+BATCH_SIZES = (32, 128, 1024)
+SWEEP_OPTIMIZERS = ("adam", "adagrad", "rmsprop")
+MEMORY_OPTIMIZERS = ("adam", "adagrad", "rmsprop", "sgd", "nadam", "adamax")
+
+
+# ------------------------------------------------------------------------------------------------
+# The bare side: nothing but Keras (run in a child process: `bench.py --bare '<json>'`)
+
+
+def bare(batch_size: int, steps_per_execution: int, epochs: int, optimizers: list[str]) -> dict:
+    started = time.perf_counter()
+    import keras
+
+    sys.path.insert(0, str(ROOT))
+    from src import data, models
+
+    splits = data.split(data.load_verified(ROOT / "data" / "mnist.npz"), 0.1, None, 42)
+    fits = []
+    for optimizer in optimizers:
+        keras.utils.set_random_seed(42)
+        model = models.mlp()
+        model.compile(
+            optimizer=optimizer,
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+            steps_per_execution=steps_per_execution,
+        )
+        fit_started = time.perf_counter()
+        history = model.fit(
+            splits.x_train,
+            splits.y_train,
+            batch_size=batch_size,
+            epochs=epochs,
+            validation_data=(splits.x_val, splits.y_val),
+            verbose=0,
+        )
+        fits.append({"epoch_seconds": (time.perf_counter() - fit_started) / epochs, **_last(history.history)})
+        keras.backend.clear_session()
+    return {"fits": fits, "process_seconds": time.perf_counter() - started}
+
+
+def _last(history: dict) -> dict:
+    return {"val_accuracy": history["val_accuracy"][-1]}
+
+
+def run_bare(batch_size: int, steps_per_execution: int, epochs: int, optimizers: tuple[str, ...] = ("adam",)) -> dict:
+    spec = json.dumps([batch_size, steps_per_execution, epochs, list(optimizers)])
+    output, wall, peak = run_measured([sys.executable, __file__, "--bare", spec])
+    return {**json.loads(output.strip().splitlines()[-1]), "wall_seconds": wall, "peak_rss_mb": peak}
+
+
+# Runs a command and prints its peak RSS: a fresh parent per measurement, so RUSAGE_CHILDREN is that command's.
+_MEASURE = (
+    "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=sys.stderr); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+)
+
+
+def run_measured(command: list[str]) -> tuple[str, float, float]:
+    """(stdout, wall seconds, peak RSS in MB) of a command; Linux reports ru_maxrss in KiB."""
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-c", _MEASURE, *command], cwd=ROOT, check=True, capture_output=True, text=True
+    )
+    wall = time.perf_counter() - started
+    return result.stderr, wall, int(result.stdout.strip().splitlines()[-1]) / 1024
+
+
+# ------------------------------------------------------------------------------------------------
+# The project's side: `python -m src.train`, into a throwaway store
+
+
+def run_project(workdir: Path, *overrides: str, multirun: bool = False) -> dict:
+    out = workdir / f"run-{time.monotonic_ns()}"
+    command = [sys.executable, "-m", "src.train", *(["-m"] if multirun else []), *overrides]
+    command += [
+        "callbacks.early_stopping.enabled=false",
+        f"mlflow.tracking_uri=sqlite:///{out}/mlflow.db",
+        f"hydra.run.dir={out}/run",
+        f"hydra.sweep.dir={out}/multirun",
+        f"train.state_dir={out}/state",
+        "train.verbose=0",
+    ]
+    _, wall, peak = run_measured(command)
+    job_dirs = sorted((out / "multirun").glob("[0-9]*"), key=lambda p: int(p.name)) if multirun else [out / "run"]
+    jobs = []
+    for job in job_dirs:
+        metrics = json.loads((job / "metrics.json").read_text())
+        history = json.loads((job / "history.json").read_text())
+        epochs = len(history["val_accuracy"])
+        jobs.append(
+            {
+                "epoch_seconds": metrics["train_seconds"] / epochs,
+                "val_accuracy": history["val_accuracy"][-1],
+                "rss_mb": metrics.get("process_rss_mb"),
+            }
+        )
+    return {"jobs": jobs, "wall_seconds": wall, "peak_rss_mb": peak}
+
+
+# ------------------------------------------------------------------------------------------------
+# Sections
+
+
+def epoch_section(workdir: Path, epochs: int, rounds: int, table: list[list[str]]) -> None:
+    for batch_size in BATCH_SIZES:
+        ours, theirs = [], []
+        for round_number in range(rounds):
+            project = run_project(workdir, f"train.epochs={epochs}", f"train.batch_size={batch_size}")["jobs"][0]
+            plain = run_bare(batch_size, 64, epochs)["fits"][0]
+            ours.append(project["epoch_seconds"])
+            theirs.append(plain["epoch_seconds"])
+            print(
+                f"  batch {batch_size:4d} round {round_number + 1}: src.train {ours[-1]:.3f} s/epoch "
+                f"(val_accuracy {project['val_accuracy']:.4f}), bare {theirs[-1]:.3f} s/epoch "
+                f"(val_accuracy {plain['val_accuracy']:.4f})",
+                flush=True,
+            )
+        ours_s, theirs_s = statistics.median(ours), statistics.median(theirs)
+        table.append(
+            [
+                f"epoch, batch {batch_size}, steps_per_execution 64",
+                f"{ours_s:.3f} s ({TRAIN_IMAGES / ours_s:,.0f} img/s)",
+                f"{theirs_s:.3f} s ({TRAIN_IMAGES / theirs_s:,.0f} img/s)",
+                f"{ours_s / theirs_s:.3f}x",
+                "≤ 1.05x (logging overhead)",
+            ]
+        )
+        if batch_size == 32:
+            defaults = []
+            for round_number in range(rounds):
+                defaults.append(run_bare(32, 1, epochs)["fits"][0]["epoch_seconds"])
+                print(
+                    f"  batch   32 round {round_number + 1}: bare Keras defaults {defaults[-1]:.3f} s/epoch", flush=True
+                )
+            default_s = statistics.median(defaults)
+            table.append(
+                [
+                    "epoch, default config vs bare Keras defaults (batch 32, steps_per_execution 1)",
+                    f"{ours_s:.3f} s",
+                    f"{default_s:.3f} s",
+                    f"{ours_s / default_s:.3f}x",
+                    "≤ 0.5x",
+                ]
+            )
+
+
+def sweep_section(workdir: Path, epochs: int, rounds: int, table: list[list[str]]) -> None:
+    ours, theirs = [], []
+    for round_number in range(rounds):
+        sweep = run_project(workdir, f"optimizer={','.join(SWEEP_OPTIMIZERS)}", f"train.epochs={epochs}", multirun=True)
+        plain = run_bare(32, 64, epochs, SWEEP_OPTIMIZERS)
+        ours.append(sweep["wall_seconds"])
+        theirs.append(plain["wall_seconds"])
+        print(
+            f"  round {round_number + 1}: sweep {ours[-1]:.1f} s, one process + 3 bare fits {theirs[-1]:.1f} s",
+            flush=True,
+        )
+    ours_s, theirs_s = statistics.median(ours), statistics.median(theirs)
+    table.append(
+        [
+            f"3-optimizer sweep end to end, {epochs} epochs each",
+            f"{ours_s:.1f} s",
+            f"{theirs_s:.1f} s",
+            f"{ours_s / theirs_s:.3f}x",
+            "≤ 1.15x",
+        ]
+    )
+
+
+def memory_section(workdir: Path, table: list[list[str]]) -> None:
+    plain = run_bare(32, 64, 1)
+    sweep = run_project(workdir, f"optimizer={','.join(MEMORY_OPTIMIZERS)}", "train.epochs=1", multirun=True)
+    after_each = [job["rss_mb"] for job in sweep["jobs"]]
+    print(f"  one bare run: peak RSS {plain['peak_rss_mb']:.0f} MB", flush=True)
+    print(f"  6-job sweep: peak RSS {sweep['peak_rss_mb']:.0f} MB; RSS after each job (MB): {after_each}", flush=True)
+    table.append(
+        [
+            "peak RSS, 6-job sweep vs one bare run (1 epoch each)",
+            f"{sweep['peak_rss_mb']:.0f} MB",
+            f"{plain['peak_rss_mb']:.0f} MB",
+            f"{sweep['peak_rss_mb'] / plain['peak_rss_mb']:.3f}x",
+            "≤ 1.5x",
+        ]
+    )
+    growth = after_each[-1] - after_each[1] if len(after_each) > 2 else float("nan")
+    table.append(
+        [
+            "RSS after each sweep job (MB)",
+            " → ".join(f"{value:.0f}" for value in after_each),
+            "",
+            f"{growth:+.0f} MB from job 2 to 6",
+            "no growth",
+        ]
+    )
+
+
+def dvc_section(rounds: int, table: list[list[str]]) -> None:
+    dvc = str(Path(sys.executable).parent / "dvc")
+    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    status = subprocess.run([dvc, "status"], cwd=ROOT, capture_output=True, text=True, env=environment).stdout
+    if "up to date" not in status:
+        print("  skipped: the pipeline is not up to date; run `make run` first", flush=True)
+        return
+    times = []
+    for _ in range(max(rounds, 3)):
+        started = time.perf_counter()
+        subprocess.run([dvc, "repro"], cwd=ROOT, check=True, capture_output=True, env=environment)
+        times.append(time.perf_counter() - started)
+    print(f"  dvc repro with nothing to do: {', '.join(f'{t:.2f}' for t in times)} s", flush=True)
+    table.append(["`dvc repro` with nothing to do", f"{statistics.median(times):.2f} s", "", "", "≤ 3 s"])
+
+
+def describe_machine() -> str:
+    import importlib.metadata as metadata
+
+    versions = ", ".join(f"{name} {metadata.version(name)}" for name in ("tensorflow", "keras", "mlflow", "hydra-core"))
+    return (
+        f"{datetime.date.today()}, {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}, "
+        f"Python {platform.python_version()}, {versions}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", default="epoch,sweep,memory,dvc")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per fit (epoch and sweep sections)")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--bare", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows up as it happens, also through a pipe
+    if args.bare:
+        print(json.dumps(bare(*json.loads(args.bare))))
+        return
+    subprocess.run([sys.executable, "-m", "src.data"], cwd=ROOT, check=True, capture_output=True)
+    print(describe_machine(), flush=True)
+    table: list[list[str]] = []
+    sections = args.sections.split(",")
+    with tempfile.TemporaryDirectory() as workdir:
+        for name in ("epoch", "sweep", "memory", "dvc"):
+            if name not in sections:
+                continue
+            print(f"\n[{name}]", flush=True)
+            if name == "epoch":
+                epoch_section(Path(workdir), args.epochs, args.rounds, table)
+            elif name == "sweep":
+                sweep_section(Path(workdir), args.epochs, args.rounds, table)
+            elif name == "memory":
+                memory_section(Path(workdir), table)
+            else:
+                dvc_section(args.rounds, table)
+    print(f"\nMedians of {args.rounds} rounds:\n")
+    print("| measurement | this project | bare Keras | ratio | target |")
+    print("|---|---|---|---|---|")
+    for row in table:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()

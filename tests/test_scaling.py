@@ -1,0 +1,83 @@
+"""Scaling out: a team tracking server (`make server`)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from src import data
+from tests.conftest import SMALL, run_cli, store_args
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def tracking_server(tmp_path: Path):
+    """`mlflow server` as `make server` starts it: SQLite backend, proxied artifacts, 127.0.0.1."""
+    port = free_port()
+    command = ["make", "-s", "server", f"SERVER_PORT={port}", f"SERVER_DIR={tmp_path / 'server'}"]
+    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    log = (tmp_path / "server.log").open("w")
+    process = subprocess.Popen(
+        command, cwd=Path(__file__).parent.parent, stdout=log, stderr=log, env=environment, start_new_session=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+    yield url, tmp_path / "server"
+    os.killpg(process.pid, 15)
+    process.wait(timeout=30)
+
+
+def test_sweep_logs_to_a_tracking_server_and_reads_back_through_it(
+    tracking_server, tmp_path: Path, mnist_dir: Path
+) -> None:
+    url, server_dir = tracking_server
+    arguments = [a for a in store_args(tmp_path, mnist_dir) if not a.startswith("mlflow.tracking_uri")]
+    result = run_cli(
+        "src.train", "-m", "optimizer=adam,sgd", *SMALL, *arguments, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": url}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (tmp_path / "mlflow.db").exists() and (server_dir / "mlflow.db").is_file()
+
+    client = MlflowClient(url)
+    experiment = client.get_experiment_by_name("mnist-optimizers")
+    assert experiment.artifact_location.startswith("mlflow-artifacts:")  # proxied by the server
+    runs = client.search_runs([experiment.experiment_id])
+    [parent] = [r for r in runs if r.data.tags.get("sweep") == "parent"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "FINISHED"
+    assert sorted(c.data.params["optimizer"] for c in children) == ["adam", "sgd"]
+    assert all(c.info.status == "FINISHED" for c in children)
+
+    adam = next(c for c in children if c.data.params["optimizer"] == "adam")
+    best = client.download_artifacts(adam.info.run_id, "checkpoints/best.keras", str(tmp_path / "download"))
+    model = keras.saving.load_model(best, safe_mode=True)
+    arrays = data.read_npz(mnist_dir / data.FILE_NAME)
+    predicted = np.argmax(model.predict(arrays["x_test"][:500].astype("float32"), verbose=0), axis=1)
+    assert (predicted == arrays["y_test"][:500]).mean() > 0.8
+    assert any((server_dir / "artifacts").rglob("best.keras"))  # stored by the server, not by the client
