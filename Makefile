@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Optional parts installed too: tests (dev), Ray launcher, Optuna search, Keras on JAX. EXTRAS=dev for less.
+EXTRAS ?= dev,ray,search,jax
 HOST ?= 127.0.0.1
 PORT ?= 5000
 SERVER_PORT ?= 5001
@@ -21,7 +23,7 @@ help: ## list the targets
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[$(EXTRAS)]"
 	@touch $@
 
 install: $(STAMP) ## create .venv and install pinned dependencies (no-op when up to date)

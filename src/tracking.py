@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.config import flatten, validate
 from src.errors import ConfigError, exit_on_user_error
-from src.files import markdown_table
+from src.files import markdown_table, write_text_atomic
 
 if TYPE_CHECKING:
     from mlflow import ActiveRun
@@ -162,9 +162,22 @@ def config_params(cfg: DictConfig, choices: Mapping[str, str]) -> dict[str, str]
     return params
 
 
+# The same, as a file in the sweep dir: reaches jobs that a launcher starts in a fresh environment (Ray).
+SWEEP_FILE = "mlflow_sweep.json"
+
+
 def current_sweep() -> dict[str, Any]:
     """The sweep this process' jobs belong to: {"parent_run_id", "swept"}, or {} outside a sweep."""
-    return json.loads(os.environ.get(SWEEP_ENV) or "{}")
+    if os.environ.get(SWEEP_ENV):
+        return json.loads(os.environ[SWEEP_ENV])
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        record = Path(HydraConfig.get().sweep.dir) / SWEEP_FILE
+        if record.is_file():
+            return json.loads(record.read_text())
+    return {}
 
 
 def override_key(override: str) -> str:
@@ -419,10 +432,17 @@ class MlflowSweepCallback(Callback):
 
         with exit_on_user_error():
             self.swept, job_count = validate_sweep(config)
+        if not self.swept:  # another sweeper (Optuna): it draws the values of its params
+            self.swept = list((config.hydra.sweeper.get("params") or {}).keys())
         self.experiment_id = use_experiment(config.mlflow)
         task_overrides = list(config.hydra.overrides.task)
-        # Named after what it sweeps: an experiment preset, swept overrides, and the preset's sweep params.
-        named = [o for o in task_overrides if override_key(o) in self.swept or override_key(o) == "experiment"]
+        # Named after what it sweeps and the config groups chosen on the command line (experiment preset,
+        # search, optimizer, model), then the sweep params a preset or search adds.
+        named = [
+            o
+            for o in task_overrides
+            if override_key(o) in self.swept or ("." not in override_key(o) and not o.startswith("hydra"))
+        ]
         overridden = {override_key(o) for o in task_overrides}
         params = (config.hydra.sweeper.get("params") or {}).items()
         named += [f"{key}={value}" for key, value in params if key not in overridden]
@@ -438,7 +458,9 @@ class MlflowSweepCallback(Callback):
         run = client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         self.parent_run_id = run.info.run_id
         _close_killed_parents(client, self.experiment_id, tags["hydra_overrides"], self.parent_run_id)
-        os.environ[SWEEP_ENV] = json.dumps({"parent_run_id": self.parent_run_id, "swept": self.swept})
+        sweep = json.dumps({"parent_run_id": self.parent_run_id, "swept": self.swept})
+        os.environ[SWEEP_ENV] = sweep
+        write_text_atomic(Path(config.hydra.sweep.dir) / SWEEP_FILE, sweep)
         atexit.register(self.close, "FAILED")  # Hydra skips on_multirun_end when a job fails
         global _open_sweep
         _open_sweep = self

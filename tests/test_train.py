@@ -126,7 +126,7 @@ def test_callback_sweep_gives_children_differing_in_that_setting(tmp_path: Path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     parent, children = split_parent(all_runs(tmp_path))
-    assert parent.info.run_name == "callbacks.early_stopping.patience=0,1"
+    assert parent.info.run_name == "optimizer=sgd callbacks.early_stopping.patience=0,1"
     assert [c.data.params["callbacks.early_stopping.patience"] for c in children] == ["0", "1"]
     assert [c.info.status for c in children] == ["FINISHED", "FINISHED"]
     assert all(
