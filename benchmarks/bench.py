@@ -5,6 +5,8 @@ Sections (the two sides of each pair alternate within a round, so drift in machi
   epoch   epoch time and samples/s of `python -m src.train` (all callbacks but EarlyStopping, MLflow logging)
           vs a bare `model.fit` of the same model, data, seed and settings, at batch sizes 32, 128, 1024;
           and the default config vs a bare fit at Keras' defaults (batch 32, steps_per_execution 1)
+  input   the input pipeline, by measurement: numpy arrays vs keras.utils.PyDataset vs tf.data (cached,
+          prefetched), bare fits at batch 32 and 1024
   sweep   `python -m src.train -m optimizer=adam,adagrad,rmsprop` end to end (one process, wall time) vs one
           process that imports TensorFlow once and runs three bare fits
   memory  peak RSS of a 6-job sweep vs one bare run, and the sweep's RSS after each job (no growth)
@@ -41,7 +43,9 @@ MEMORY_OPTIMIZERS = ("adam", "adagrad", "rmsprop", "sgd", "nadam", "adamax")
 # The bare side: nothing but Keras (run in a child process: `bench.py --bare '<json>'`)
 
 
-def bare(batch_size: int, steps_per_execution: int, epochs: int, optimizers: list[str]) -> dict:
+def bare(
+    batch_size: int, steps_per_execution: int, epochs: int, optimizers: list[str], pipeline: str = "numpy"
+) -> dict:
     started = time.perf_counter()
     import keras
 
@@ -49,6 +53,7 @@ def bare(batch_size: int, steps_per_execution: int, epochs: int, optimizers: lis
     from src import data, models
 
     splits = data.split(data.load_verified(ROOT / "data" / "mnist.npz"), 0.1, None, 42)
+    train_inputs = _pipeline(pipeline, splits.x_train, splits.y_train, batch_size)
     fits = []
     for optimizer in optimizers:
         keras.utils.set_random_seed(42)
@@ -61,9 +66,8 @@ def bare(batch_size: int, steps_per_execution: int, epochs: int, optimizers: lis
         )
         fit_started = time.perf_counter()
         history = model.fit(
-            splits.x_train,
-            splits.y_train,
-            batch_size=batch_size,
+            *train_inputs,
+            batch_size=batch_size if pipeline == "numpy" else None,
             epochs=epochs,
             validation_data=(splits.x_val, splits.y_val),
             verbose=0,
@@ -73,12 +77,49 @@ def bare(batch_size: int, steps_per_execution: int, epochs: int, optimizers: lis
     return {"fits": fits, "process_seconds": time.perf_counter() - started}
 
 
+def _pipeline(name: str, images, labels, batch_size: int) -> tuple:
+    """The training inputs of model.fit for one input pipeline (all shuffle every epoch)."""
+    if name == "numpy":
+        return (images, labels)
+    if name == "pydataset":
+        import keras
+        import numpy as np
+
+        class Batches(keras.utils.PyDataset):
+            def __init__(self) -> None:
+                super().__init__()
+                self.order = np.random.default_rng(42).permutation(len(images))
+
+            def __len__(self) -> int:
+                return -(-len(images) // batch_size)
+
+            def __getitem__(self, index: int):
+                chosen = self.order[index * batch_size : (index + 1) * batch_size]
+                return images[chosen], labels[chosen]
+
+            def on_epoch_end(self) -> None:
+                np.random.default_rng(42).shuffle(self.order)
+
+        return (Batches(),)
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).cache()
+    dataset = dataset.shuffle(len(images), seed=42, reshuffle_each_iteration=True).batch(batch_size)
+    return (dataset.prefetch(tf.data.AUTOTUNE),)
+
+
 def _last(history: dict) -> dict:
     return {"val_accuracy": history["val_accuracy"][-1]}
 
 
-def run_bare(batch_size: int, steps_per_execution: int, epochs: int, optimizers: tuple[str, ...] = ("adam",)) -> dict:
-    spec = json.dumps([batch_size, steps_per_execution, epochs, list(optimizers)])
+def run_bare(
+    batch_size: int,
+    steps_per_execution: int,
+    epochs: int,
+    optimizers: tuple[str, ...] = ("adam",),
+    pipeline: str = "numpy",
+) -> dict:
+    spec = json.dumps([batch_size, steps_per_execution, epochs, list(optimizers), pipeline])
     output, wall, peak = run_measured([sys.executable, __file__, "--bare", spec])
     return {**json.loads(output.strip().splitlines()[-1]), "wall_seconds": wall, "peak_rss_mb": peak}
 
@@ -179,6 +220,30 @@ def epoch_section(workdir: Path, epochs: int, rounds: int, table: list[list[str]
             )
 
 
+def input_section(epochs: int, rounds: int, table: list[list[str]]) -> None:
+    """Bare fits fed by numpy arrays (what src.train uses), a keras.utils.PyDataset, and tf.data."""
+    pipelines = ("numpy", "pydataset", "tf.data")
+    for batch_size in (32, 1024):
+        times: dict[str, list[float]] = {name: [] for name in pipelines}
+        for round_number in range(rounds):
+            for name in pipelines:
+                times[name].append(run_bare(batch_size, 64, epochs, pipeline=name)["fits"][0]["epoch_seconds"])
+            shown = ", ".join(f"{name} {times[name][-1]:.3f}" for name in pipelines)
+            print(f"  batch {batch_size:4d} round {round_number + 1}: {shown} s/epoch")
+        numpy_s = statistics.median(times["numpy"])
+        for name in pipelines[1:]:
+            other = statistics.median(times[name])
+            table.append(
+                [
+                    f"input pipeline, batch {batch_size}: numpy arrays (used) vs {name}",
+                    f"{numpy_s:.3f} s",
+                    f"{other:.3f} s",
+                    f"{numpy_s / other:.3f}x",
+                    "choose the fastest",
+                ]
+            )
+
+
 def sweep_section(workdir: Path, epochs: int, rounds: int, table: list[list[str]]) -> None:
     ours, theirs = [], []
     for round_number in range(rounds):
@@ -257,7 +322,7 @@ def describe_machine() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", default="epoch,sweep,memory,dvc")
+    parser.add_argument("--sections", default="epoch,input,sweep,memory,dvc")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per fit (epoch and sweep sections)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--bare", help=argparse.SUPPRESS)
@@ -271,12 +336,14 @@ def main() -> None:
     table: list[list[str]] = []
     sections = args.sections.split(",")
     with tempfile.TemporaryDirectory() as workdir:
-        for name in ("epoch", "sweep", "memory", "dvc"):
+        for name in ("epoch", "input", "sweep", "memory", "dvc"):
             if name not in sections:
                 continue
             print(f"\n[{name}]", flush=True)
             if name == "epoch":
                 epoch_section(Path(workdir), args.epochs, args.rounds, table)
+            elif name == "input":
+                input_section(args.epochs, args.rounds, table)
             elif name == "sweep":
                 sweep_section(Path(workdir), args.epochs, args.rounds, table)
             elif name == "memory":

@@ -1,8 +1,8 @@
 """Resuming interrupted jobs and skipping finished ones.
 
 A job's identity is its *config hash*: the resolved training config without the keys that only say where
-things go (paths, the MLflow store, verbosity), plus the sha256 of the MNIST file. Every run is tagged
-with it. Before a job trains:
+things go (paths, the MLflow store, verbosity), plus the sha256 of the MNIST file and the Keras backend.
+Every run is tagged with it. Before a job trains:
 
 - if the store already has a FINISHED run with the same hash, the job is skipped and that run reused
   (`train.skip_finished`);
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +33,21 @@ NOT_HASHED_DATA = ("dir", "sources", "local_path", "cache_dir", "fetch_if_missin
 NOT_HASHED_CALLBACK_KEYS = ("filepath", "log_dir", "backup_dir", "verbose")
 
 
-def config_hash(cfg: DictConfig, data_sha256: str) -> str:
-    """16 hex digits identifying what a job trains (see the module docstring)."""
+def keras_backend_name() -> str:
+    """The backend Keras will use, read as Keras reads it (KERAS_BACKEND, then ~/.keras/keras.json) without
+    importing Keras: a skipped job should not pay for a TensorFlow import."""
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    settings = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "keras.json"
+    try:
+        return json.loads(settings.read_text()).get("backend", "tensorflow")
+    except (OSError, ValueError):
+        return "tensorflow"
+
+
+def config_hash(cfg: DictConfig, data_sha256: str, backend: str | None = None) -> str:
+    """16 hex digits identifying what a job trains (see the module docstring): the same config on another
+    Keras backend is another job."""
     tree: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)
     for dotted in NOT_HASHED_KEYS:
         *parents, leaf = dotted.split(".")
@@ -47,6 +61,7 @@ def config_hash(cfg: DictConfig, data_sha256: str) -> str:
         for key in NOT_HASHED_CALLBACK_KEYS:
             callback.pop(key, None)
     tree["data_sha256"] = data_sha256
+    tree["keras_backend"] = backend or keras_backend_name()
     canonical = json.dumps(tree, sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

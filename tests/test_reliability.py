@@ -67,6 +67,8 @@ def test_config_hash_ignores_where_things_go_but_not_what_is_trained() -> None:
     assert base != config_hash("callbacks.early_stopping.patience=0")
     assert base == config_hash("callbacks.model_checkpoint.filepath=/elsewhere/best.keras")
     assert base != resume.config_hash(compose_config(OUTPUT_PATHS), "1" * 64)  # other data
+    other_backend = "jax" if resume.keras_backend_name() != "jax" else "tensorflow"
+    assert base != resume.config_hash(compose_config(OUTPUT_PATHS), "0" * 64, other_backend)
 
 
 def _tiny_model() -> keras.Model:
