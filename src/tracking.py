@@ -253,21 +253,20 @@ def log_epoch_history(history: Sequence[Mapping[str, float]]) -> None:
 
 @contextmanager
 def job_run(
-    cfg: DictConfig,
+    experiment_id: str,
     run_name: str,
     params: Mapping[str, str],
     tags: Mapping[str, str],
     resume_run_id: str | None = None,
 ) -> Iterator[ActiveRun]:
-    """The MLflow run of one training job: a child when a sweep is in progress, else a plain run.
-    With `resume_run_id`, that (interrupted) run is reopened instead of starting a new one.
+    """The MLflow run of one training job in the experiment that `use_experiment` set up: a child when a
+    sweep is in progress, else a plain run. With `resume_run_id`, that (interrupted) run is reopened.
 
     Ends FINISHED, FAILED (exception) or KILLED (Ctrl-C/SIGTERM), whatever happens inside.
     """
     import mlflow
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-    experiment_id = use_experiment(cfg.mlflow)
     parent_run_id = current_sweep().get("parent_run_id")
     if resume_run_id:
         tags = {**tags, **({MLFLOW_PARENT_RUN_ID: parent_run_id} if parent_run_id else {})}

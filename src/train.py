@@ -93,6 +93,18 @@ def _reuse_finished(run: Any) -> float:
     return run.data.metrics.get("best_val_accuracy", float("nan"))
 
 
+def _resumable_run(cfg: DictConfig, state: resume.JobState, experiment_id: str, output_dir: Path) -> str | None:
+    """The id of the interrupted run this job continues, if its backup and its run are both there; the
+    earlier attempt's checkpoints and TensorBoard logs are then copied into this job's output dir."""
+    if not state.has_backup:
+        return None
+    previous = state.previous()
+    run_id = tracking.resumable_run_id(experiment_id, previous.get("run_id"))
+    if run_id:
+        resume.carry_outputs(Path(previous["output_dir"]), output_dir)
+    return run_id
+
+
 def train(cfg: DictConfig, arrays: data.Arrays, data_path: Path) -> float:
     """Train, evaluate and log one job; return its best validation accuracy.
 
@@ -110,12 +122,7 @@ def train(cfg: DictConfig, arrays: data.Arrays, data_path: Path) -> float:
             return _reuse_finished(finished)
 
     state = resume.JobState(Path(cfg.train.state_dir) / config_hash)
-    resume_run_id = None
-    if cfg.train.resume and not force and state.has_backup:
-        previous = state.previous()
-        resume_run_id = tracking.resumable_run_id(experiment_id, previous.get("run_id"))
-        if resume_run_id:
-            resume.carry_outputs(Path(previous["output_dir"]), output_dir)
+    resume_run_id = _resumable_run(cfg, state, experiment_id, output_dir) if cfg.train.resume and not force else None
     if resume_run_id is None:
         state.clear()  # a stale backup (finished, deleted or foreign run) must not leak into a fresh start
     for key, folder in _writable_folders(cfg, state).items():
@@ -157,7 +164,7 @@ def train(cfg: DictConfig, arrays: data.Arrays, data_path: Path) -> float:
         **{str(key): str(value) for key, value in (cfg.mlflow.get("tags") or {}).items()},
     }
     params = tracking.config_params(cfg, choices)
-    with tracking.job_run(cfg, run_name, params, tags, resume_run_id=resume_run_id) as run:
+    with tracking.job_run(experiment_id, run_name, params, tags, resume_run_id=resume_run_id) as run:
         state.record(run.info.run_id, output_dir)
         action = "resumed from its backup" if resume_run_id else "started"
         log.info("MLflow run %s (%s) %s; outputs in %s", run_name, run.info.run_id, action, output_dir)
