@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,7 @@ class ModelCheckpoint(keras.callbacks.ModelCheckpoint):
     def _save_model(self, epoch: int, batch: int | None, logs: dict | None) -> None:
         self._final_path = Path(super()._get_file_path(epoch, batch, logs))
         temp = self._temp_path()
+        temp.unlink(missing_ok=True)  # left by a crash: must not be mistaken for this epoch's save
         super()._save_model(epoch, batch, logs)  # saves to _get_file_path(), i.e. the temp file
         if temp.exists():
             os.replace(temp, self._final_path)
@@ -220,5 +222,10 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
                         peer.best = value
 
     def on_train_end(self, logs: dict | None = None) -> None:
-        """Keep the backup: the caller deletes it once the run's results are safely logged (see
-        `src.resume`), so a kill between the last epoch and the end of logging still resumes."""
+        """Keep the backup: the caller calls `discard` once the run's results are safely logged, so that a
+        kill between the last epoch and the end of logging still resumes."""
+
+    def discard(self) -> None:
+        """Delete the backup (if `delete_checkpoint`): the run it belongs to has ended FINISHED."""
+        if self.delete_checkpoint:
+            shutil.rmtree(self.backup_dir, ignore_errors=True)

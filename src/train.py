@@ -201,7 +201,9 @@ def train(cfg: DictConfig, arrays: data.Arrays, data_path: Path) -> float:
             tracking.log_keras_model(model, splits.x_test[:5])
         finally:  # whatever happened, keep what the job wrote so far with its run
             tracking.log_job_files(cfg, output_dir)
-    state.clear()  # the run ended FINISHED: nothing left to resume
+    if backup is not None:  # the run ended FINISHED: nothing left to resume
+        backup.discard()
+    state.clear()
     return results["best_val_accuracy"]
 
 
