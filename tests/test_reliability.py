@@ -97,6 +97,17 @@ def test_checkpoint_crash_mid_save_keeps_the_previous_checkpoint(tmp_path: Path)
     keras.saving.load_model(best, safe_mode=True)
 
 
+def test_a_stale_temp_checkpoint_is_never_renamed_into_place(tmp_path: Path) -> None:
+    best = tmp_path / "best.keras"
+    checkpoint = callbacks.ModelCheckpoint(str(best), monitor="val_accuracy", mode="max", save_best_only=True)
+    checkpoint.set_model(_tiny_model())
+    checkpoint.on_epoch_end(0, {"val_accuracy": 0.9})
+    saved = best.read_bytes()
+    (tmp_path / ".tmp-best.keras").write_bytes(b"left by a crash")
+    checkpoint.on_epoch_end(1, {"val_accuracy": 0.5})  # no improvement: nothing is saved
+    assert best.read_bytes() == saved
+
+
 def test_backup_crash_mid_save_resumes_from_the_previous_epoch(tmp_path: Path) -> None:
     model = _tiny_model()
     backup = callbacks.BackupAndRestore(str(tmp_path / "backup"))
