@@ -33,7 +33,15 @@ def free_port() -> int:
 def tracking_server(tmp_path: Path):
     """`mlflow server` as `make server` starts it: SQLite backend, proxied artifacts, 127.0.0.1."""
     port = free_port()
-    command = ["make", "-s", "server", f"SERVER_PORT={port}", f"SERVER_DIR={tmp_path / 'server'}"]
+    command = [
+        "make",
+        "-s",
+        "-o",
+        ".venv/.installed",
+        "server",
+        f"SERVER_PORT={port}",
+        f"SERVER_DIR={tmp_path / 'server'}",
+    ]
     environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     log = (tmp_path / "server.log").open("w")
     process = subprocess.Popen(
