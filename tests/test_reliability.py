@@ -74,6 +74,7 @@ def test_config_hash_ignores_where_things_go_but_not_what_is_trained() -> None:
 def _tiny_model() -> keras.Model:
     model = keras.Sequential([keras.Input(shape=(4,)), keras.layers.Dense(3, activation="softmax")])
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.optimizer.build(model.trainable_variables)  # as after a first training step: its state is saved too
     return model
 
 
