@@ -69,6 +69,6 @@ lock: install ## rewrite requirements.lock from the current .venv
 	{ echo "# Every package of a working environment, from \`pip freeze\` (make lock). make install uses it as constraints."; \
 	  $(BIN)/python -m pip freeze --exclude-editable; } > requirements.lock
 
-clean: ## delete Hydra outputs (outputs/, multirun/) and caches; keeps mlflow.db, mlartifacts/, data/, runs/
+clean: ## delete Hydra outputs (outputs/, multirun/, with the backups of unfinished runs) and caches; keeps mlflow.db, mlartifacts/, data/, runs/
 	rm -rf outputs multirun dvc_plots .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +
