@@ -160,7 +160,10 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
             except (OSError, ValueError) as error:
                 errors.append(f"{backup['file']}: {error}")
         else:
-            raise OSError(f"no usable backup in {self.backup_dir}: {'; '.join(errors)}")
+            raise OSError(
+                f"no usable backup in {self.backup_dir} ({'; '.join(errors)}); "
+                "start this run over with train.resume=false"
+            )
         history = metadata["history"][: backup["epoch"]]
         self._history = list(history)
         self._kept = metadata["weights"]

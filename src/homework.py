@@ -143,7 +143,10 @@ def main(argv: list[str] | None = None) -> None:
         client.log_artifact(parent.info.run_id, str(figure_path))
         print(table + f"\nReport: {report_path} (+ {figure_path.name})")
         if off:
-            raise DataError(f"{', '.join(off)}: more than {TOLERANCE_POINTS:g} points from the homework's accuracy")
+            raise DataError(
+                f"{', '.join(off)}: more than {TOLERANCE_POINTS:g} points from the homework's accuracy; "
+                "the budget (batch size, steps) is set in conf/experiment/hw3_q4.yaml, see docs/homework.md"
+            )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,15 @@ from omegaconf import DictConfig, OmegaConf
 from src.files import write_text_atomic
 
 # Keys that do not change what is trained: left out of the config hash.
-NOT_HASHED_KEYS = ("mlflow", "train.verbose", "train.resume", "train.skip_finished", "train.force", "train.state_dir")
+NOT_HASHED_KEYS = (
+    "mlflow",
+    "report_dir",  # where src.homework writes its report (experiment=hw3_q4)
+    "train.verbose",
+    "train.resume",
+    "train.skip_finished",
+    "train.force",
+    "train.state_dir",
+)
 NOT_HASHED_DATA = ("dir", "sources", "local_path", "cache_dir", "fetch_if_missing")
 NOT_HASHED_CALLBACK_KEYS = ("filepath", "log_dir", "backup_dir", "verbose")
 

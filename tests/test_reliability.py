@@ -62,7 +62,7 @@ def test_config_hash_ignores_where_things_go_but_not_what_is_trained() -> None:
 
     base = config_hash()
     assert base == config_hash("mlflow.experiment_name=other", "data.dir=/elsewhere", "train.verbose=0")
-    assert base == config_hash("train.force=true", "train.state_dir=/tmp/x")
+    assert base == config_hash("train.force=true", "train.state_dir=/tmp/x", "+report_dir=/tmp/reports")
     assert base != config_hash("optimizer.learning_rate=0.01")
     assert base != config_hash("callbacks.early_stopping.patience=0")
     assert base == config_hash("callbacks.model_checkpoint.filepath=/elsewhere/best.keras")
