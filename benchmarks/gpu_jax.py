@@ -41,25 +41,22 @@ def ensure_keras(wheels: Path | None) -> None:
     )
 
 
-class EpochTimer:
-    """Collects each epoch's wall time (defined lazily: keras is imported only after ensure_keras)."""
+def epoch_timer():
+    """A Keras callback collecting each epoch's wall time (Keras is imported only after ensure_keras)."""
+    import keras
 
-    @staticmethod
-    def make():
-        import keras
+    class EpochTimer(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seconds: list[float] = []
 
-        class Timer(keras.callbacks.Callback):
-            def __init__(self) -> None:
-                super().__init__()
-                self.seconds: list[float] = []
+        def on_epoch_begin(self, epoch, logs=None):
+            self._started = time.perf_counter()
 
-            def on_epoch_begin(self, epoch, logs=None):
-                self._started = time.perf_counter()
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self._started)
 
-            def on_epoch_end(self, epoch, logs=None):
-                self.seconds.append(time.perf_counter() - self._started)
-
-        return Timer()
+    return EpochTimer()
 
 
 def main() -> None:
@@ -107,7 +104,7 @@ def main() -> None:
                 metrics=["accuracy"],
                 steps_per_execution=steps_per_execution,
             )
-            timer = EpochTimer.make()
+            timer = epoch_timer()
             model.fit(
                 train_images,
                 y_train,
