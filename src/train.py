@@ -134,6 +134,8 @@ def train(cfg: DictConfig, arrays: data.Arrays, data_path: Path) -> float:
 
     from src.callbacks import BackupAndRestore, EpochStats, from_config
 
+    _freeze_imported_objects()
+
     keras.utils.set_random_seed(cfg.train.seed)
     splits = data.split(arrays, cfg.data.val_split, cfg.data.limit, cfg.train.seed)
 
@@ -207,6 +209,15 @@ def train(cfg: DictConfig, arrays: data.Arrays, data_path: Path) -> float:
     return results["best_val_accuracy"]
 
 
+def _freeze_imported_objects() -> None:
+    """Move what exists now (TensorFlow, Keras, MLflow: ~550k objects) out of the garbage collector's
+    sight, once per process. A full collection then takes milliseconds instead of ~0.25 s; Keras runs one
+    after every job (clear_session) and Python runs them during training. Objects made later, such as
+    each job's model, are collected as usual."""
+    if gc.get_freeze_count() == 0:
+        gc.freeze()
+
+
 def _merge_history(restored: list[dict[str, float]], history: dict[str, list[float]]) -> dict[str, list[float]]:
     """The whole run's per-epoch history: epochs restored from a backup, then this fit's epochs."""
     keys = list(history) or list(restored[0] if restored else [])
@@ -231,9 +242,8 @@ def main(cfg: DictConfig) -> float:
             )
             return train(cfg, arrays, data_path)
     finally:
-        if "keras" in sys.modules:  # free this job's graphs and weights before the next sweep job
+        if "keras" in sys.modules:  # free this job's graphs and weights (it runs gc.collect) before the next job
             sys.modules["keras"].backend.clear_session()
-        gc.collect()
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -128,6 +128,29 @@ def test_split_is_seeded_disjoint_and_limited(mnist_dir: Path) -> None:
     assert first.x_train.dtype == np.float32 and first.x_train.max() == 255
 
 
+def test_jobs_in_one_process_share_one_read_and_split_until_the_file_changes(mnist_dir: Path, tmp_path: Path) -> None:
+    shutil.copy(mnist_dir / "mnist.npz", tmp_path / "mnist.npz")
+
+    def load() -> data.Arrays:
+        return data.load_for_training(tmp_path, [], None, tmp_path / ".cache", fetch_if_missing=False)[0]
+
+    arrays = load()
+    assert load() is arrays  # the second job of a sweep neither reads nor re-verifies the file
+    splits = data.split(arrays, val_split=0.1, limit=2000, seed=7)
+    assert data.split(arrays, val_split=0.1, limit=2000, seed=7) is splits
+    assert data.split(arrays, val_split=0.1, limit=2000, seed=8) is not splits
+    shared = [*arrays.values(), *vars(splits).values()]
+    assert not any(array.flags.writeable for array in shared)  # no job can change what the next one trains on
+    with pytest.raises(ValueError):
+        splits.x_train[0, 0, 0] = 0
+
+    damaged = data.read_npz(mnist_dir / "mnist.npz")
+    damaged["x_train"][0, 0, 0] ^= 1
+    np.savez(tmp_path / "mnist.npz", **damaged)  # rewritten in place: the cached arrays must not be served
+    with pytest.raises(DataError, match="x_train has sha256"):
+        load()
+
+
 def test_cli_fetch_reports_the_file(mnist_dir: Path, tmp_path: Path) -> None:
     from tests.conftest import run_cli
 
