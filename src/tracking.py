@@ -334,12 +334,21 @@ def model_requirements() -> list[str]:
     return requirements
 
 
-def log_keras_model(model: Any, example_images: Any) -> None:
-    """Log `model` as an MLflow model (`model/`) whose signature says: raw 28x28 images in, 10 probabilities out."""
-    import mlflow
-    from mlflow.models import infer_signature
+def log_keras_model(model: Any) -> None:
+    """Log `model` as an MLflow model (`model/`) whose signature says: raw 28x28 images in, 10 probabilities out.
 
-    signature = infer_signature(example_images, model.predict(example_images, verbose=0))
+    The signature comes from the model's declared input and output (any batch size), not from
+    running it on examples: that would trace a predict function in every job for the same answer.
+    """
+    import mlflow
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    def spec(tensor: Any) -> Schema:
+        return Schema([TensorSpec(np.dtype(tensor.dtype), (-1, *tensor.shape[1:]))])
+
+    signature = ModelSignature(inputs=spec(model.inputs[0]), outputs=spec(model.outputs[0]))
     mlflow.keras.log_model(model, name="model", signature=signature, pip_requirements=model_requirements())
 
 

@@ -200,7 +200,7 @@ def train(cfg: DictConfig, arrays: data.Arrays, data_path: Path) -> float:
             _write_json(output_dir / "history.json", full_history)
             _write_json(output_dir / "metrics.json", results)
             _write_json(output_dir / "run.json", {"run_id": run.info.run_id, "run_name": run_name})
-            tracking.log_keras_model(model, splits.x_test[:5])
+            tracking.log_keras_model(model)
         finally:  # whatever happened, keep what the job wrote so far with its run
             tracking.log_job_files(cfg, output_dir)
     if backup is not None:  # the run ended FINISHED: nothing left to resume

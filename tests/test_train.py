@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import signal
 import subprocess
 import sys
@@ -104,7 +105,13 @@ def test_logged_model_and_checkpoint_load_back_and_predict_digits(optimizer_swee
     images, labels = arrays["x_test"][:500].astype("float32"), arrays["y_test"][:500]
     model_id = adam.outputs.model_outputs[0].model_id
     model = mlflow.pyfunc.load_model(f"models:/{model_id}")
-    assert model.metadata.signature is not None
+    signature = model.metadata.signature.to_dict()  # raw 28x28 images in, 10 probabilities out, any batch
+    assert json.loads(signature["inputs"]) == [
+        {"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 28, 28]}}
+    ]
+    assert json.loads(signature["outputs"]) == [
+        {"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 10]}}
+    ]
     digits = np.argmax(np.asarray(model.predict(images)), axis=1)
     assert (digits == labels).mean() > 0.8
     client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
