@@ -4,7 +4,9 @@ Sections (the two sides of each pair alternate within a round, so drift in machi
 
   epoch   epoch time and samples/s of `python -m src.train` (all callbacks but EarlyStopping, MLflow logging)
           vs a bare `model.fit` of the same model, data, seed and settings, at batch sizes 32, 128, 1024;
-          and the default config vs a bare fit at Keras' defaults (batch 32, steps_per_execution 1)
+          and the default config vs a bare fit at Keras' defaults (batch 32, steps_per_execution 1).
+          The bare side uses the project's defaults from conf/config.yaml (steps_per_execution,
+          validation_batch_size) unless a row says otherwise
   input   the input pipeline, by measurement: numpy arrays vs keras.utils.PyDataset vs tf.data (cached,
           prefetched), bare fits at batch 32 and 1024
   sweep   `python -m src.train -m optimizer=adam,adagrad,rmsprop` end to end (one process, wall time) vs one
@@ -32,10 +34,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_IMAGES = 54000
 BATCH_SIZES = (32, 128, 1024)
 SWEEP_OPTIMIZERS = ("adam", "adagrad", "rmsprop")
+# The bare side uses the project's default settings (conf/config.yaml), except where a row says otherwise.
+TRAIN_DEFAULTS = OmegaConf.load(ROOT / "conf" / "config.yaml").train
+SPE = int(TRAIN_DEFAULTS.steps_per_execution)
+VALIDATION_BATCH = TRAIN_DEFAULTS.validation_batch_size
 MEMORY_OPTIMIZERS = ("adam", "adagrad", "rmsprop", "sgd", "nadam", "adamax")
 
 
@@ -44,7 +52,12 @@ MEMORY_OPTIMIZERS = ("adam", "adagrad", "rmsprop", "sgd", "nadam", "adamax")
 
 
 def bare(
-    batch_size: int, steps_per_execution: int, epochs: int, optimizers: list[str], pipeline: str = "numpy"
+    batch_size: int,
+    steps_per_execution: int,
+    epochs: int,
+    optimizers: list[str],
+    pipeline: str = "numpy",
+    validation_batch_size: int | None = None,
 ) -> dict:
     started = time.perf_counter()
     import keras
@@ -70,6 +83,7 @@ def bare(
             batch_size=batch_size if pipeline == "numpy" else None,
             epochs=epochs,
             validation_data=(splits.x_val, splits.y_val),
+            validation_batch_size=validation_batch_size,
             verbose=0,
         )
         fits.append({"epoch_seconds": (time.perf_counter() - fit_started) / epochs, **_last(history.history)})
@@ -118,8 +132,9 @@ def run_bare(
     epochs: int,
     optimizers: tuple[str, ...] = ("adam",),
     pipeline: str = "numpy",
+    validation_batch_size: int | None = None,
 ) -> dict:
-    spec = json.dumps([batch_size, steps_per_execution, epochs, list(optimizers), pipeline])
+    spec = json.dumps([batch_size, steps_per_execution, epochs, list(optimizers), pipeline, validation_batch_size])
     output, wall, peak = run_measured([sys.executable, __file__, "--bare", spec])
     return {**json.loads(output.strip().splitlines()[-1]), "wall_seconds": wall, "peak_rss_mb": peak}
 
@@ -192,7 +207,7 @@ def epoch_section(workdir: Path, epochs: int, rounds: int, table: list[list[str]
             settings = (f"train.epochs={epochs}", f"train.batch_size={batch_size}")
             project = run_project(workdir, *settings)["jobs"][0]
             lean = run_project(workdir, *settings, *FILE_CALLBACKS_OFF)["jobs"][0]
-            plain = run_bare(batch_size, 64, epochs)["fits"][0]
+            plain = run_bare(batch_size, SPE, epochs, validation_batch_size=VALIDATION_BATCH)["fits"][0]
             ours.append(project["epoch_seconds"])
             logging_only.append(lean["epoch_seconds"])
             theirs.append(plain["epoch_seconds"])
@@ -204,7 +219,7 @@ def epoch_section(workdir: Path, epochs: int, rounds: int, table: list[list[str]
         ours_s, lean_s, theirs_s = (statistics.median(values) for values in (ours, logging_only, theirs))
         table.append(
             [
-                f"epoch, batch {batch_size}, steps_per_execution 64, default callbacks",
+                f"epoch, batch {batch_size} (spe {SPE}, val batch {VALIDATION_BATCH}), default callbacks",
                 f"{ours_s:.3f} s ({TRAIN_IMAGES / ours_s:,.0f} img/s)",
                 f"{theirs_s:.3f} s ({TRAIN_IMAGES / theirs_s:,.0f} img/s)",
                 f"{ours_s / theirs_s:.3f}x",
@@ -244,7 +259,8 @@ def input_section(epochs: int, rounds: int, table: list[list[str]]) -> None:
         times: dict[str, list[float]] = {name: [] for name in pipelines}
         for round_number in range(rounds):
             for name in pipelines:
-                times[name].append(run_bare(batch_size, 64, epochs, pipeline=name)["fits"][0]["epoch_seconds"])
+                fit = run_bare(batch_size, SPE, epochs, pipeline=name, validation_batch_size=VALIDATION_BATCH)
+                times[name].append(fit["fits"][0]["epoch_seconds"])
             shown = ", ".join(f"{name} {times[name][-1]:.3f}" for name in pipelines)
             print(f"  batch {batch_size:4d} round {round_number + 1}: {shown} s/epoch")
         numpy_s = statistics.median(times["numpy"])
@@ -265,7 +281,7 @@ def sweep_section(workdir: Path, epochs: int, rounds: int, table: list[list[str]
     ours, theirs = [], []
     for round_number in range(rounds):
         sweep = run_project(workdir, f"optimizer={','.join(SWEEP_OPTIMIZERS)}", f"train.epochs={epochs}", multirun=True)
-        plain = run_bare(32, 64, epochs, SWEEP_OPTIMIZERS)
+        plain = run_bare(32, SPE, epochs, SWEEP_OPTIMIZERS, validation_batch_size=VALIDATION_BATCH)
         ours.append(sweep["wall_seconds"])
         theirs.append(plain["wall_seconds"])
         print(
@@ -285,7 +301,7 @@ def sweep_section(workdir: Path, epochs: int, rounds: int, table: list[list[str]
 
 
 def memory_section(workdir: Path, table: list[list[str]]) -> None:
-    plain = run_bare(32, 64, 1)
+    plain = run_bare(32, SPE, 1, validation_batch_size=VALIDATION_BATCH)
     sweep = run_project(workdir, f"optimizer={','.join(MEMORY_OPTIMIZERS)}", "train.epochs=1", multirun=True)
     after_each = [job["rss_mb"] for job in sweep["jobs"]]
     print(f"  one bare run: peak RSS {plain['peak_rss_mb']:.0f} MB", flush=True)

@@ -168,6 +168,8 @@ def validate(cfg: DictConfig) -> None:
     train = cfg.train
     check.integer("train.epochs", train.epochs, 1)
     check.integer("train.batch_size", train.batch_size, 1)
+    if train.get("validation_batch_size") is not None:
+        check.integer("train.validation_batch_size", train.validation_batch_size, 1)
     check.integer("train.seed", train.seed, 0)
     check.integer("train.steps_per_execution", train.steps_per_execution, 1)
     if train.get("steps_per_epoch") is not None:

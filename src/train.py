@@ -178,6 +178,7 @@ def train(cfg: DictConfig, arrays: data.Arrays, data_path: Path) -> float:
                 splits.x_train,
                 splits.y_train,
                 batch_size=cfg.train.batch_size,
+                validation_batch_size=cfg.train.get("validation_batch_size"),
                 epochs=cfg.train.epochs,
                 steps_per_epoch=cfg.train.get("steps_per_epoch"),
                 validation_data=(splits.x_val, splits.y_val),
@@ -186,7 +187,10 @@ def train(cfg: DictConfig, arrays: data.Arrays, data_path: Path) -> float:
             )
             train_seconds = time.perf_counter() - started
             full_history = _merge_history(backup.restored_history if backup else [], history.history)
-            test_loss, test_accuracy = model.evaluate(splits.x_test, splits.y_test, batch_size=1024, verbose=0)
+            test_batch_size = cfg.train.get("validation_batch_size") or cfg.train.batch_size
+            test_loss, test_accuracy = model.evaluate(
+                splits.x_test, splits.y_test, batch_size=test_batch_size, verbose=0
+            )
             results = {
                 "test_loss": float(test_loss),
                 "test_accuracy": float(test_accuracy),

@@ -112,6 +112,7 @@ BAD_VALUES = [
     ("data.val_split=0", "data.val_split=0"),
     ("data.val_split=1.5", "data.val_split=1.5"),
     ("train.batch_size=0", "train.batch_size=0"),
+    ("train.validation_batch_size=0", "train.validation_batch_size=0"),
     ("train.epochs=abc", "train.epochs='abc'"),
     ("callbacks.early_stopping.monitor=val_acc", "callbacks.early_stopping.monitor='val_acc'"),
     ("callbacks.model_checkpoint.mode=best", "callbacks.model_checkpoint.mode='best'"),
