@@ -7,8 +7,9 @@ Sections (the two sides of each pair alternate within a round, so drift in machi
           and the default config vs a bare fit at Keras' defaults (batch 32, steps_per_execution 1).
           The bare side uses the project's defaults from conf/config.yaml (steps_per_execution,
           validation_batch_size) unless a row says otherwise
-  input   the input pipeline, by measurement: numpy arrays vs keras.utils.PyDataset vs tf.data (cached,
-          prefetched), bare fits at batch 32 and 1024
+  input   the input pipeline, by measurement: numpy arrays of raw uint8 pixels (what src.train feeds) vs
+          the same as float32 vs keras.utils.PyDataset vs tf.data (cached, prefetched), bare fits at batch
+          32 and 1024
   sweep   `python -m src.train -m optimizer=adam,adagrad,rmsprop` end to end (one process, wall time) vs one
           process that imports TensorFlow once and runs three bare fits
   memory  peak RSS of a 6-job sweep vs one bare run, and the sweep's RSS after each job (no growth)
@@ -92,9 +93,12 @@ def bare(
 
 
 def _pipeline(name: str, images, labels, batch_size: int) -> tuple:
-    """The training inputs of model.fit for one input pipeline (all shuffle every epoch)."""
+    """The training inputs of model.fit for one input pipeline (all shuffle every epoch). The images are
+    raw uint8 pixels, which the model casts and rescales itself; "numpy-float32" converts them first."""
     if name == "numpy":
         return (images, labels)
+    if name == "numpy-float32":
+        return (images.astype("float32"), labels)
     if name == "pydataset":
         import keras
         import numpy as np
@@ -253,8 +257,8 @@ def epoch_section(workdir: Path, epochs: int, rounds: int, table: list[list[str]
 
 
 def input_section(epochs: int, rounds: int, table: list[list[str]]) -> None:
-    """Bare fits fed by numpy arrays (what src.train uses), a keras.utils.PyDataset, and tf.data."""
-    pipelines = ("numpy", "pydataset", "tf.data")
+    """Bare fits fed by uint8 numpy arrays (what src.train uses), float32 arrays, a PyDataset, and tf.data."""
+    pipelines = ("numpy", "numpy-float32", "pydataset", "tf.data")
     for batch_size in (32, 1024):
         times: dict[str, list[float]] = {name: [] for name in pipelines}
         for round_number in range(rounds):
@@ -268,7 +272,7 @@ def input_section(epochs: int, rounds: int, table: list[list[str]]) -> None:
             other = statistics.median(times[name])
             table.append(
                 [
-                    f"input pipeline, batch {batch_size}: numpy arrays (used) vs {name}",
+                    f"input pipeline, batch {batch_size}: numpy uint8 arrays (used) vs {name}",
                     f"{numpy_s:.3f} s",
                     f"{other:.3f} s",
                     f"{numpy_s / other:.3f}x",

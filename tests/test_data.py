@@ -125,7 +125,7 @@ def test_split_is_seeded_disjoint_and_limited(mnist_dir: Path) -> None:
     assert np.array_equal(first.y_val, again.y_val) and not np.array_equal(first.y_val, other.y_val)
     train_rows = {row.tobytes() for row in first.x_train}
     assert not any(row.tobytes() in train_rows for row in first.x_val)
-    assert first.x_train.dtype == np.float32 and first.x_train.max() == 255
+    assert first.x_train.dtype == np.uint8 and first.x_train.max() == 255  # raw pixels: the model rescales
 
 
 def test_jobs_in_one_process_share_one_read_and_split_until_the_file_changes(mnist_dir: Path, tmp_path: Path) -> None:
