@@ -271,7 +271,8 @@ def split(arrays: Arrays, val_split: float, limit: int | None, seed: int) -> Spl
 
 
 class _ArraysKey:
-    """Hashable by identity: the same dict of arrays is the same data (they are read-only once cached)."""
+    """Hashable by identity: the same dict object is taken to hold the same data, which is safe for the
+    read-only arrays of `load_for_training`; a caller that changes its arrays in place must not reuse them."""
 
     def __init__(self, arrays: Arrays) -> None:
         self.arrays = arrays
