@@ -263,37 +263,14 @@ def split(arrays: Arrays, val_split: float, limit: int | None, seed: int) -> Spl
     layer), so a logged model predicts straight from raw images. Feeding uint8 rather than float32 moves
     a quarter of the bytes through the input pipeline: epochs are ~15-20 % faster on CPU, with bitwise
     the same results (docs/benchmarks.md, "Input pipeline").
-
-    The last result is remembered: the jobs of a sweep over optimizers (one process) share one split.
-    The arrays are read-only.
     """
-    return _split_once(_ArraysKey(arrays), val_split, limit, seed)
-
-
-class _ArraysKey:
-    """Hashable by identity: the same dict object is taken to hold the same data, which is safe for the
-    read-only arrays of `load_for_training`; a caller that changes its arrays in place must not reuse them."""
-
-    def __init__(self, arrays: Arrays) -> None:
-        self.arrays = arrays
-
-    def __hash__(self) -> int:
-        return id(self.arrays)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _ArraysKey) and other.arrays is self.arrays
-
-
-@functools.lru_cache(maxsize=1)
-def _split_once(key: _ArraysKey, val_split: float, limit: int | None, seed: int) -> Splits:
-    arrays = key.arrays
     x_train, y_train = arrays["x_train"], arrays["y_train"]
     if limit is not None:
         x_train, y_train = x_train[:limit], y_train[:limit]
     order = np.random.default_rng(seed).permutation(len(x_train))
     n_val = int(round(len(x_train) * val_split))
     val_index, train_index = order[:n_val], order[n_val:]
-    splits = Splits(
+    return Splits(
         x_train=x_train[train_index],
         y_train=y_train[train_index],
         x_val=x_train[val_index],
@@ -301,6 +278,18 @@ def _split_once(key: _ArraysKey, val_split: float, limit: int | None, seed: int)
         x_test=arrays["x_test"],
         y_test=arrays["y_test"],
     )
+
+
+def split_for_training(path: Path, val_split: float, limit: int | None, seed: int) -> Splits:
+    """`split` of the verified MNIST file at `path` (see `load_for_training`), remembered while the file is
+    unchanged: the jobs of a sweep over optimizers run in one process and share one read and one split.
+    The arrays are read-only, so no job can change what the next one trains on."""
+    return _split_once(_file_identity(path), val_split, limit, seed)
+
+
+@functools.lru_cache(maxsize=1)
+def _split_once(identity: tuple[str, int, int, int, int], val_split: float, limit: int | None, seed: int) -> Splits:
+    splits = split(_load_verified_once(identity), val_split, limit, seed)
     for array in vars(splits).values():
         array.setflags(write=False)
     return splits

@@ -105,7 +105,7 @@ def _resumable_run(cfg: DictConfig, state: resume.JobState, experiment_id: str, 
     return run_id
 
 
-def train(cfg: DictConfig, arrays: data.Arrays, data_path: Path) -> float:
+def train(cfg: DictConfig, data_path: Path) -> float:
     """Train, evaluate and log one job; return its best validation accuracy.
 
     Skips a config that already has a FINISHED run and resumes an interrupted one (see src/resume.py).
@@ -137,7 +137,7 @@ def train(cfg: DictConfig, arrays: data.Arrays, data_path: Path) -> float:
     _freeze_imported_objects()
 
     keras.utils.set_random_seed(cfg.train.seed)
-    splits = data.split(arrays, cfg.data.val_split, cfg.data.limit, cfg.train.seed)
+    splits = data.split_for_training(data_path, cfg.data.val_split, cfg.data.limit, cfg.train.seed)
 
     # Build everything before the MLflow run exists: a bad setting never leaves a run behind.
     optimizer = _build(f"optimizer ({cfg.optimizer._target_})", lambda: instantiate(cfg.optimizer))
@@ -241,10 +241,10 @@ def main(cfg: DictConfig) -> float:
         with exit_on_user_error():
             validate(cfg)
             tracking.check_reachable(str(cfg.mlflow.tracking_uri))
-            arrays, data_path = data.load_for_training(
+            _, data_path = data.load_for_training(  # fetches if allowed, verifies once per process
                 cfg.data.dir, cfg.data.sources, cfg.data.local_path, cfg.data.cache_dir, cfg.data.fetch_if_missing
             )
-            return train(cfg, arrays, data_path)
+            return train(cfg, data_path)
     finally:
         if "keras" in sys.modules:  # free this job's graphs and weights (it runs gc.collect) before the next job
             sys.modules["keras"].backend.clear_session()

@@ -129,16 +129,18 @@ def test_split_is_seeded_disjoint_and_limited(mnist_dir: Path) -> None:
 
 
 def test_jobs_in_one_process_share_one_read_and_split_until_the_file_changes(mnist_dir: Path, tmp_path: Path) -> None:
-    shutil.copy(mnist_dir / "mnist.npz", tmp_path / "mnist.npz")
+    target = tmp_path / "mnist.npz"
+    shutil.copy(mnist_dir / "mnist.npz", target)
 
     def load() -> data.Arrays:
         return data.load_for_training(tmp_path, [], None, tmp_path / ".cache", fetch_if_missing=False)[0]
 
     arrays = load()
     assert load() is arrays  # the second job of a sweep neither reads nor re-verifies the file
-    splits = data.split(arrays, val_split=0.1, limit=2000, seed=7)
-    assert data.split(arrays, val_split=0.1, limit=2000, seed=7) is splits
-    assert data.split(arrays, val_split=0.1, limit=2000, seed=8) is not splits
+    splits = data.split_for_training(target, val_split=0.1, limit=2000, seed=7)
+    assert data.split_for_training(target, val_split=0.1, limit=2000, seed=7) is splits
+    assert data.split_for_training(target, val_split=0.1, limit=2000, seed=8) is not splits
+    assert np.array_equal(splits.y_val, data.split(data.read_npz(target), 0.1, 2000, 7).y_val)
     shared = [*arrays.values(), *vars(splits).values()]
     assert not any(array.flags.writeable for array in shared)  # no job can change what the next one trains on
     with pytest.raises(ValueError):
@@ -146,9 +148,11 @@ def test_jobs_in_one_process_share_one_read_and_split_until_the_file_changes(mni
 
     damaged = data.read_npz(mnist_dir / "mnist.npz")
     damaged["x_train"][0, 0, 0] ^= 1
-    np.savez(tmp_path / "mnist.npz", **damaged)  # rewritten in place: the cached arrays must not be served
+    np.savez(target, **damaged)  # rewritten in place: the cached arrays must not be served
     with pytest.raises(DataError, match="x_train has sha256"):
         load()
+    with pytest.raises(DataError, match="x_train has sha256"):
+        data.split_for_training(target, val_split=0.1, limit=2000, seed=7)
 
 
 def test_cli_fetch_reports_the_file(mnist_dir: Path, tmp_path: Path) -> None:
