@@ -21,15 +21,13 @@ from typing import Any
 
 import yaml
 
-from src.config import PROJECT_ROOT, flatten
+from src.config import PROJECT_ROOT, flatten, shapes_training
 from src.errors import UserError, exit_on_user_error
 from src.files import markdown_table, save_figure_atomic, write_text_atomic
 
 PARAMS_FILE = PROJECT_ROOT / "params.yaml"
 RUNS_DIR = PROJECT_ROOT / "runs"
 REPORTS_DIR = PROJECT_ROOT / "reports"
-# Config keys that say where things go, not how training works: never "settings that differ".
-LOCATION_KEYS = ("dir", "local_path", "filepath", "log_dir", "backup_dir", "cache_dir")
 COLUMNS = ("optimizer", "test_accuracy", "best_val_accuracy", "best_epoch", "stopped_epoch", "train_seconds")
 
 
@@ -50,11 +48,7 @@ def load_results(names: list[str], runs_dir: Path, eval_dir: Path) -> list[dict[
         training = _read_json(run / "metrics.json")
         evaluation = _read_json(eval_dir / name / "metrics.json")
         config = yaml.safe_load(_read_text(run / ".hydra" / "config.yaml"))
-        settings = {
-            key: value
-            for key, value in flatten(config)
-            if key.rsplit(".", 1)[-1] not in LOCATION_KEYS and not key.startswith("mlflow.")
-        }
+        settings = {key: value for key, value in flatten(config) if shapes_training(key)}
         results.append(
             {
                 "optimizer": name,

@@ -7,6 +7,7 @@ MLflow run), so a typo costs a second, not a training run.
 from __future__ import annotations
 
 import numbers
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,46 @@ LOGGED_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 MODES = ("auto", "min", "max")
 DATA_SOURCES = ("keras", "pypi", "local")
 VERBOSE_CHOICES = ("auto", 0, 1, 2)
+
+# Keys that say where things go, how a run is filed or how chatty it is: not what is trained. This one
+# definition decides the config hash (src/resume.py), run names and MLflow params vs tags
+# (src/tracking/job.py) and the comparison's "settings that differ" (src/compare.py); a test checks that
+# all four agree. A key and everything below it (`mlflow` covers `mlflow.tags.dvc_stage`).
+NOT_TRAINING_KEYS = (
+    "hydra",
+    "mlflow",
+    "report_dir",  # where src.homework writes its report (experiment=hw3_q4)
+    "train.verbose",
+    "train.resume",
+    "train.skip_finished",
+    "train.force",
+    "train.state_dir",
+    "data.dir",
+    "data.sources",
+    "data.local_path",
+    "data.cache_dir",
+    "data.fetch_if_missing",
+)
+# The same for the keys of every callback, `callbacks.<name>.<key>`.
+NOT_TRAINING_CALLBACK_KEYS = ("filepath", "log_dir", "backup_dir", "verbose")
+
+
+def shapes_training(key: str) -> bool:
+    """Whether a dotted config key (or an override's key: `hydra/launcher`, `+mlflow.tags.x`) can change
+    what is trained. False for the keys of NOT_TRAINING_KEYS and NOT_TRAINING_CALLBACK_KEYS."""
+    parts = re.split(r"[./]", key.lstrip("+~"))
+    if len(parts) >= 3 and parts[0] == "callbacks" and parts[2] in NOT_TRAINING_CALLBACK_KEYS:
+        return False
+    return not any(".".join(parts[: len(k.split("."))]) == k for k in NOT_TRAINING_KEYS)
+
+
+def training_tree(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A copy of a nested config without the keys that do not shape training (see NOT_TRAINING_KEYS)."""
+    return {
+        key: training_tree(value, f"{prefix}{key}.") if isinstance(value, Mapping) else value
+        for key, value in tree.items()
+        if shapes_training(f"{prefix}{key}")
+    }
 
 
 def _is_int(value: Any) -> bool:

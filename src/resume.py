@@ -1,7 +1,8 @@
 """Resuming interrupted jobs and skipping finished ones.
 
 A job's identity is its *config hash*: the resolved training config without the keys that only say where
-things go (paths, the MLflow store, verbosity), plus the sha256 of the MNIST file and the Keras backend.
+things go (paths, the MLflow store, verbosity: `src.config.NOT_TRAINING_KEYS`), plus the sha256 of the
+MNIST file and the Keras backend.
 Every run is tagged with it. Before a job trains:
 
 - if the store already has a FINISHED run with the same hash, the job is skipped and that run reused
@@ -21,24 +22,11 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from src.config import training_tree
 from src.files import write_text_atomic
-
-# Keys that do not change what is trained: left out of the config hash.
-NOT_HASHED_KEYS = (
-    "mlflow",
-    "report_dir",  # where src.homework writes its report (experiment=hw3_q4)
-    "train.verbose",
-    "train.resume",
-    "train.skip_finished",
-    "train.force",
-    "train.state_dir",
-)
-NOT_HASHED_DATA = ("dir", "sources", "local_path", "cache_dir", "fetch_if_missing")
-NOT_HASHED_CALLBACK_KEYS = ("filepath", "log_dir", "backup_dir", "verbose")
 
 
 def keras_backend_name() -> str:
@@ -56,18 +44,7 @@ def keras_backend_name() -> str:
 def config_hash(cfg: DictConfig, data_sha256: str, backend: str | None = None) -> str:
     """16 hex digits identifying what a job trains (see the module docstring): the same config on another
     Keras backend is another job."""
-    tree: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)
-    for dotted in NOT_HASHED_KEYS:
-        *parents, leaf = dotted.split(".")
-        node = tree
-        for key in parents:
-            node = node.get(key, {})
-        node.pop(leaf, None)
-    for key in NOT_HASHED_DATA:
-        tree.get("data", {}).pop(key, None)
-    for callback in (tree.get("callbacks") or {}).values():
-        for key in NOT_HASHED_CALLBACK_KEYS:
-            callback.pop(key, None)
+    tree = training_tree(OmegaConf.to_container(cfg, resolve=True))
     tree["data_sha256"] = data_sha256
     tree["keras_backend"] = backend or keras_backend_name()
     canonical = json.dumps(tree, sort_keys=True, default=str)

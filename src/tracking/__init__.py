@@ -1,0 +1,59 @@
+"""Everything MLflow, in three parts that change for different reasons:
+
+- store.py: where runs go (tracking URI, SQLite set-up, reachability, experiment, masked secrets);
+- job.py: one training job's run (name, params/tags, resume lookup, epoch logging, model and files);
+- sweep.py: a multirun's parent run (Hydra callback, summary, closing on failure).
+
+Run model:
+- `python -m src.train ...` is one plain run.
+- `python -m src.train -m ...` is one *parent* run (created by the Hydra callback `MlflowSweepCallback`
+  on multirun start, named after the swept overrides) with every job a *child* (`mlflow.parentRunId`).
+  When the sweep ends the parent gets `summary.csv`/`summary.md` and the best child's id as a tag.
+- A job that raises ends FAILED, Ctrl-C/SIGTERM ends KILLED; the parent is closed in every case (on
+  multirun end, or by an exit handler when Hydra stops early), so no run is ever left RUNNING.
+
+mlflow is imported inside functions: config errors are reported before its ~2 s import.
+"""
+
+from src.errors import ConfigError
+from src.tracking.job import (
+    adopt_into_sweep,
+    config_params,
+    current_sweep,
+    epoch_logger,
+    find_finished_run,
+    job_run,
+    job_run_name,
+    log_epoch_history,
+    log_job_files,
+    log_keras_model,
+    override_key,
+    resumable_run_id,
+)
+from src.tracking.store import check_reachable, mask_uri, masked_config, sqlite_path, use_experiment
+from src.tracking.sweep import MlflowSweepCallback, close_open_sweep, summary_rows, validate_sweep
+
+__all__ = [
+    "ConfigError",
+    "MlflowSweepCallback",
+    "adopt_into_sweep",
+    "check_reachable",
+    "close_open_sweep",
+    "config_params",
+    "current_sweep",
+    "epoch_logger",
+    "find_finished_run",
+    "job_run",
+    "job_run_name",
+    "log_epoch_history",
+    "log_job_files",
+    "log_keras_model",
+    "mask_uri",
+    "masked_config",
+    "override_key",
+    "resumable_run_id",
+    "sqlite_path",
+    "summary_rows",
+    "use_experiment",
+    "validate_sweep",
+]
