@@ -197,3 +197,12 @@ def by_setting(
         setting_label(keys, values): [v for v in (value(row) for row in members) if v is not None]
         for values, members in grouped.items()
     }
+
+
+def metric_name(metric: str, stat: str, label: str) -> str:
+    """The MLflow metric of one setting's aggregate, `test_accuracy_mean/optimizer:adam,train.epochs:5`
+    becomes `test_accuracy_mean/optimizer:adam train.epochs:5`: MLflow's UI groups charts by the part before
+    "/", and metric names may not hold "=" or ","."""
+    safe = label.replace("=", ":").replace(",", " ")
+    safe = "".join(c if c.isalnum() or c in "_-. /:" else "_" for c in safe)
+    return f"{metric}_{stat}/{safe}"

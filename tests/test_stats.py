@@ -98,3 +98,11 @@ def test_grouping_by_setting_skips_the_seed_and_failed_children():
     assert stats.setting_label([], []) == "all"  # a sweep over seeds alone is one group
     assert stats.format_mean_std(stats.summarize(groups["optimizer=adam"])) == "96.50 ± 0.71"
     assert stats.format_mean_std(stats.summarize(groups["optimizer=sgd"])) == "90.00 (n=1)"
+
+
+def test_metric_names_are_valid_mlflow_names():
+    from mlflow.utils.validation import _validate_metric_name
+
+    name = stats.metric_name("test_accuracy", "mean", "optimizer=adam,optimizer.learning_rate=0.01")
+    assert name == "test_accuracy_mean/optimizer:adam optimizer.learning_rate:0.01"
+    _validate_metric_name(name)  # raises MlflowException on a name MLflow rejects
