@@ -15,7 +15,7 @@ SERVER_STORE ?= sqlite:///$(SERVER_DIR)/mlflow.db
 SWEEP ?= optimizer=adam,adagrad,rmsprop
 
 .DEFAULT_GOAL := help
-.PHONY: help install run sweep hw3 bench test test-fast ui server lint format lock clean
+.PHONY: help install run sweep hw3 bench test test-fast ui server plots lint format lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,7 +30,7 @@ install: $(STAMP) ## create .venv and install pinned dependencies (no-op when up
 
 run: install ## the DVC pipeline: fetch MNIST, train + evaluate adam, adagrad, rmsprop, compare (dvc repro)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
-	@echo "Report: reports/comparison.md (+ curves.png, confusion_grid.png); HTML plots: dvc plots show"
+	@echo "Report: reports/comparison.md (+ curves.png, confusion_grid.png); HTML plots (offline): make plots"
 	@echo "Browse the runs: make ui  (then open http://$(HOST):$(PORT))"
 
 sweep: install ## a Hydra sweep outside DVC (SWEEP="optimizer=adam,adagrad,rmsprop" by default)
@@ -53,6 +53,9 @@ server: install ## team tracking server on http://$(HOST):$(SERVER_PORT) (SERVER
 	@mkdir -p "$(SERVER_DIR)/artifacts"
 	$(BIN)/mlflow server --backend-store-uri "$(SERVER_STORE)" --artifacts-destination "$(SERVER_DIR)/artifacts" \
 		--host $(HOST) --port $(SERVER_PORT) --workers 1
+
+plots: install ## DVC's plots as one HTML page that renders offline (vega inlined): dvc_plots/index.html
+	$(BIN)/dvc plots show --html-template .dvc/plots/offline.html -o dvc_plots
 
 bench: install ## benchmarks vs bare Keras: epoch time, sweep, memory, no-op dvc repro (~15 min; see docs/benchmarks.md)
 	$(BIN)/python benchmarks/bench.py
