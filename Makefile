@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Optional parts installed too: tests (dev), Ray launcher, Optuna search, Keras on JAX. EXTRAS=dev for less.
-EXTRAS ?= dev,ray,search,jax
+# Optional parts installed too: tests (dev), Ray launcher, Optuna search, Keras on JAX, the PostgreSQL driver,
+# MLflow's basic-auth app. EXTRAS=dev for less.
+EXTRAS ?= dev,ray,search,jax,postgres,auth
 HOST ?= 127.0.0.1
 PORT ?= 5000
 SERVER_PORT ?= 5001
@@ -15,7 +16,7 @@ SERVER_STORE ?= sqlite:///$(SERVER_DIR)/mlflow.db
 SWEEP ?= optimizer=adam,adagrad,rmsprop
 
 .DEFAULT_GOAL := help
-.PHONY: help install run sweep hw3 bench test test-fast ui server plots lint format lock clean
+.PHONY: help install run sweep hw3 bench test test-fast ui server db db-stop db-rm plots lint format lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,10 +50,26 @@ test-fast: install ## run the tests that train nothing
 ui: install ## MLflow UI for the project's store on http://$(HOST):$(PORT) (HOST=0.0.0.0 to share)
 	$(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host $(HOST) --port $(PORT)
 
-server: install ## team tracking server on http://$(HOST):$(SERVER_PORT) (SERVER_STORE=postgresql://... for a team)
-	@mkdir -p "$(SERVER_DIR)/artifacts"
-	$(BIN)/mlflow server --backend-store-uri "$(SERVER_STORE)" --artifacts-destination "$(SERVER_DIR)/artifacts" \
-		--host $(HOST) --port $(SERVER_PORT) --workers 1
+# make db: a PostgreSQL cluster of the project's own, on 127.0.0.1 (its password in $(DB_DIR)/pgpass, for PGPASSFILE)
+DB_DIR ?= $(CURDIR)/postgres
+# AUTH=1: MLflow's access control; the admin password from MLFLOW_AUTH_ADMIN_PASSWORD or ADMIN_PASSWORD_FILE
+AUTH ?=
+ADMIN_PASSWORD_FILE ?=
+SERVER_WORKERS ?= 1
+
+server: install ## team tracking server on http://$(HOST):$(SERVER_PORT) (SERVER_STORE=postgresql://..., AUTH=1: logins)
+	PGPASSFILE="$${PGPASSFILE:-$(DB_DIR)/pgpass}" $(BIN)/python -m src.server serve --store "$(SERVER_STORE)" \
+		--server-dir "$(SERVER_DIR)" --host $(HOST) --port $(SERVER_PORT) --workers $(SERVER_WORKERS) \
+		$(if $(AUTH),--auth) $(if $(ADMIN_PASSWORD_FILE),--admin-password-file "$(ADMIN_PASSWORD_FILE)")
+
+db: install ## start PostgreSQL in $(DB_DIR) on 127.0.0.1 (created on first use); prints the SERVER_STORE to use
+	$(BIN)/python -m src.server db-start "$(DB_DIR)"
+
+db-stop: install ## stop the PostgreSQL of make db (its data stays in $(DB_DIR))
+	$(BIN)/python -m src.server db-stop "$(DB_DIR)"
+
+db-rm: install ## stop the PostgreSQL of make db and delete $(DB_DIR) with every run stored in it
+	$(BIN)/python -m src.server db-rm "$(DB_DIR)"
 
 plots: install ## DVC's plots as one HTML page that renders offline (vega inlined): dvc_plots/index.html
 	$(BIN)/dvc plots show --html-template .dvc/plots/offline.html -o dvc_plots
