@@ -102,12 +102,12 @@ def test_logged_model_and_checkpoint_load_back_and_predict_digits(optimizer_swee
     adam = children[0]
     mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
     arrays = data.read_npz(mnist_dir / "mnist.npz")
-    images, labels = arrays["x_test"][:500].astype("float32"), arrays["y_test"][:500]
+    images, labels = arrays["x_test"][:500], arrays["y_test"][:500]  # uint8 pixels, as in mnist.npz
     model_id = adam.outputs.model_outputs[0].model_id
     model = mlflow.pyfunc.load_model(f"models:/{model_id}")
     signature = model.metadata.signature.to_dict()  # raw 28x28 images in, 10 probabilities out, any batch
     assert json.loads(signature["inputs"]) == [
-        {"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 28, 28]}}
+        {"type": "tensor", "tensor-spec": {"dtype": "uint8", "shape": [-1, 28, 28]}}
     ]
     assert json.loads(signature["outputs"]) == [
         {"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 10]}}

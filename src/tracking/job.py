@@ -206,21 +206,40 @@ def model_requirements() -> list[str]:
 
 
 def log_keras_model(model: Any) -> None:
-    """Log `model` as an MLflow model (`model/`) whose signature says: raw 28x28 images in, 10 probabilities out.
+    """Log `model` as the run's MLflow model `model`: raw 28x28 uint8 images (pixels 0-255, as in mnist.npz)
+    in, 10 class probabilities out, so `mlflow.pyfunc.load_model(uri).predict(d["x_test"])` and
+    `mlflow models serve` take MNIST as it is, and predict draws no progress bar.
 
-    The signature comes from the model's declared input and output (any batch size), not from
-    running it on examples: that would trace a predict function in every job for the same answer.
+    A Python model (served_model.py, logged as code) around the saved Keras file rather than MLflow's keras
+    flavor, whose predict always draws Keras' progress bar. The signature's input is uint8 because that is
+    what the model is fed in training (it casts and rescales inside); MLflow checks inputs against it. Its
+    shapes come from the model's declared input and output (any batch size), not from running it on
+    examples: that would trace a predict function in every job for the same answer.
     """
+    import tempfile
+    import warnings
+
     import mlflow
     import numpy as np
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    def spec(tensor: Any) -> Schema:
-        return Schema([TensorSpec(np.dtype(tensor.dtype), (-1, *tensor.shape[1:]))])
+    def spec(tensor: Any, dtype: str) -> Schema:
+        return Schema([TensorSpec(np.dtype(dtype), (-1, *tensor.shape[1:]))])
 
-    signature = ModelSignature(inputs=spec(model.inputs[0]), outputs=spec(model.outputs[0]))
-    mlflow.keras.log_model(model, name="model", signature=signature, pip_requirements=model_requirements())
+    output = model.outputs[0]
+    signature = ModelSignature(inputs=spec(model.inputs[0], "uint8"), outputs=spec(output, output.dtype))
+    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*input example was not provided")  # the signature is explicit
+        keras_file = Path(folder) / "model.keras"
+        model.save(keras_file)
+        mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(Path(__file__).with_name("served_model.py")),
+            artifacts={"keras_model": str(keras_file)},
+            signature=signature,
+            pip_requirements=model_requirements(),
+        )
 
 
 def log_job_files(cfg: DictConfig, output_dir: Path) -> None:

@@ -1,0 +1,42 @@
+"""The MLflow model every job logs, as MLflow "models from code": MLflow copies this file into the logged
+model and runs it to load the model, for `mlflow.pyfunc.load_model` and `mlflow models serve` alike.
+
+Why a Python model instead of MLflow's keras flavor: the keras flavor's predict calls `model.predict(data)`,
+which draws a progress bar on every call (into a server's log too) and cannot be told otherwise.
+
+It imports nothing from this project, so that the model loads wherever MLflow, Keras and NumPy are
+installed (another machine, another folder). The Keras model itself is the artifact `keras_model`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.pyfunc import PythonModel
+
+# Images per forward pass: no gradients, so large batches are fast and the result is the same.
+PREDICT_BATCH_SIZE = 1024
+
+
+class DigitClassifier(PythonModel):
+    """Raw 28x28 MNIST images (uint8 pixels 0-255) in, 10 class probabilities per image out.
+
+    The Keras model casts and rescales the pixels itself; MLflow's schema check (the model's signature)
+    has already made sure the input is a uint8 array of shape (n, 28, 28).
+    """
+
+    def load_context(self, context: Any) -> None:
+        import keras
+
+        # compile=False: predicting needs no optimizer or loss, and loading is faster without them.
+        self.model = keras.saving.load_model(context.artifacts["keras_model"], compile=False, safe_mode=True)
+
+    # model_input: np.ndarray is a hint MLflow derives no schema from (the logged signature is the schema).
+    def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
+        images = np.asarray(model_input)
+        return np.asarray(self.model.predict(images, batch_size=PREDICT_BATCH_SIZE, verbose=0))
+
+
+mlflow.models.set_model(DigitClassifier())
