@@ -7,6 +7,7 @@ MLflow run), so a typo costs a second, not a training run.
 from __future__ import annotations
 
 import numbers
+import posixpath
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -199,6 +200,26 @@ def _check_data(check: _Checker, data: Mapping[str, Any]) -> None:
         check.fail("data.sources", sources, "use a non-empty list drawn from " + ", ".join(DATA_SOURCES))
 
 
+def registered_model_name_problem(name: Any) -> str | None:
+    """Why MLflow's model registry (or `models:/<name>@champion`) would reject `name`, or None if it is fine.
+
+    MLflow's own rules (mlflow.utils.validation._validate_model_name, checked here without importing
+    MLflow): non-empty, no "/" or ":", a name that stays itself as a path (no "." or ".." parts), at most
+    256 characters. This project also refuses "@" (it separates the alias in `models:/<name>@champion`)
+    and quotes (they would break the registry's filter strings).
+    """
+    if not isinstance(name, str) or not name.strip():
+        return "use a non-empty name such as mnist-optimizers"
+    if len(name) > 256:
+        return "use at most 256 characters"
+    bad = sorted(set(name) & set("/:@'\"\\"))
+    if bad:
+        return f"a registered model name may not contain {' '.join(bad)}; use letters, digits, - _ ."
+    if posixpath.normpath(name) != name or name == "." or name.startswith(".."):
+        return "use a name that is not . and does not start with .."
+    return None
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError listing every invalid value of a composed training config.
 
@@ -230,6 +251,11 @@ def validate(cfg: DictConfig) -> None:
     _check_data(check, OmegaConf.to_container(cfg.data, resolve=False))
     if not isinstance(cfg.mlflow.experiment_name, str) or not cfg.mlflow.experiment_name.strip():
         check.fail("mlflow.experiment_name", cfg.mlflow.experiment_name, "use a non-empty name")
+    if not isinstance(cfg.mlflow.get("register", False), bool):
+        check.fail("mlflow.register", cfg.mlflow.get("register"), "use true or false")
+    model_name = cfg.mlflow.get("registered_model_name", "mnist-optimizers")
+    if registered_model_name_problem(model_name):
+        check.fail("mlflow.registered_model_name", model_name, registered_model_name_problem(model_name))
     if check.problems:
         separator = "\n  " if len(check.problems) > 1 else " "
         raise ConfigError("invalid config:" + separator + separator.join(check.problems))
