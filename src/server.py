@@ -240,7 +240,7 @@ def serve(arguments: argparse.Namespace) -> None:
     """Check the run store, then exec `mlflow server` (same process: a signal to it stops the server)."""
     from src.tracking.store import check_reachable
 
-    check_reachable(arguments.store)
+    check_reachable(arguments.store, key="SERVER_STORE")
     server_dir = Path(arguments.server_dir)
     artifacts = server_dir / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)

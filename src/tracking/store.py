@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -25,16 +27,29 @@ def mask_uri(uri: str) -> str:
     return parsed._replace(netloc=netloc).geturl()
 
 
-def check_reachable(tracking_uri: str, timeout: float = 3.0) -> None:
-    """Fail within seconds, with a clear message, when a tracking server does not answer.
+# `host:port[/path]` with no scheme: MLflow would take it for a local folder and quietly write there.
+_NO_SCHEME = re.compile(r"^[A-Za-z0-9.-]+:\d+(/.*)?$")
 
-    MLflow itself retries a dead server with exponential backoff for minutes.
+
+def check_reachable(tracking_uri: str, timeout: float = 3.0, key: str = "mlflow.tracking_uri") -> None:
+    """Fail within seconds, with a clear message, when a tracking server or PostgreSQL store does not
+    answer or refuses the password, or when a server address lacks its scheme.
+
+    MLflow itself retries a dead server with exponential backoff for minutes, and a database for as long.
     """
-    import socket
-
+    if _NO_SCHEME.match(tracking_uri):
+        raise ConfigError(
+            f"{key}={mask_uri(tracking_uri)!r} has no scheme: write http://{mask_uri(tracking_uri)} "
+            "for a tracking server (or sqlite:///path/mlflow.db, postgresql://user@host:port/db for a database)"
+        )
     parsed = urlparse(tracking_uri)
+    if parsed.scheme.split("+")[0] == "postgresql":
+        check_postgres(tracking_uri, timeout, key)
+        return
     if parsed.scheme not in ("http", "https"):
         return
+    import socket
+
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     try:
         with socket.create_connection((parsed.hostname, port), timeout=timeout):
@@ -42,9 +57,45 @@ def check_reachable(tracking_uri: str, timeout: float = 3.0) -> None:
     except OSError as error:
         reason = getattr(error, "strerror", None) or type(error).__name__
         raise ConfigError(
-            f"mlflow.tracking_uri={mask_uri(tracking_uri)!r}: no MLflow server answers there ({reason}); "
+            f"{key}={mask_uri(tracking_uri)!r}: no MLflow server answers there ({reason}); "
             "start one with `make server`, or unset MLFLOW_TRACKING_URI to use the local SQLite store"
         ) from None
+
+
+def check_postgres(uri: str, timeout: float = 3.0, key: str = "mlflow.tracking_uri") -> None:
+    """Connect once (psycopg, what SQLAlchemy uses for postgresql://) and name what is wrong in one line:
+    the driver missing, nothing listening, or the password refused. The password is never printed."""
+    parsed = urlparse(uri)
+    where = f"{key}={mask_uri(uri)!r}"
+    try:
+        import psycopg
+    except ImportError:
+        raise ConfigError(
+            f"{where}: the PostgreSQL driver is missing; install it with `pip install -e '.[postgres]'` "
+            "(make install does)"
+        ) from None
+    conninfo = parsed._replace(scheme="postgresql").geturl()  # postgresql+psycopg:// is SQLAlchemy's spelling
+    try:
+        with psycopg.connect(conninfo, connect_timeout=max(1, round(timeout))):
+            pass
+    except psycopg.Error as error:
+        message = str(error)
+        if parsed.password:
+            message = message.replace(parsed.password, "***")
+        if "password authentication failed" in message or "no password supplied" in message:
+            what = "refused the password" if "authentication failed" in message else "needs a password"
+            raise ConfigError(
+                f"{where}: PostgreSQL {what} of user {parsed.username!r}; fix it in the URI or "
+                "in the password file (PGPASSFILE, ~/.pgpass; make db writes <DB_DIR>/pgpass)"
+            ) from None
+        if "Connection refused" in message or "timeout expired" in message or "could not translate" in message:
+            reason = "connection refused" if "refused" in message else message.strip().splitlines()[-1].strip()
+            raise ConfigError(
+                f"{where}: no PostgreSQL answers at {parsed.hostname}:{parsed.port or 5432} ({reason}); "
+                "start it (`make db` for the project's own) or fix the host and port"
+            ) from None
+        detail = " ".join(message.split())[-200:]
+        raise ConfigError(f"{where}: cannot use the PostgreSQL store ({detail})") from None
 
 
 def sqlite_path(tracking_uri: str) -> Path | None:
@@ -95,10 +146,36 @@ def use_experiment(mlflow_cfg: DictConfig) -> str:
         _prepare_sqlite(database)
     mlflow.set_tracking_uri(tracking_uri)
     name = str(mlflow_cfg.experiment_name)
-    experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return mlflow.create_experiment(name, artifact_location=artifact_location(mlflow_cfg))
+    with _refused_login(tracking_uri):
+        experiment = mlflow.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        return mlflow.create_experiment(name, artifact_location=artifact_location(mlflow_cfg))
+
+
+@contextmanager
+def _refused_login(tracking_uri: str) -> Iterator[None]:
+    """A server with access control (`make server AUTH=1`) answering 401 or 403: one line naming the
+    user and the variables to fix, instead of MLflow's traceback. The password is never printed."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as error:
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        where = f"mlflow.tracking_uri={mask_uri(tracking_uri)!r}"
+        if error.error_code == "UNAUTHENTICATED":
+            who = f"user {user!r}" if user else "no user (MLFLOW_TRACKING_USERNAME is not set)"
+            raise ConfigError(
+                f"{where}: the server refused the login of {who} (401); set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD to an account the server's admin created"
+            ) from None
+        if error.error_code == "PERMISSION_DENIED":
+            raise ConfigError(
+                f"{where}: user {user!r} may not use this experiment (403); ask the server's admin for EDIT on "
+                "it, or pick another with mlflow.experiment_name=..."
+            ) from None
+        raise
 
 
 def masked_config(cfg: DictConfig) -> dict[str, Any]:
