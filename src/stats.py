@@ -159,7 +159,8 @@ def verdict_line(difference: Difference, unit: str = "pp", scale: float = 100.0)
     """
     d = difference
     head = f"{d.setting} vs {d.best}: {d.diff * scale:+.2f} {unit}"
-    seeds = f"{d.n_setting} vs {d.n_best} seeds" if d.n_setting != d.n_best else f"{d.n_best} seeds"
+    plural = "s" if d.n_best != 1 else ""
+    seeds = f"{d.n_setting} vs {d.n_best} seeds" if d.n_setting != d.n_best else f"{d.n_best} seed{plural}"
     if d.n_setting < 2 or d.n_best < 2:
         return f"{head}, cannot be resolved with {seeds}: run more seeds (train.seed=1,2,3)"
     interval = format_interval(d.ci_low, d.ci_high, scale, signed=True)
@@ -206,3 +207,53 @@ def metric_name(metric: str, stat: str, label: str) -> str:
     safe = label.replace("=", ":").replace(",", " ")
     safe = "".join(c if c.isalnum() or c in "_-. /:" else "_" for c in safe)
     return f"{metric}_{stat}/{safe}"
+
+
+# The status of a run that counts as a replicate; any other status (FAILED, KILLED, diverged) excludes it.
+USABLE_STATUS = "FINISHED"
+
+
+@dataclass(frozen=True)
+class SettingStats:
+    """One setting's runs: how many count (n), how many were left out and why, and per metric the Summary
+    over the runs that count (a metric no counted run has is absent)."""
+
+    label: str
+    n: int
+    excluded: Mapping[str, int]
+    summaries: Mapping[str, Summary]
+
+
+def summarize_settings(
+    rows: Iterable[Mapping[str, Any]], keys: Sequence[str], metrics: Sequence[str]
+) -> list[SettingStats]:
+    """Group `rows` by `keys` and summarize each group's `metrics` (first-seen order).
+
+    A row counts when its "status" is USABLE_STATUS; the others are counted by status in `excluded`, so a
+    group with one failed seed still reports its other seeds, with n saying how many. A metric value that
+    is None or nan (a diverged or unfinished run) is skipped.
+    """
+    settings = []
+    for values, members in group_by(rows, keys).items():
+        counted = [row for row in members if row.get("status") == USABLE_STATUS]
+        excluded: dict[str, int] = {}
+        for row in members:
+            if row.get("status") != USABLE_STATUS:
+                excluded[str(row.get("status"))] = excluded.get(str(row.get("status")), 0) + 1
+        summaries = {}
+        for metric in metrics:
+            present = [float(row[metric]) for row in counted if is_number(row.get(metric))]
+            if present:
+                summaries[metric] = summarize(present)
+        settings.append(SettingStats(setting_label(keys, values), len(counted), excluded, summaries))
+    return settings
+
+
+def format_excluded(excluded: Mapping[str, int]) -> str:
+    """`1 failed, 1 diverged` (statuses in lower case); empty when nothing was excluded."""
+    return ", ".join(f"{count} {status.lower()}" for status, count in excluded.items() if count)
+
+
+def is_number(value: Any) -> bool:
+    """A real metric value: an int or float that is not nan (a bool, None or a string is not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)

@@ -31,7 +31,8 @@ from src.tracking.job import (
     resumable_run_id,
 )
 from src.tracking.store import check_reachable, mask_uri, masked_config, sqlite_path, use_experiment
-from src.tracking.sweep import MlflowSweepCallback, close_open_sweep, summary_rows, validate_sweep
+from src.tracking.summary import summary_rows
+from src.tracking.sweep import MlflowSweepCallback, close_open_sweep, validate_sweep
 
 __all__ = [
     "ConfigError",

@@ -1,32 +1,29 @@
 """A multirun's parent run: the Hydra callback that opens it, validates every job up front, and at
-the end writes the summary and closes it (FAILED/KILLED when a job did), so no run is left RUNNING.
+the end writes the summary (grouped by setting when the sweep varies train.seed, see summary.py), tags
+every child with its setting, and closes it (FAILED/KILLED when a job did), so no run is left RUNNING.
 """
 
 from __future__ import annotations
 
 import atexit
-import csv
-import io
 import json
 import os
-from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from src.config import validate
 from src.errors import ConfigError, exit_on_user_error
-from src.files import markdown_table, write_text_atomic
+from src.files import write_text_atomic
+from src.stats import SEED_KEY
 from src.tracking.job import SWEEP_ENV, SWEEP_FILE, override_key
 from src.tracking.store import mask_uri, use_experiment
+from src.tracking.summary import SweepSummary, summarize_sweep
 
-if TYPE_CHECKING:
-    from mlflow.entities import Run
-
-# Columns of a sweep's summary, after the swept keys; all are metrics of the child runs.
-SUMMARY_METRICS = ("test_accuracy", "best_val_accuracy", "best_epoch", "stopped_epoch", "train_seconds")
+# The child tag naming its setting group: MLflow's runs table groups the seeds of a setting by it.
+SETTING_TAG = "setting"
 
 
 def _parse_sweep(config: DictConfig) -> tuple[list[str], list[list[str]]]:
@@ -37,12 +34,28 @@ def _parse_sweep(config: DictConfig) -> tuple[list[str], list[list[str]]]:
     arguments = [f"{key}={value}" for key, value in (config.hydra.sweeper.get("params") or {}).items()]
     arguments += list(config.hydra.overrides.task)
     overrides = OverridesParser.create().parse_overrides(arguments)
-    swept = [override.get_key_element() for override in overrides if override.is_sweep_override()]
+    swept = [override_key(o.get_key_element()) for o in overrides if o.is_sweep_override()]
     for override in overrides:
-        if override.is_sweep_override() and not list(override.sweep_iterator()):
+        if override_key(override.get_key_element()) == SEED_KEY and override.is_sweep_override():
+            check_seeds(override.input_line, list(override.sweep_iterator()))
+        elif override.is_sweep_override() and not list(override.sweep_iterator()):
             raise ConfigError(f"{override.input_line!r} sweeps over nothing: give at least one value")
     batches = BasicSweeper.split_arguments(overrides, max_batch_size=None)
-    return swept, [job for batch in batches for job in batch]
+    return list(dict.fromkeys(swept)), [job for batch in batches for job in batch]
+
+
+def check_seeds(override: str, seeds: list[Any]) -> None:
+    """The seeds of a sweep are its replicates: at least one, each an integer, none twice (a repeated
+    seed would train the same run again and count it twice)."""
+    allowed = f"give distinct integers >= 0, e.g. {SEED_KEY}=1,2,3 or {SEED_KEY}='range(1,4)'"
+    if not seeds:
+        raise ConfigError(f"{override!r} sweeps over no seed: {allowed}")
+    for seed in seeds:
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ConfigError(f"{override!r}: seed {str(seed)!r} is not an integer; {allowed}")
+    repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if repeated:
+        raise ConfigError(f"{override!r} repeats seed {', '.join(map(str, repeated))}: {allowed}")
 
 
 def validate_sweep(config: DictConfig) -> tuple[list[str], int]:
@@ -65,23 +78,6 @@ def validate_sweep(config: DictConfig) -> tuple[list[str], int]:
     return swept, len(jobs)
 
 
-def _format(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4f}" if not value.is_integer() else str(int(value))
-    return "" if value is None else str(value)
-
-
-def summary_rows(children: Sequence[Run], swept: Sequence[str]) -> tuple[list[str], list[list[str]]]:
-    """One row per child run: its name, status, swept values, and SUMMARY_METRICS."""
-    header = ["run", "status", *swept, *SUMMARY_METRICS, "run_id"]
-    rows = []
-    for child in children:
-        values = [child.data.params.get(key, "") for key in swept]
-        metrics = [_format(child.data.metrics.get(name)) for name in SUMMARY_METRICS]
-        rows.append([child.info.run_name, child.info.status, *values, *metrics, child.info.run_id])
-    return header, rows
-
-
 class MlflowSweepCallback(Callback):
     """Hydra callback: a multirun is one MLflow parent run; each job's run becomes its child."""
 
@@ -89,6 +85,9 @@ class MlflowSweepCallback(Callback):
         self.parent_run_id: str | None = None
         self.experiment_id: str | None = None
         self.swept: list[str] = []
+        self.run_name = ""
+        self.sweep_dir: Path | None = None
+        self.register = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from mlflow import MlflowClient
@@ -97,7 +96,8 @@ class MlflowSweepCallback(Callback):
         with exit_on_user_error():
             self.swept, job_count = validate_sweep(config)
         if not self.swept:  # another sweeper (Optuna): it draws the values of its params
-            self.swept = list((config.hydra.sweeper.get("params") or {}).keys())
+            self.swept = [override_key(key) for key in (config.hydra.sweeper.get("params") or {})]
+        self.register = bool(config.mlflow.get("register", False))
         self.experiment_id = use_experiment(config.mlflow)
         task_overrides = list(config.hydra.overrides.task)
         # Named after what it sweeps and the config groups chosen on the command line (experiment preset,
@@ -121,6 +121,7 @@ class MlflowSweepCallback(Callback):
         client = MlflowClient()
         run = client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         self.parent_run_id = run.info.run_id
+        self.run_name, self.sweep_dir = run_name, Path(config.hydra.sweep.dir)
         _close_killed_parents(client, self.experiment_id, tags["hydra_overrides"], self.parent_run_id)
         sweep = json.dumps({"parent_run_id": self.parent_run_id, "swept": self.swept})
         os.environ[SWEEP_ENV] = sweep
@@ -134,7 +135,8 @@ class MlflowSweepCallback(Callback):
         self.close("FINISHED")
 
     def close(self, status: str) -> None:
-        """Write the summary to the parent run and end it with `status` (FAILED if a child failed)."""
+        """Summarize the children on the parent run and end it with `status` (FAILED if a child failed,
+        KILLED if one was killed), even when the summary cannot be written."""
         from mlflow import MlflowClient
 
         if self.parent_run_id is None:
@@ -146,28 +148,65 @@ class MlflowSweepCallback(Callback):
             [self.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=10000
         )
         children = sorted(children, key=lambda run: int(run.data.tags.get("job_num", 0)))
-        header, rows = summary_rows(children, self.swept)
-        if rows:
-            buffer = io.StringIO()
-            csv.writer(buffer, lineterminator="\n").writerows([header, *rows])
-            client.log_text(parent_run_id, buffer.getvalue(), "summary.csv")
-            table = markdown_table(header, rows)
-            client.log_text(parent_run_id, table, "summary.md")
-            print("\nSweep summary (also in the parent run's summary.md):\n" + table)
-        finished = [c for c in children if c.info.status == "FINISHED" and "best_val_accuracy" in c.data.metrics]
-        if finished:
-            best = max(finished, key=lambda run: run.data.metrics["best_val_accuracy"])
-            client.set_tag(parent_run_id, "best_child_run_id", best.info.run_id)
-            client.set_tag(parent_run_id, "best_child_run_name", best.info.run_name)
-            client.log_metric(parent_run_id, "best_val_accuracy", best.data.metrics["best_val_accuracy"])
         statuses = {child.info.status for child in children}
         failed = sum(child.info.status != "FINISHED" for child in children)
-        client.set_tag(parent_run_id, "failed_jobs", str(failed))
         if status == "FINISHED" and failed:
             status = "FAILED"
         if status == "FAILED" and "KILLED" in statuses:
             status = "KILLED"
-        client.set_terminated(parent_run_id, status)
+        try:
+            client.set_tag(parent_run_id, "failed_jobs", str(failed))
+            if children:
+                summary = summarize_sweep(children, self.swept)
+                self._report(client, parent_run_id, children, summary)
+                if self.register:
+                    self._register(summary, status)
+        finally:
+            client.set_terminated(parent_run_id, status)
+
+    def _report(self, client: Any, parent_run_id: str, children: list[Any], summary: SweepSummary) -> None:
+        """Tag each child with its setting (adopted runs of an earlier sweep too: the label depends on what
+        this sweep varies), log the summary files and aggregates to the parent, name the best, print it."""
+        from mlflow.entities import Metric
+
+        for child, row in zip(children, summary.rows, strict=True):
+            if child.data.tags.get(SETTING_TAG) != row["setting"]:
+                client.set_tag(child.info.run_id, SETTING_TAG, row["setting"])
+        files = {"summary.md": summary.markdown(self.run_name)}
+        if summary.seeded:
+            files.update({"summary.csv": summary.settings_csv(), "summary_runs.csv": summary.runs_csv()})
+        else:
+            files["summary.csv"] = summary.runs_csv()
+        for name, text in files.items():
+            client.log_text(parent_run_id, text, name)
+            if self.sweep_dir is not None and self.sweep_dir.is_dir():
+                write_text_atomic(self.sweep_dir / name, text)
+        aggregates = [Metric(key, value, 0, 0) for key, value in summary.aggregate_metrics().items()]
+        for start in range(0, len(aggregates), 1000):  # MLflow takes at most 1000 metrics per batch
+            client.log_batch(parent_run_id, metrics=aggregates[start : start + 1000])
+        best = summary.best_run()
+        client.set_tag(parent_run_id, "best_resolved", str(summary.best_resolved).lower())
+        if best is not None:
+            client.set_tag(parent_run_id, "best_setting", best["setting"])
+            client.set_tag(parent_run_id, "best_child_run_id", best["run_id"])
+            client.set_tag(parent_run_id, "best_child_run_name", best["run"])
+            if best.get("best_val_accuracy") is not None:
+                client.log_metric(parent_run_id, "best_val_accuracy", best["best_val_accuracy"])
+        where = f" and in {self.sweep_dir}" if self.sweep_dir is not None else ""
+        print(f"\nSweep summary (also in the parent run's summary.md{where}):\n\n" + files["summary.md"])
+
+    def _register(self, summary: SweepSummary, status: str) -> None:
+        """mlflow.register=true: register the best setting's best seed (src/registry.py decides whether it
+        becomes the champion); a sweep with a failed job registers nothing."""
+        best = summary.best_run()
+        if status != "FINISHED" or best is None:
+            print(f"Model registry: nothing registered (sweep {status.lower()}, best run: {best and best['run']})")
+            return
+        from src.registry import register_best
+
+        message = register_best(best["run_id"], summary.best_values())
+        if message:
+            print(message)
 
 
 def _close_killed_parents(client: Any, experiment_id: str, hydra_overrides: str, new_parent_run_id: str) -> None:

@@ -1,0 +1,284 @@
+"""Seeds as replicates in Hydra sweeps: the parent's grouped summary, aggregates, verdict and setting tags.
+
+The fast tests summarize MLflow Run entities built by hand (values chosen so the statistics can be checked
+by hand); the slow ones run real sweeps (`python -m src.train -m ...`) into a real SQLite store.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, Run, RunData, RunInfo, RunTag
+
+from src import stats
+from src.tracking.summary import summarize_sweep
+from tests.conftest import SMALL, all_runs, run_cli, store_args
+
+T_975_DF2 = 4.302652729911275  # Student's t quantile 0.975, 2 degrees of freedom (tables)
+DONE_WHEN = ("optimizer=adam,rmsprop", "train.seed=1,2,3")
+
+
+def make_run(number: int, optimizer: str, seed: int, test: float | None, status: str = "FINISHED", **tags: str) -> Run:
+    info = RunInfo(f"run{number}", "0", "user", status, 0, 1, "active", run_name=f"{optimizer},{seed}")
+    metrics = [] if test is None else [Metric("test_accuracy", test, 0, 0), Metric("best_val_accuracy", test, 0, 0)]
+    metrics.append(Metric("best_epoch", float(seed), 0, 0))
+    params = [Param("optimizer", optimizer), Param("train.seed", str(seed))]
+    tags = [RunTag("job_num", str(number)), *(RunTag(key, value) for key, value in tags.items())]
+    return Run(info, RunData(metrics=metrics, params=params, tags=tags))
+
+
+def test_seeds_are_grouped_by_setting_with_hand_computed_statistics() -> None:
+    runs = [
+        make_run(0, "adam", 1, 0.97),
+        make_run(1, "adam", 2, 0.96),
+        make_run(2, "adam", 3, 0.98),
+        make_run(3, "sgd", 1, 0.90),
+        make_run(4, "sgd", 2, 0.93, status="FAILED"),  # logged its test accuracy, then failed: excluded
+        make_run(5, "sgd", 3, 0.10, diverged="true"),  # finished, but diverged: excluded
+        make_run(6, "sgd", 4, 0.91),
+    ]
+    summary = summarize_sweep(runs, ["optimizer", "train.seed"])
+    assert summary.seeded and summary.keys == ["optimizer"]
+    adam, sgd = summary.settings
+    assert (adam.label, adam.n, dict(adam.excluded)) == ("optimizer=adam", 3, {})
+    assert (sgd.label, sgd.n, dict(sgd.excluded)) == ("optimizer=sgd", 2, {"FAILED": 1, "diverged": 1})
+    # adam: mean 0.97, sample std sqrt((0.01^2 + 0 + 0.01^2) / 2) = 0.01, CI 0.97 ± t(2) * 0.01 / sqrt(3)
+    test = adam.summaries["test_accuracy"]
+    assert test.mean == pytest.approx(0.97) and test.std == pytest.approx(0.01)
+    assert test.ci_high == pytest.approx(0.97 + T_975_DF2 * 0.01 / math.sqrt(3))
+    assert sgd.summaries["test_accuracy"].mean == pytest.approx(0.905)
+    assert adam.summaries["best_epoch"].mean == 2.0 and sgd.summaries["best_epoch"].mean == 2.5
+    assert summary.best == "optimizer=adam" and summary.best_values() == [0.97, 0.96, 0.98]
+    assert summary.best_run()["run_id"] == "run2"  # the best setting's seed with the best validation accuracy
+    assert [row["setting"] for row in summary.rows] == ["optimizer=adam"] * 3 + ["optimizer=sgd"] * 4
+
+    metrics = summary.aggregate_metrics()
+    assert metrics["test_accuracy_mean/optimizer:sgd"] == pytest.approx(0.905)
+    assert metrics["test_accuracy_n/optimizer:sgd"] == 2 and metrics["test_accuracy_n/optimizer:adam"] == 3
+    assert metrics["test_accuracy_std/optimizer:adam"] == pytest.approx(0.01)
+    assert metrics["best_epoch_mean/optimizer:adam"] == 2.0
+
+    markdown = summary.markdown("optimizer=adam,sgd train.seed=1,2,3,4")
+    assert "| optimizer=adam | 3 |  | 97.00 ± 1.00 |" in markdown
+    assert "| optimizer=sgd | 2 | 1 failed, 1 diverged | 90.50 ± 0.71 |" in markdown
+    assert "- optimizer=sgd vs optimizer=adam: -6.50 pp (95 % CI" in markdown
+    assert "Excluded from the statistics and from the best: sgd,2 (failed), sgd,3 (diverged)." in markdown
+    rows = list(csv.DictReader(io.StringIO(summary.settings_csv())))
+    assert [(r["setting"], r["optimizer"], r["n"], r["excluded"]) for r in rows] == [
+        ("optimizer=adam", "adam", "3", ""),
+        ("optimizer=sgd", "sgd", "2", "1 failed, 1 diverged"),
+    ]
+    assert float(rows[0]["test_accuracy_std"]) == pytest.approx(0.01)
+    assert len(list(csv.DictReader(io.StringIO(summary.runs_csv())))) == 7
+
+
+def test_without_seeds_every_run_is_a_setting_and_no_winner_is_named() -> None:
+    runs = [make_run(0, "adam", 1, 0.975), make_run(1, "rmsprop", 1, 0.974), make_run(2, "sgd", 1, None, "FAILED")]
+    summary = summarize_sweep(runs, ["optimizer"])
+    assert not summary.seeded and not summary.best_resolved
+    assert summary.best == "optimizer=adam" and summary.best_run()["run_id"] == "run0"
+    (line,) = summary.verdict_lines()
+    assert line.startswith("Highest test accuracy: optimizer=adam (97.50 %), 0.10 pp ahead of optimizer=rmsprop.")
+    assert "With one run per setting (n = 1) no difference can be resolved, so this is not a winner" in line
+    markdown = summary.markdown("optimizer=adam,rmsprop,sgd")
+    assert "| setting | n |" not in markdown  # one row per run, as before
+    assert "| adam,1 | FINISHED | adam | 0.9750 |" in markdown
+    assert "test_accuracy_std/optimizer:adam" not in summary.aggregate_metrics()  # no nan metrics
+
+
+def test_a_sweep_over_seeds_alone_is_one_group() -> None:
+    summary = summarize_sweep([make_run(i, "adam", i, 0.9 + i / 100) for i in (1, 2, 3)], ["train.seed"])
+    (setting,) = summary.settings
+    assert (setting.label, setting.n) == ("all", 3)
+    assert summary.verdict_lines() == ["Only one setting (all): nothing to compare."]
+
+
+# ---- real sweeps ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def seed_sweep(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path):
+    """The issue's Done-when command: 2 optimizers x 3 seeds, 2 epochs on 2000 images."""
+    folder = tmp_path_factory.mktemp("seeds")
+    result = run_cli("src.train", "-m", *DONE_WHEN, *SMALL, *store_args(folder, mnist_dir), cwd=folder)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder, result
+
+
+def parent_and_children(folder: Path, parent_run_id: str | None = None) -> tuple[Run, list[Run]]:
+    runs = all_runs(folder)
+    parents = [r for r in runs if r.data.tags.get("sweep") == "parent"]
+    parent = next(r for r in parents if r.info.run_id == parent_run_id) if parent_run_id else parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    return parent, sorted(children, key=lambda r: (r.data.params["optimizer"], int(r.data.params["train.seed"])))
+
+
+def copy_store(source: Path, target: Path) -> None:
+    """Another sweep on a copy of the store: finished configs are adopted, not trained again."""
+    shutil.copy(source / "mlflow.db", target / "mlflow.db")
+
+
+@pytest.mark.slow
+def test_done_when_sweep_prints_the_grouped_summary_and_verdict(seed_sweep) -> None:
+    _, result = seed_sweep
+    out = result.stdout
+    assert "Runs grouped by setting: every swept key but `train.seed` (optimizer)." in out
+    for optimizer in ("adam", "rmsprop"):
+        line = next(line for line in out.splitlines() if line.startswith(f"| optimizer={optimizer} | 3 |"))
+        assert " ± " in line and " … " in line  # mean ± std, CI
+    assert "## Verdict (test accuracy, each setting against the best)" in out
+    assert "with 3 seeds (Welch's t-test, p = " in out
+    assert out.count("| FINISHED |") == 6  # the per-seed table
+
+
+@pytest.mark.slow
+def test_parent_holds_aggregates_by_setting_and_children_their_setting_tag(seed_sweep) -> None:
+    folder, _ = seed_sweep
+    parent, children = parent_and_children(folder)
+    assert parent.info.status == "FINISHED" and len(children) == 6
+    metrics = parent.data.metrics
+    groups: dict[str, list[Run]] = {}
+    for child in children:
+        assert child.data.tags["setting"] == f"optimizer={child.data.params['optimizer']}"
+        groups.setdefault(child.data.tags["setting"], []).append(child)
+    for label, members in groups.items():
+        name = label.replace("=", ":")
+        test = [c.data.metrics["test_accuracy"] for c in members]
+        mean = sum(test) / 3
+        std = math.sqrt(sum((v - mean) ** 2 for v in test) / 2)
+        assert metrics[f"test_accuracy_n/{name}"] == 3
+        assert metrics[f"test_accuracy_mean/{name}"] == pytest.approx(mean, abs=1e-12)
+        assert metrics[f"test_accuracy_std/{name}"] == pytest.approx(std, abs=1e-12)
+        assert metrics[f"test_accuracy_ci_high/{name}"] == pytest.approx(mean + T_975_DF2 * std / math.sqrt(3))
+        val = [c.data.metrics["best_val_accuracy"] for c in members]
+        assert metrics[f"best_val_accuracy_mean/{name}"] == pytest.approx(sum(val) / 3, abs=1e-12)
+        assert metrics[f"train_seconds_mean/{name}"] > 0 and metrics[f"stopped_epoch_mean/{name}"] == 2
+    means = {label: sum(c.data.metrics["test_accuracy"] for c in members) for label, members in groups.items()}
+    best = max(means, key=means.get)
+    best_seed = max(groups[best], key=lambda c: c.data.metrics["best_val_accuracy"])
+    tags = parent.data.tags
+    assert tags["best_setting"] == best and tags["best_child_run_id"] == best_seed.info.run_id
+    other = [c.data.metrics["test_accuracy"] for label, ms in groups.items() if label != best for c in ms]
+    resolved = stats.welch(other, [c.data.metrics["test_accuracy"] for c in groups[best]]).resolved
+    assert tags["best_resolved"] == str(resolved).lower()
+
+
+@pytest.mark.slow
+def test_summary_files_hold_settings_and_seeds(seed_sweep) -> None:
+    folder, _ = seed_sweep
+    parent, _ = parent_and_children(folder)
+    client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
+    names = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"summary.md", "summary.csv", "summary_runs.csv"} <= names
+    local = client.download_artifacts(parent.info.run_id, "summary.csv", str(folder / "download"))
+    settings = list(csv.DictReader(io.StringIO(Path(local).read_text())))
+    assert [(row["optimizer"], row["n"]) for row in settings] == [("adam", "3"), ("rmsprop", "3")]
+    runs = list(csv.DictReader(io.StringIO((folder / "multirun" / "summary_runs.csv").read_text())))
+    assert sorted((row["setting"], row["train.seed"]) for row in runs) == [
+        (f"optimizer={optimizer}", str(seed)) for optimizer in ("adam", "rmsprop") for seed in (1, 2, 3)
+    ]
+
+
+@pytest.mark.slow
+def test_a_failed_and_a_diverged_seed_are_excluded_and_the_others_reported(
+    seed_sweep, tmp_path: Path, mnist_dir: Path
+) -> None:
+    folder, _ = seed_sweep
+    copy_store(folder, tmp_path)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    _, children = parent_and_children(tmp_path)
+    # rmsprop's best seed (by validation accuracy) is marked diverged, as the divergence callback tags it
+    diverged = max(children[3:], key=lambda c: c.data.metrics["best_val_accuracy"])
+    client.set_tag(diverged.info.run_id, "diverged", "true")
+    client.delete_tag(children[0].info.run_id, "setting")  # as if trained before setting tags existed
+    # Seed 4 is new for both; adam's (job 3) fails when it saves its last checkpoint, after its metrics.
+    blocker = tmp_path / "multirun" / "3" / "checkpoints" / "last.keras"
+    blocker.mkdir(parents=True)
+    result = run_cli(
+        "src.train",
+        "-m",
+        "optimizer=adam,rmsprop",
+        "train.seed=1,2,3,4",
+        *SMALL,
+        *store_args(tmp_path, mnist_dir),
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    parents = [r for r in all_runs(tmp_path) if r.data.tags.get("sweep") == "parent"]
+    parent = max(parents, key=lambda r: r.info.start_time)
+    assert parent.info.status == "FAILED" and parent.data.tags["failed_jobs"] == "1"
+    _, children = parent_and_children(tmp_path, parent.info.run_id)
+    assert [c.info.status for c in children] == ["FINISHED"] * 3 + ["FAILED"] + ["FINISHED"] * 4
+    assert all(c.data.tags["setting"] == f"optimizer={c.data.params['optimizer']}" for c in children)
+    metrics = parent.data.metrics
+    assert metrics["test_accuracy_n/optimizer:adam"] == 3 and metrics["test_accuracy_n/optimizer:rmsprop"] == 3
+    counted = [c.data.metrics["test_accuracy"] for c in children[4:] if c.info.run_id != diverged.info.run_id]
+    assert metrics["test_accuracy_mean/optimizer:rmsprop"] == pytest.approx(sum(counted) / 3, abs=1e-12)
+    assert parent.data.tags["best_child_run_id"] not in (diverged.info.run_id, children[3].info.run_id)
+    assert "| optimizer=adam | 3 | 1 failed |" in result.stdout
+    assert "| optimizer=rmsprop | 3 | 1 diverged |" in result.stdout
+    assert f"{diverged.info.run_name} (diverged)" in result.stdout
+
+
+@pytest.mark.slow
+def test_seeds_alone_are_one_group_and_adopted_runs_get_this_sweeps_setting(
+    seed_sweep, tmp_path: Path, mnist_dir: Path
+) -> None:
+    folder, _ = seed_sweep
+    copy_store(folder, tmp_path)
+    result = run_cli("src.train", "-m", "train.seed=1,2,3", *SMALL, *store_args(tmp_path, mnist_dir), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| all | 3 |" in result.stdout and "Only one setting (all): nothing to compare." in result.stdout
+    parents = [r for r in all_runs(tmp_path) if r.data.tags.get("sweep") == "parent"]
+    parent = max(parents, key=lambda r: r.info.start_time)
+    _, children = parent_and_children(tmp_path, parent.info.run_id)
+    assert [c.data.params["optimizer"] for c in children] == ["adam"] * 3  # adopted, not trained again
+    assert [c.data.tags["setting"] for c in children] == ["all"] * 3
+    assert parent.data.metrics["test_accuracy_n/all"] == 3 and parent.data.tags["best_resolved"] == "false"
+
+
+@pytest.mark.slow
+def test_one_seed_per_setting_names_no_winner(seed_sweep, tmp_path: Path, mnist_dir: Path) -> None:
+    folder, _ = seed_sweep
+    copy_store(folder, tmp_path)
+    arguments = ("optimizer=adam,rmsprop", "train.seed=2")
+    result = run_cli("src.train", "-m", *arguments, *SMALL, *store_args(tmp_path, mnist_dir), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "With one run per setting (n = 1) no difference can be resolved, so this is not a winner" in result.stdout
+    parents = [r for r in all_runs(tmp_path) if r.data.tags.get("sweep") == "parent"]
+    parent = max(parents, key=lambda r: r.info.start_time)
+    _, children = parent_and_children(tmp_path, parent.info.run_id)
+    best = max(children, key=lambda c: c.data.metrics["test_accuracy"])
+    assert parent.data.tags["best_child_run_id"] == best.info.run_id
+    assert parent.data.tags["best_resolved"] == "false"
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    local = client.download_artifacts(parent.info.run_id, "summary.csv", str(tmp_path / "download"))
+    rows = list(csv.DictReader(io.StringIO(Path(local).read_text())))
+    assert [(row["optimizer"], row["status"]) for row in rows] == [("adam", "FINISHED"), ("rmsprop", "FINISHED")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("seeds", "message"),
+    [
+        ("train.seed=1,1,2", "repeats seed 1"),
+        ("train.seed=1.5,2", "seed '1.5' is not an integer"),
+        ("train.seed=range(1,1)", "sweeps over no seed"),
+    ],
+    ids=["repeated", "not-an-integer", "empty"],
+)
+def test_bad_seeds_fail_with_one_line_before_any_run(tmp_path: Path, mnist_dir: Path, seeds: str, message: str) -> None:
+    result = run_cli(
+        "src.train", "-m", "optimizer=adam,rmsprop", seeds, *SMALL, *store_args(tmp_path, mnist_dir), cwd=tmp_path
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and message in error_lines[0] and "train.seed" in error_lines[0], result.stderr
+    assert "distinct integers" in error_lines[0]
+    assert all_runs(tmp_path) == []
