@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--mnist", type=Path, required=True, help="Keras' mnist.npz (11 MB)")
     parser.add_argument("--wheels", type=Path, help="folder with the keras, namex and optree wheels")
     parser.add_argument("--epochs", type=int, default=4, help="epochs per setting; the first is left out")
+    parser.add_argument("--json", type=Path, help="also write the rows here, rewritten after each setting")
     args = parser.parse_args()
     os.environ.setdefault("KERAS_BACKEND", "jax")
     ensure_keras(args.wheels)
@@ -77,7 +78,10 @@ def main() -> None:
     with np.load(args.mnist, allow_pickle=False) as npz:
         x_train, y_train = npz["x_train"][:54000], npz["y_train"][:54000]  # uint8, as src.train feeds them
         x_val, y_val = npz["x_train"][54000:], npz["y_train"][54000:]
-    print(f"keras {keras.__version__} on {keras.backend.backend()}, devices: {jax.devices()}", flush=True)
+    devices = [f"{d.platform}:{getattr(d, 'device_kind', d)}" for d in jax.devices()]
+    print(
+        f"keras {keras.__version__} on {keras.backend.backend()}, jax {jax.__version__}, devices: {devices}", flush=True
+    )
 
     def bare_model():
         return keras.Sequential(
@@ -126,6 +130,10 @@ def main() -> None:
         }
         results.append(row)
         print(json.dumps(row), flush=True)
+        if args.json:
+            args.json.write_text(
+                json.dumps({"devices": devices, "keras": keras.__version__, "rows": results}, indent=2)
+            )
     print("\n| batch | steps_per_execution | project | bare (same machine) | ratio | reference (H200) | ratio |")
     print("|---|---|---|---|---|---|---|")
     for row in results:
