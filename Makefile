@@ -10,13 +10,14 @@ EXTRAS ?= dev,ray,search,jax,postgres,auth
 HOST ?= 127.0.0.1
 PORT ?= 5000
 SERVER_PORT ?= 5001
+SERVE_PORT ?= 5002
 SERVER_DIR ?= $(CURDIR)/mlflow-server
 # The server's run store: SQLite by default; a team uses PostgreSQL, e.g. postgresql://user:password@db-host/mlflow
 SERVER_STORE ?= sqlite:///$(SERVER_DIR)/mlflow.db
 SWEEP ?= optimizer=adam,adagrad,rmsprop
 
 .DEFAULT_GOAL := help
-.PHONY: help install run sweep hw3 bench test test-fast ui server db db-stop db-rm plots lint format lock clean
+.PHONY: help install run sweep hw3 bench test test-fast ui server db db-stop db-rm plots lint format lock clean serve
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,6 +50,9 @@ test-fast: install ## run the tests that train nothing
 
 ui: install ## MLflow UI for the project's store on http://$(HOST):$(PORT) (HOST=0.0.0.0 to share)
 	$(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host $(HOST) --port $(PORT)
+
+serve: install ## serve the registered model's champion on http://$(HOST):$(SERVE_PORT)/invocations (MLflow's scoring server)
+	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" $(BIN)/python -m src.serve --host $(HOST) --port $(SERVE_PORT)
 
 # make db: a PostgreSQL cluster of the project's own, on 127.0.0.1 (its password in $(DB_DIR)/pgpass, for PGPASSFILE)
 DB_DIR ?= $(CURDIR)/postgres
