@@ -1,25 +1,34 @@
-"""`python -m src.evaluate <name>`: the DVC `evaluate@<name>` stage.
+"""Scoring the best checkpoint of every seed of one optimizer on the MNIST test set.
 
-Loads the best checkpoint of `runs/<name>/` (Keras `safe_mode=True`), scores it on the MNIST test set and
-writes `reports/eval/<name>/`: metrics.json (test loss/accuracy, per-class precision and recall),
-predictions.csv (actual,predicted: DVC's confusion-matrix plot data) and confusion.png.
+The DVC stage train@<name> (src/train_stage.py) calls `evaluate_seeds` in its own process right after
+training, so the pipeline pays one TensorFlow import per optimizer, not one per stage. To score again
+without training: `python -m src.evaluate <name>` (the seeds of params.yaml).
+
+Writes `reports/eval/<name>/`:
+- metrics.json: per seed ("seed1", ...) test loss and accuracy; precision and recall per digit of the
+  seeds' pooled predictions;
+- predictions.csv: seed,actual,predicted for every seed (DVC's confusion plot counts the rows, so it
+  shows the sum over the seeds);
+- confusion.json: each seed's confusion matrix (src.compare draws their sum).
+A seed that diverged (its metrics.json says `"diverged": true`) and left no checkpoint is listed as
+diverged and not scored.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from src import data
 from src.config import PROJECT_ROOT
 from src.errors import DataError, UserError, exit_on_user_error
-from src.files import save_figure_atomic, write_text_atomic
-
-RUNS_DIR = PROJECT_ROOT / "runs"
-EVAL_DIR = PROJECT_ROOT / "reports" / "eval"
+from src.files import write_text_atomic
+from src.pipeline import EVAL_DIR, RUNS_DIR, read_params, seed_dir
 
 
 def confusion_matrix(actual: np.ndarray, predicted: np.ndarray, classes: int = 10) -> np.ndarray:
@@ -53,49 +62,83 @@ def plot_confusion(counts: np.ndarray, title: str, axes) -> None:
         )
 
 
-def evaluate(name: str, runs_dir: Path = RUNS_DIR, out_dir: Path = EVAL_DIR, data_dir: Path | None = None) -> dict:
-    checkpoint = runs_dir / name / "checkpoints" / "best.keras"
-    if not checkpoint.is_file():
-        raise UserError(f"{checkpoint} is missing; train it first with `dvc repro train@{name}`")
+def load_test_set(data_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(images, labels) of the verified MNIST test set."""
     mnist = (data_dir or PROJECT_ROOT / "data") / data.FILE_NAME
     if not mnist.is_file():
         raise DataError(f"{mnist} is missing; fetch it with `dvc repro fetch`")
     arrays = data.load_verified(mnist)
+    return arrays["x_test"], arrays["y_test"]
 
+
+def score_checkpoint(checkpoint: Path, images: np.ndarray, labels: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
+    """({test_loss, test_accuracy}, predicted digits) of a saved model (Keras `safe_mode=True`)."""
     import keras
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
 
     model = keras.saving.load_model(checkpoint, safe_mode=True)
-    images, labels = arrays["x_test"].astype("float32"), arrays["y_test"]
     loss, accuracy = model.evaluate(images, labels, batch_size=1024, verbose=0)
     predicted = np.argmax(model.predict(images, batch_size=1024, verbose=0), axis=1)
-    counts = confusion_matrix(labels, predicted)
-    metrics = {"test_loss": round(float(loss), 5), "test_accuracy": round(float(accuracy), 5)}
-    metrics |= per_class_scores(counts)
+    keras.backend.clear_session()
+    return {"test_loss": round(float(loss), 5), "test_accuracy": round(float(accuracy), 5)}, predicted
+
+
+def _diverged(run: Path) -> bool:
+    metrics = run / "metrics.json"
+    return metrics.is_file() and bool(json.loads(metrics.read_text()).get("diverged"))
+
+
+def evaluate_seeds(
+    name: str,
+    seeds: Sequence[int],
+    runs_dir: Path = RUNS_DIR,
+    out_dir: Path = EVAL_DIR,
+    test: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """Score runs/<name>/seed<k>/checkpoints/best.keras for every seed; write reports/eval/<name>/."""
+    images, labels = test if test is not None else load_test_set()
+    per_seed: dict[str, Any] = {}
+    confusions: dict[str, list[list[int]]] = {}
+    prediction_rows: list[str] = []
+    for seed in seeds:
+        run = seed_dir(runs_dir, name, seed)
+        checkpoint = run / "checkpoints" / "best.keras"
+        if not checkpoint.is_file():
+            if _diverged(run):
+                per_seed[f"seed{seed}"] = {"diverged": True}
+                continue
+            raise UserError(f"{checkpoint} is missing; train it first with `dvc repro train@{name}`")
+        scores, predicted = score_checkpoint(checkpoint, images, labels)
+        per_seed[f"seed{seed}"] = scores | ({"diverged": True} if _diverged(run) else {})
+        counts = confusion_matrix(labels, predicted)
+        confusions[str(seed)] = counts.tolist()
+        prediction_rows += [f"{seed},{a},{p}" for a, p in zip(labels.tolist(), predicted.tolist(), strict=True)]
+    pooled = sum((np.array(c) for c in confusions.values()), np.zeros((10, 10), dtype=np.int64))
+    metrics = per_seed | per_class_scores(pooled)
 
     target = out_dir / name
     target.mkdir(parents=True, exist_ok=True)
     write_text_atomic(target / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    rows = "\n".join(f"{a},{p}" for a, p in zip(labels.tolist(), predicted.tolist(), strict=True))
-    write_text_atomic(target / "predictions.csv", "actual,predicted\n" + rows + "\n")
-    write_text_atomic(target / "confusion.json", json.dumps(counts.tolist()) + "\n")
-    figure, axes = pyplot.subplots(figsize=(5, 5), layout="constrained")
-    plot_confusion(counts, f"{name}: test accuracy {accuracy:.4f}", axes)
-    save_figure_atomic(figure, target / "confusion.png")
-    pyplot.close(figure)
+    write_text_atomic(target / "predictions.csv", "seed,actual,predicted\n" + "\n".join(prediction_rows) + "\n")
+    write_text_atomic(target / "confusion.json", json.dumps(confusions) + "\n")
     return metrics
+
+
+def seed_scores(metrics: Mapping[str, Any]) -> dict[int, dict[str, Any]]:
+    """{seed: its entry} from an evaluation's metrics.json (the keys "seed<k>")."""
+    return {int(key[4:]): value for key, value in metrics.items() if key.startswith("seed")}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("name", help="the optimizer config name, e.g. adam: reads runs/<name>/")
+    parser.add_argument("name", help="the optimizer config name, e.g. adam: reads runs/<name>/seed<k>/")
     args = parser.parse_args()
     with exit_on_user_error():
-        metrics = evaluate(args.name)
-    print(f"{args.name}: test accuracy {metrics['test_accuracy']:.4f} -> {EVAL_DIR / args.name}")
+        _, seeds = read_params()
+        metrics = evaluate_seeds(args.name, seeds)
+    for seed, scores in seed_scores(metrics).items():
+        shown = "diverged" if "test_accuracy" not in scores else f"test accuracy {scores['test_accuracy']:.4f}"
+        print(f"{args.name} seed {seed}: {shown}")
+    print(f"-> {EVAL_DIR / args.name}")
 
 
 if __name__ == "__main__":

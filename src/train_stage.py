@@ -1,0 +1,150 @@
+"""`python -m src.train_stage <optimizer>`: the DVC stage train@<optimizer>.
+
+Trains `<optimizer>` once per seed of params.yaml in ONE process (a Hydra multirun of `src.train`,
+`train.seed=<the seeds to train>`), then scores every seed's best checkpoint on the test set
+(src.evaluate) in the same process: one TensorFlow import per optimizer instead of one per seed and
+stage (measured: docs/benchmarks.md, "The DVC pipeline").
+
+Only the seeds that need it are trained. DVC keeps `runs/<optimizer>/` between runs (`persist: true` in
+dvc.yaml), and each seed's folder records the config hash it was trained with (`stage.json`, the same
+hash as the run's MLflow tag `config_hash`). A seed whose folder holds a finished run of the current
+config is kept; any other seed's folder is emptied and trained again; folders of seeds no longer in
+params.yaml are removed. So adding a seed trains that seed alone, and changing the optimizer's config
+retrains all of its seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from src.errors import ConfigError, exit_on_user_error
+from src.files import write_text_atomic
+from src.pipeline import RUNS_DIR, read_params, seed_dir
+
+RECORD = "stage.json"
+
+
+def job_overrides(optimizer: str) -> list[str]:
+    """The overrides every job of the stage runs with (besides the seed): what dvc.yaml used to pass."""
+    return [
+        f"optimizer={optimizer}",
+        "data.fetch_if_missing=false",  # the fetch stage provides data/mnist.npz
+        "train.skip_finished=false",  # the seed folders decide what is trained (see the module docstring)
+        f"+mlflow.tags.dvc_stage=train@{optimizer}",
+    ]
+
+
+def config_hashes(optimizer: str, seeds: Sequence[int]) -> dict[int, str]:
+    """{seed: the config hash src.train will compute for that job} (src.resume.config_hash, which
+    includes the sha256 of the MNIST file)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from src import data, resume
+    from src.config import CONFIG_DIR
+
+    hashes: dict[int, str] = {}
+    data_sha256 = None
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        for seed in seeds:
+            overrides = [*job_overrides(optimizer), f"train.seed={seed}"]
+            cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+            HydraConfig.instance().set_config(cfg)  # `${hydra:...}` paths resolve (they do not enter the hash)
+            with open_dict(cfg):
+                del cfg["hydra"]
+            if data_sha256 is None:
+                data_path = Path(cfg.data.dir) / data.FILE_NAME
+                if not data_path.is_file():
+                    raise ConfigError(f"{data_path} is missing; fetch it with `dvc repro fetch`")
+                data_sha256 = data.sha256_file(data_path)
+            hashes[seed] = resume.config_hash(cfg, data_sha256)
+    return hashes
+
+
+def is_trained(folder: Path, config_hash: str) -> bool:
+    """Whether `folder` holds a finished job of this config hash (its record, metrics and checkpoint)."""
+    record = folder / RECORD
+    if not record.is_file() or not (folder / "metrics.json").is_file():
+        return False
+    if json.loads(record.read_text()).get("config_hash") != config_hash:
+        return False
+    diverged = bool(json.loads((folder / "metrics.json").read_text()).get("diverged"))
+    return diverged or (folder / "checkpoints" / "best.keras").is_file()
+
+
+def plan(optimizer: str, seeds: Sequence[int], hashes: dict[int, str], runs_dir: Path) -> list[int]:
+    """The seeds to train; empties their folders and removes the folders of seeds not listed."""
+    folder = runs_dir / optimizer
+    listed = {seed_dir(runs_dir, optimizer, seed) for seed in seeds}
+    for old in folder.glob("seed*") if folder.is_dir() else []:
+        if old not in listed:
+            shutil.rmtree(old)
+    to_train = [seed for seed in seeds if not is_trained(seed_dir(runs_dir, optimizer, seed), hashes[seed])]
+    for seed in to_train:
+        shutil.rmtree(seed_dir(runs_dir, optimizer, seed), ignore_errors=True)
+    return to_train
+
+
+def train_seeds(optimizer: str, seeds: Sequence[int], runs_dir: Path) -> None:
+    """A Hydra multirun of src.train over `seeds`, in this process, into runs/<optimizer>/seed<k>/."""
+    from src import train
+
+    argv = [
+        "src.train",
+        "-m",
+        *job_overrides(optimizer),
+        f"train.seed={','.join(map(str, seeds))}",
+        f"hydra.sweep.dir={runs_dir / optimizer}",
+        "hydra.sweep.subdir=seed${train.seed}",
+        # no sweep parent run: the compare stage makes every seed's run a child of the comparison's run
+        "~hydra.callbacks.mlflow_sweep",
+    ]
+    saved, sys.argv = sys.argv, argv
+    try:
+        train.cli()
+    finally:
+        sys.argv = saved
+
+
+def run_stage(optimizer: str, runs_dir: Path = RUNS_DIR) -> list[int]:
+    """Train what is missing, record each trained seed's hash, score every seed; return the seeds trained."""
+    from src import evaluate
+
+    _, seeds = read_params()  # fails on bad seeds before anything trains
+    hashes = config_hashes(optimizer, seeds)
+    to_train = plan(optimizer, seeds, hashes, runs_dir)
+    kept = [seed for seed in seeds if seed not in to_train]
+    print(f"train@{optimizer}: training seeds {to_train or 'none'}; kept from earlier runs: {kept or 'none'}")
+    try:
+        if to_train:
+            train_seeds(optimizer, to_train, runs_dir)
+    finally:  # a seed that finished is kept even when a later one fails
+        for seed in to_train:
+            _record(seed_dir(runs_dir, optimizer, seed), hashes[seed])
+    evaluate.evaluate_seeds(optimizer, seeds, runs_dir)
+    return to_train
+
+
+def _record(folder: Path, config_hash: str) -> None:
+    if not (folder / "metrics.json").is_file():  # the job did not get to the end
+        return
+    run = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
+    write_text_atomic(folder / RECORD, json.dumps({"config_hash": config_hash, **run}, indent=2) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("optimizer", help="a name of conf/optimizer/*.yaml listed in params.yaml")
+    args = parser.parse_args()
+    with exit_on_user_error():
+        run_stage(args.optimizer)
+
+
+if __name__ == "__main__":
+    main()
