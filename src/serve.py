@@ -61,7 +61,7 @@ def champion_uri(uri: str, model_name: str) -> str:
     )
     database = sqlite_path(uri)
     if database is not None and not database.is_file():
-        raise UserError(f"no MLflow store at /{str(database).lstrip('/')}: {to_register}")
+        raise UserError(f"no MLflow store at {database}: {to_register}")
     check_reachable(uri, key="MLFLOW_TRACKING_URI")
     from mlflow import MlflowClient
 

@@ -99,10 +99,15 @@ def check_postgres(uri: str, timeout: float = 3.0, key: str = "mlflow.tracking_u
 
 
 def sqlite_path(tracking_uri: str) -> Path | None:
-    """The database file of a `sqlite:///...` URI, else None."""
+    """The database file of a `sqlite:///...` URI, else None.
+
+    As SQLAlchemy reads it: `sqlite:///mlflow.db` is relative to the cwd, `sqlite:////abs/mlflow.db`
+    absolute. (The URL path keeps one slash too many: an artifact location `//abs/...` would be read
+    as a host name `abs` when MLflow loads a model from it.)
+    """
     if not tracking_uri.startswith("sqlite:"):
         return None
-    return Path(unquote(urlparse(tracking_uri).path))
+    return Path(unquote(urlparse(tracking_uri).path)[1:])
 
 
 def artifact_location(mlflow_cfg: DictConfig) -> str | None:
