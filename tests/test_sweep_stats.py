@@ -9,7 +9,8 @@ from __future__ import annotations
 import csv
 import io
 import math
-import shutil
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -120,8 +121,13 @@ def parent_and_children(folder: Path, parent_run_id: str | None = None) -> tuple
 
 
 def copy_store(source: Path, target: Path) -> None:
-    """Another sweep on a copy of the store: finished configs are adopted, not trained again."""
-    shutil.copy(source / "mlflow.db", target / "mlflow.db")
+    """Another sweep on a copy of the store: finished configs are adopted, not trained again. (SQLite's
+    backup, not a file copy: the store runs in WAL mode, recent writes may sit in mlflow.db-wal.)"""
+    with (
+        closing(sqlite3.connect(source / "mlflow.db")) as origin,
+        closing(sqlite3.connect(target / "mlflow.db")) as copy,
+    ):
+        origin.backup(copy)
 
 
 @pytest.mark.slow
@@ -282,3 +288,19 @@ def test_bad_seeds_fail_with_one_line_before_any_run(tmp_path: Path, mnist_dir: 
     assert len(error_lines) == 1 and message in error_lines[0] and "train.seed" in error_lines[0], result.stderr
     assert "distinct integers" in error_lines[0]
     assert all_runs(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_register_true_registers_the_best_settings_best_seed(seed_sweep, tmp_path: Path, mnist_dir: Path) -> None:
+    folder, _ = seed_sweep
+    copy_store(folder, tmp_path)  # every job is adopted: the registration is all this sweep does
+    arguments = (*DONE_WHEN, "mlflow.register=true", "mlflow.registered_model_name=sweep-best")
+    result = run_cli("src.train", "-m", *arguments, *SMALL, *store_args(tmp_path, mnist_dir), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    parents = [r for r in all_runs(tmp_path) if r.data.tags.get("sweep") == "parent"]
+    parent = max(parents, key=lambda r: r.info.start_time)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (version,) = client.search_model_versions("name = 'sweep-best'")
+    assert version.run_id == parent.data.tags["best_child_run_id"]
+    assert version.tags["setting"] == parent.data.tags["best_setting"]
+    assert "Registered sweep-best version 1" in result.stdout

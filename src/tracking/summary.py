@@ -35,6 +35,8 @@ MEAN_METRICS = ("best_epoch", "stopped_epoch", "train_seconds")
 # The metric the verdict compares settings on.
 VERDICT_METRIC = "test_accuracy"
 DIVERGED = "diverged"
+# The tag prefix of config keys that are not params (src/tracking/job.py logs them as `config.<key>`).
+CONFIG_TAG_PREFIX = "config."
 
 
 def run_status(run: Run) -> str:
@@ -45,12 +47,14 @@ def run_status(run: Run) -> str:
 
 
 def child_rows(children: Sequence[Run], swept: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per child: run name, status, the value of every swept key (from its params), RUN_METRICS
-    (None where not logged) and run id."""
+    """One row per child: run name, status, the value of every swept key, RUN_METRICS (None where not
+    logged) and run id. A swept key's value is its param, or for a key that does not shape training
+    (logged as the tag `config.<key>`, e.g. `callbacks.tensorboard.enabled`) that tag."""
     rows = []
     for child in children:
         row: dict[str, Any] = {"run": child.info.run_name, "status": run_status(child)}
-        row.update({key: child.data.params.get(key, "") for key in swept})
+        params, tags = child.data.params, child.data.tags
+        row.update({key: params.get(key, tags.get(f"{CONFIG_TAG_PREFIX}{key}", "")) for key in swept})
         row.update({name: child.data.metrics.get(name) for name in RUN_METRICS})
         row["run_id"] = child.info.run_id
         rows.append(row)

@@ -88,6 +88,7 @@ class MlflowSweepCallback(Callback):
         self.run_name = ""
         self.sweep_dir: Path | None = None
         self.register = False
+        self.registered_model_name = "mnist-optimizers"
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from mlflow import MlflowClient
@@ -98,6 +99,7 @@ class MlflowSweepCallback(Callback):
         if not self.swept:  # another sweeper (Optuna): it draws the values of its params
             self.swept = [override_key(key) for key in (config.hydra.sweeper.get("params") or {})]
         self.register = bool(config.mlflow.get("register", False))
+        self.registered_model_name = str(config.mlflow.get("registered_model_name", self.registered_model_name))
         self.experiment_id = use_experiment(config.mlflow)
         task_overrides = list(config.hydra.overrides.task)
         # Named after what it sweeps and the config groups chosen on the command line (experiment preset,
@@ -204,7 +206,7 @@ class MlflowSweepCallback(Callback):
             return
         from src.registry import register_best
 
-        message = register_best(best["run_id"], summary.best_values())
+        message = register_best(best["run_id"], summary.best_values(), self.registered_model_name)
         if message:
             print(message)
 
