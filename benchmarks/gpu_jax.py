@@ -7,6 +7,7 @@ MNIST from a given `mnist.npz`, and imports nothing of this project but `src/mod
     python benchmarks/gpu_jax.py --mnist /path/to/mnist.npz [--wheels /path/to/wheels] [--epochs 4]
 
 Wheels: `pip download keras==3.15.1 namex optree --no-deps -d wheels/` on a machine with a network.
+`benchmarks/gpu_run.sh` runs it after the sweep benchmark; results on an H100: docs/benchmarks.md.
 For each setting it prints the median epoch time (the first epoch, which compiles, is left out) of:
 - "project": src.models.mlp (cast and Rescaling inside the model, raw uint8 pixels in), the project's way;
 - "bare": Keras' own MLP 784-128-10 on inputs scaled beforehand, the reference's way;
