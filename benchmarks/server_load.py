@@ -41,6 +41,7 @@ METRIC_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
 def _client(url: str, experiment_id: str, index: int, points: int, batch: int, params: int, env: dict) -> tuple:
     """One client process: a run, its params, `points` metric values in `log_batch` calls of `batch`."""
     os.environ.update(env)  # e.g. MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # no "View run at ..." line per client
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 

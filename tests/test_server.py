@@ -252,6 +252,7 @@ def test_server_killed_mid_job_and_restarted(
                 time.sleep(0.2)
         server.kill(signal.SIGKILL)
         killed_at = time.monotonic()
+        assert job.poll() is None, "the job ended before the server was killed: give it more epochs"
         server.start()
         restarted_after = time.monotonic() - killed_at
         returncode = job.wait(timeout=400)
