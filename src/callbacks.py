@@ -6,15 +6,20 @@ half-written file that a later run accepts:
 - `BackupAndRestore` commits each backup with one atomic rename of its metadata, keeps the logs of every
   completed epoch (a resumed run knows its whole history) and restores the state of EarlyStopping and
   ModelCheckpoint from them (Keras resets both, so a resumed run would forget its best epoch).
+
+A diverged run (loss non-finite, or `StopOnDivergence`'s limit passed) is stopped by Keras' `TerminateOnNaN`
+or by `StopOnDivergence`, and named by `diverged_epoch`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +30,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from src import update_rules
 from src.files import write_text_atomic
+
+log = logging.getLogger(__name__)
 
 
 def from_config(callbacks_cfg: DictConfig | None, backup_dir: Path | None = None) -> list[keras.callbacks.Callback]:
@@ -91,6 +98,49 @@ class EpochStats(keras.callbacks.Callback):
         step_sizes = effective_step_sizes(self.model.optimizer)
         if step_sizes is not None:
             logs["effective_step_size"] = float(np.median(step_sizes))
+
+
+def diverged_epoch(losses: Sequence[float], limit: float = math.inf) -> int | None:
+    """The 1-based epoch whose training loss first was non-finite or above `limit`; None if none was.
+
+    Read from the whole run's history, so a resumed run names the same epoch as an uninterrupted one."""
+    for epoch, loss in enumerate(losses, start=1):
+        if not (math.isfinite(loss) and loss <= limit):
+            return epoch
+    return None
+
+
+class StopOnDivergence(keras.callbacks.Callback):
+    """Stop training once the training loss passes `max_ratio` times `baseline` (or is not finite).
+
+    `baseline` null means the loss of guessing uniformly, ln(number of classes) = 2.30 for the 10 digits:
+    what an untrained network scores. The first epoch's own loss would be a worse yardstick: a learning
+    rate far too high explodes within the first epoch (sgd at 1e6: 4.6e29 in epoch 1, then ~5e5), so a
+    first-epoch reference never fires. The loss is checked after every compiled call (`steps_per_execution`
+    batches), so a run stops within that many batches of diverging; the epoch then ends as Keras ends it
+    (validation runs) and `diverged_epoch` names it from the history.
+    """
+
+    def __init__(self, max_ratio: float = 100.0, baseline: float | None = None) -> None:
+        super().__init__()
+        self.max_ratio = max_ratio
+        self.baseline = baseline
+        self.limit = math.inf
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        baseline = self.baseline or math.log(self.model.outputs[0].shape[-1])
+        self.limit = self.max_ratio * baseline
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is None or self.model.stop_training:
+            return
+        loss = float(keras.ops.convert_to_numpy(loss))
+        if diverged_epoch([loss], self.limit):  # the same rule that tags the run
+            log.warning(
+                "training loss %.4g passed %.4g (max_ratio x baseline): stopping, the run diverged", loss, self.limit
+            )
+            self.model.stop_training = True
 
 
 class ModelCheckpoint(keras.callbacks.ModelCheckpoint):

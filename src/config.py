@@ -156,6 +156,12 @@ def _check_callback(check: _Checker, name: str, callback: Mapping[str, Any]) -> 
             check.number(f"{prefix}.{key}", callback[key], 0, low_open=False)
     if "factor" in callback:
         check.number(f"{prefix}.factor", callback["factor"], 0, 1, low_open=True)
+    if "max_ratio" in callback:  # StopOnDivergence
+        check.number(f"{prefix}.max_ratio", callback["max_ratio"], 1, low_open=True)
+        if callback.get("baseline") is not None:
+            check.number(f"{prefix}.baseline", callback["baseline"], 0, low_open=True)
+    if "raise_error" in callback and not isinstance(callback["raise_error"], bool):
+        check.fail(f"{prefix}.raise_error", callback["raise_error"], "use true or false")
     if "verbose" in callback:
         check.choice(f"{prefix}.verbose", callback["verbose"], (0, 1))
     if "backup_dir" in callback and callback.get("save_freq") != "epoch":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -27,6 +28,7 @@ from src import data, resume, tracking
 from src.config import CONFIG_DIR, validate
 from src.errors import ConfigError, exit_on_user_error
 from src.files import write_text_atomic
+from src.tracking.job import config_tags, log_datasets
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +47,19 @@ def _write_json(path: Path, payload: Any) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
+def _finite_or_null(results: dict[str, Any]) -> dict[str, Any]:
+    """NaN and infinity (a diverged run's losses) as null: metrics.json stays strict JSON for DVC and others."""
+    return {
+        key: None if isinstance(value, float) and not math.isfinite(value) else value for key, value in results.items()
+    }
+
+
 def summarize_history(history: dict[str, list[float]]) -> dict[str, float]:
-    """best_val_accuracy, best_epoch (1-based) and stopped_epoch (epochs actually run) of a fit."""
+    """best_val_accuracy, best_epoch (1-based) and stopped_epoch (epochs actually run) of a fit. A NaN
+    epoch (a diverged run) is never the best."""
     val_accuracy = history["val_accuracy"]
-    best_index = max(range(len(val_accuracy)), key=val_accuracy.__getitem__)
+    ranked = [-math.inf if math.isnan(value) else value for value in val_accuracy]
+    best_index = max(range(len(ranked)), key=ranked.__getitem__)
     return {
         "best_val_accuracy": float(val_accuracy[best_index]),
         "best_epoch": best_index + 1,
@@ -132,7 +143,7 @@ def train(cfg: DictConfig, data_path: Path) -> float:
     import mlflow
     from hydra.utils import instantiate
 
-    from src.callbacks import BackupAndRestore, EpochStats, from_config
+    from src.callbacks import BackupAndRestore, EpochStats, StopOnDivergence, diverged_epoch, from_config
 
     _freeze_imported_objects()
 
@@ -144,6 +155,7 @@ def train(cfg: DictConfig, data_path: Path) -> float:
     model = _build(f"model ({cfg.model._target_})", lambda: instantiate(cfg.model))
     configured_callbacks = _build("callbacks", lambda: from_config(cfg.get("callbacks"), state.backup_dir))
     backup = next((c for c in configured_callbacks if isinstance(c, BackupAndRestore)), None)
+    guard = next((c for c in configured_callbacks if isinstance(c, StopOnDivergence)), None)
     model.compile(
         optimizer=optimizer,
         loss="sparse_categorical_crossentropy",
@@ -163,6 +175,7 @@ def train(cfg: DictConfig, data_path: Path) -> float:
         "job_num": str(hydra_cfg.job.get("num", 0)),
         "keras_backend": keras.backend.backend(),  # tensorflow, or jax with KERAS_BACKEND=jax
         "output_dir": str(output_dir),
+        **config_tags(cfg),  # what does not shape training: paths, URIs, mlflow.*, verbosity
         **{str(key): str(value) for key, value in (cfg.mlflow.get("tags") or {}).items()},
     }
     params = tracking.config_params(cfg, choices)
@@ -171,6 +184,12 @@ def train(cfg: DictConfig, data_path: Path) -> float:
         action = "resumed from its backup" if resume_run_id else "started"
         log.info("MLflow run %s (%s) %s; outputs in %s", run_name, run.info.run_id, action, output_dir)
         try:
+            selection = {
+                "data.limit": cfg.data.limit,
+                "data.val_split": cfg.data.val_split,
+                "train.seed": cfg.train.seed,
+            }
+            log_datasets(splits, data_path, data_sha256, selection)  # what picks the training and validation rows
             started = time.perf_counter()
             restored = (lambda: backup.restored_history) if backup else list
             fit_callbacks = [EpochStats(), *configured_callbacks, tracking.epoch_logger(restored)]
@@ -187,6 +206,16 @@ def train(cfg: DictConfig, data_path: Path) -> float:
             )
             train_seconds = time.perf_counter() - started
             full_history = _merge_history(backup.restored_history if backup else [], history.history)
+            # Diverged: a non-finite loss, or past StopOnDivergence's limit when it is on (CONTRACTS.md, 1)
+            diverged_at = diverged_epoch(full_history.get("loss", []), guard.limit if guard else math.inf)
+            mlflow.set_tags(
+                {"diverged": "true", "diverged_epoch": str(diverged_at)} if diverged_at else {"diverged": "false"}
+            )
+            if diverged_at:
+                loss = full_history["loss"][diverged_at - 1]
+                log.warning(
+                    "the run diverged in epoch %d (training loss %.4g): tagged diverged=true", diverged_at, loss
+                )
             test_batch_size = cfg.train.get("validation_batch_size") or cfg.train.batch_size
             test_loss, test_accuracy = model.evaluate(
                 splits.x_test, splits.y_test, batch_size=test_batch_size, verbose=0
@@ -202,7 +231,8 @@ def train(cfg: DictConfig, data_path: Path) -> float:
             log.info("results: %s", json.dumps(results))
             _save_keras_atomic(model, output_dir / "checkpoints" / "last.keras")
             _write_json(output_dir / "history.json", full_history)
-            _write_json(output_dir / "metrics.json", results)
+            divergence = {"diverged": diverged_at is not None, "diverged_epoch": diverged_at}
+            _write_json(output_dir / "metrics.json", _finite_or_null({**results, **divergence}))
             _write_json(output_dir / "run.json", {"run_id": run.info.run_id, "run_name": run_name})
             tracking.log_keras_model(model)
         finally:  # whatever happened, keep what the job wrote so far with its run

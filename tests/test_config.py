@@ -8,7 +8,7 @@ from pathlib import Path
 import keras
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from src.config import CONFIG_DIR, PROJECT_ROOT, validate
@@ -72,7 +72,8 @@ def test_callback_config_builds_keras_callback_with_its_values(name: str, tmp_pa
         if key in settings:  # backup_dir: null means "chosen by the job"
             settings[key] = str(tmp_path / (Path(settings[key]).name if settings[key] else key))
     callback = instantiate(settings)
-    assert isinstance(callback, getattr(keras.callbacks, node._target_.rsplit(".", 1)[1]))
+    keras_class = getattr(keras.callbacks, node._target_.rsplit(".", 1)[1], None)  # None: ours (StopOnDivergence)
+    assert isinstance(callback, keras_class or get_class(node._target_))
     compared = 0
     for key, value in settings.items():
         if key == "_target_" or not hasattr(callback, key):
@@ -82,7 +83,7 @@ def test_callback_config_builds_keras_callback_with_its_values(name: str, tmp_pa
             actual = abs(actual)  # Keras stores it signed by mode
         assert _same(value, actual), (name, key, value, actual)
         compared += 1
-    assert compared >= 3
+    assert compared >= min(3, len(settings) - 1)  # TerminateOnNaN has one parameter
 
 
 def test_every_callback_key_is_commented() -> None:

@@ -7,6 +7,7 @@ belongs to from `current_sweep()`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -23,37 +24,60 @@ if TYPE_CHECKING:
     from mlflow import ActiveRun
     from mlflow.entities import Run
 
+    from src.data import Splits
+
 # The sweep in progress, as JSON {"parent_run_id": ..., "swept": [keys]}: set by MlflowSweepCallback,
-# read by each job. An environment variable reaches jobs in the same process (basic launcher) and in
-# worker processes alike.
+# read by each job. The callback sets it in its own process (basic launcher) and, through ship_to_jobs,
+# in every job's config, which launchers hand to the job wherever it runs (joblib, Ray on other nodes).
 SWEEP_ENV = "MNIST_OPTIMIZERS_SWEEP"
-# The same, as a file in the sweep dir: reaches jobs that a launcher starts in a fresh environment (Ray).
-SWEEP_FILE = "mlflow_sweep.json"
+# Config keys that do not shape training are logged as tags `config.<key>` (config_tags), not params.
+CONFIG_TAG_PREFIX = "config."
+# The name of the MLflow dataset inputs every run logs (log_datasets): MNIST in three contexts.
+DATASET_NAME = "mnist"
 
 
 def config_params(cfg: DictConfig, choices: Mapping[str, str]) -> dict[str, str]:
-    """The resolved config flattened into MLflow params, plus each config group's choice.
+    """The keys of the resolved config that shape training (`src.config.shapes_training`), flattened into
+    MLflow params, plus each such config group's choice. The other keys are tags (`config_tags`), so that
+    "show diff only" in MLflow's compare view lists settings, not the paths that differ between runs.
 
     `optimizer=momentum` becomes the param `optimizer`, so a swept key and its param share a name.
     """
-    resolved = masked_config(cfg)
-    params = {key: str(value) for key, value in flatten(resolved)}
-    params.update({group: str(choice) for group, choice in choices.items() if not group.startswith("hydra")})
+    params = {key: str(value) for key, value in flatten(masked_config(cfg)) if shapes_training(key)}
+    params.update({group: str(choice) for group, choice in choices.items() if shapes_training(group)})
     return params
+
+
+def config_tags(cfg: DictConfig) -> dict[str, str]:
+    """The keys of the resolved config that say where things go, how a run is filed or how chatty it is
+    (paths, folders, URIs, `mlflow.*`, `hydra.*`): tags `config.<key>`. MLflow truncates a tag value past
+    8000 characters; the whole config is the `config/config.yaml` artifact."""
+    return {
+        f"{CONFIG_TAG_PREFIX}{key}": str(value)
+        for key, value in flatten(masked_config(cfg))
+        if not shapes_training(key)
+    }
 
 
 def current_sweep() -> dict[str, Any]:
     """The sweep this process' jobs belong to: {"parent_run_id", "swept"}, or {} outside a sweep."""
-    if os.environ.get(SWEEP_ENV):
-        return json.loads(os.environ[SWEEP_ENV])
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
+    sweep = os.environ.get(SWEEP_ENV)
+    return json.loads(sweep) if sweep else {}
 
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        record = Path(HydraConfig.get().sweep.dir) / SWEEP_FILE
-        if record.is_file():
-            return json.loads(record.read_text())
-    return {}
+
+def ship_to_jobs(config: DictConfig, sweep: str) -> None:
+    """Put the sweep record into every job's environment by way of its config: no file, no shared disk.
+
+    Hydra recomposes each job's config from the multirun's Hydra overrides plus the job's own
+    (`load_sweep_config`), and a launcher sends that config to wherever the job runs (a Ray task on another
+    node included); running the job sets `hydra.job.env_set` in its environment. So the callback appends
+    `++hydra.job.env_set.<SWEEP_ENV>='<json>'` to the multirun's Hydra overrides before any job is launched.
+    """
+    from omegaconf import read_write
+
+    override = f"++hydra.job.env_set.{SWEEP_ENV}='{sweep}'"  # ++: add the key, or replace it
+    with read_write(config.hydra.overrides):
+        config.hydra.overrides.hydra.append(override)
 
 
 def override_key(override: str) -> str:
@@ -127,6 +151,45 @@ def log_epoch_history(history: Sequence[Mapping[str, float]]) -> None:
             mlflow.log_metrics(dict(logs), step=epoch)
 
 
+def dataset_digest(data_sha256: str, context: str, selection: Mapping[str, Any]) -> str:
+    """16 hex digits naming the rows a run used in one context: the sha256 of the MNIST file's sha256, the
+    context and `selection` (what picks those rows out of the file). A `data.limit` slice, another
+    `data.val_split` or `train.seed` (it shuffles the validation split out) is another digest; the test set,
+    always the whole file's 10000 test images, keeps one digest per file. 16 digits, like the config hash:
+    MLflow stores at most 36."""
+    recipe = json.dumps({"data_sha256": data_sha256, "context": context, **selection}, sort_keys=True)
+    return hashlib.sha256(recipe.encode()).hexdigest()[:16]
+
+
+def log_datasets(splits: Splits, source: Path, data_sha256: str, selection: Mapping[str, Any]) -> None:
+    """Log to the active run what it trained and was scored on, as MLflow dataset inputs (the runs table's
+    Dataset column): the dataset `mnist` in the contexts training, validation and test, each with its own
+    digest (`dataset_digest`; MLflow keeps one input per name and digest), the file as source, the row
+    count as the input tag `rows` and the file's sha256 as `data_sha256`. No image is hashed again: the
+    digest comes from the file's sha256. Logging twice (a resumed run) adds nothing."""
+    import mlflow
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    file_source = LocalArtifactDatasetSource(str(source))  # resolving a path string warns (mlflow#9702)
+    parts = {
+        "training": (splits.x_train, splits.y_train, selection),
+        "validation": (splits.x_val, splits.y_val, selection),
+        "test": (splits.x_test, splits.y_test, {}),
+    }
+    datasets = [
+        mlflow.data.from_numpy(
+            images,
+            source=file_source,
+            targets=labels,
+            name=DATASET_NAME,
+            digest=dataset_digest(data_sha256, context, picked),
+        )
+        for context, (images, labels, picked) in parts.items()
+    ]
+    tags = [{"rows": str(len(images)), "data_sha256": data_sha256} for images, _, _ in parts.values()]
+    mlflow.log_inputs(datasets, contexts=list(parts), tags_list=tags)
+
+
 @contextmanager
 def job_run(
     experiment_id: str,
@@ -168,18 +231,24 @@ def epoch_logger(restored_history: Callable[[], Sequence[Mapping[str, float]]] =
     """A Keras callback that logs every epoch's metrics (with step = epoch) to the active run.
 
     `restored_history` gives, once training has begun, the epochs a resumed run did before (from its
-    backup): they are logged first where missing, and the optimizer params are not logged twice.
+    backup): they are logged first where missing, and the model summary is not logged twice.
     Put it after the BackupAndRestore callback.
     """
     from mlflow.keras import MlflowCallback
 
     class EpochMetricsLogger(MlflowCallback):
         def on_train_begin(self, logs: dict | None = None) -> None:
+            import mlflow
+
             history = restored_history()
             if history:
                 log_epoch_history(history)
-            else:
-                super().on_train_begin(logs)
+                return
+            # MlflowCallback would also log the optimizer's Keras config as `optimizer_*` params: the
+            # config's `optimizer.*` params say the same, and each argument twice crowds "show diff only".
+            lines: list[str] = []
+            self.model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
+            mlflow.log_text("\n".join(lines), "model_summary.txt")
 
         # MlflowCallback also logs each validation pass as `validation_*` at step 0; the per-epoch
         # `val_*` metrics already hold the same numbers.
