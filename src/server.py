@@ -175,11 +175,11 @@ class Cluster:
         psql = [str(PG_BIN / "psql"), "-h", str(self.socket_dir), "-p", str(self.port), "-U", "postgres"]
         psql += ["-d", "postgres", "-v", "ON_ERROR_STOP=1", "-q"]
         statements = [
-            f"CREATE ROLE {DB_USER} LOGIN PASSWORD '{self.password}'",
-            f"CREATE DATABASE {DB_NAME} OWNER {DB_USER}",
+            f"CREATE ROLE {DB_USER} LOGIN PASSWORD '{self.password}';",
+            f"CREATE DATABASE {DB_NAME} OWNER {DB_USER};",
         ]
-        for statement in statements:
-            done = subprocess.run(_as_owner([*psql, "-c", statement]), capture_output=True, text=True, timeout=60)
+        for statement in statements:  # on stdin: the password never shows in a process list
+            done = subprocess.run(_as_owner(psql), input=statement, capture_output=True, text=True, timeout=60)
             if done.returncode != 0:
                 raise ConfigError(f"PostgreSQL in {self.folder}: {done.stderr.strip()[-300:]}")
 
