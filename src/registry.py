@@ -161,7 +161,7 @@ def _decide_champion(client: MlflowClient, model_name: str, version: str, values
     if current is None:
         client.set_registered_model_alias(model_name, CHAMPION, version)
         return "it is the champion (the first one)"
-    if current.version == version:
+    if str(current.version) == str(version):
         return "it is the champion already"
     champion_values = stored_values(current)
     if not champion_values:

@@ -18,7 +18,7 @@ from src.config import validate
 from src.errors import ConfigError, exit_on_user_error
 from src.files import write_text_atomic
 from src.stats import SEED_KEY
-from src.tracking.job import SWEEP_ENV, SWEEP_FILE, override_key
+from src.tracking.job import SWEEP_ENV, override_key, ship_to_jobs
 from src.tracking.store import mask_uri, use_experiment
 from src.tracking.summary import SweepSummary, summarize_sweep
 
@@ -127,7 +127,7 @@ class MlflowSweepCallback(Callback):
         _close_killed_parents(client, self.experiment_id, tags["hydra_overrides"], self.parent_run_id)
         sweep = json.dumps({"parent_run_id": self.parent_run_id, "swept": self.swept})
         os.environ[SWEEP_ENV] = sweep
-        write_text_atomic(Path(config.hydra.sweep.dir) / SWEEP_FILE, sweep)
+        ship_to_jobs(config, sweep)
         atexit.register(self.close, "FAILED")  # Hydra skips on_multirun_end when a job fails
         global _open_sweep
         _open_sweep = self
