@@ -102,7 +102,8 @@ def ray_head():
     start = [ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2"]
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
     start += ["--include-dashboard=false", f"--temp-dir={temp_dir}"]
-    started = subprocess.run(start, capture_output=True, text=True, env=environment, timeout=180)
+    # Started from its own folder: the workers' cwd is not the driver's, as on another machine.
+    started = subprocess.run(start, capture_output=True, text=True, env=environment, timeout=180, cwd=temp_dir)
     assert started.returncode == 0, started.stderr[-3000:]
     yield f"127.0.0.1:{port}"
     subprocess.run([ray, "stop", "--force"], capture_output=True, env=environment, timeout=120)
@@ -126,6 +127,10 @@ def test_sweep_on_a_ray_cluster_gives_children_of_one_parent(ray_head: str, tmp_
     assert parent.info.status == "FINISHED"
     assert sorted(c.data.params["optimizer"] for c in children) == ["adam", "sgd"]
     assert [c.info.status for c in children] == ["FINISHED", "FINISHED"]
+    # No shared disk needed: the workers (started by `ray start`, not by the driver, so without its
+    # environment) learned their parent from the job config Ray shipped them, not from a file.
+    assert not list(tmp_path.rglob("mlflow_sweep.json"))
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
 
 
 def test_optuna_search_is_one_parent_with_a_child_per_trial(tmp_path: Path, mnist_dir: Path) -> None:
