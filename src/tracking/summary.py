@@ -142,7 +142,7 @@ class SweepSummary:
 
     def verdict_lines(self) -> list[str]:
         what = VERDICT_METRIC.replace("_", " ")
-        if self.seeded:
+        if self.seeded or any(setting.n > 1 for setting in self.settings):
             return stats.verdict_lines(self.best, self.differences, what)
         if self.best is None:
             return [f"No finished run to compare on {what}."]
