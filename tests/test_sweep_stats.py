@@ -25,9 +25,20 @@ T_975_DF2 = 4.302652729911275  # Student's t quantile 0.975, 2 degrees of freedo
 DONE_WHEN = ("optimizer=adam,rmsprop", "train.seed=1,2,3")
 
 
-def make_run(number: int, optimizer: str, seed: int, test: float | None, status: str = "FINISHED", **tags: str) -> Run:
+def make_run(
+    number: int,
+    optimizer: str,
+    seed: int,
+    test: float | None,
+    status: str = "FINISHED",
+    val: float | None = None,
+    **tags: str,
+) -> Run:
+    """A child run as MLflow returns it; its best validation accuracy is `val`, else `test`."""
     info = RunInfo(f"run{number}", "0", "user", status, 0, 1, "active", run_name=f"{optimizer},{seed}")
-    metrics = [] if test is None else [Metric("test_accuracy", test, 0, 0), Metric("best_val_accuracy", test, 0, 0)]
+    metrics = (
+        [] if test is None else [Metric("test_accuracy", test, 0, 0), Metric("best_val_accuracy", val or test, 0, 0)]
+    )
     metrics.append(Metric("best_epoch", float(seed), 0, 0))
     params = [Param("optimizer", optimizer), Param("train.seed", str(seed))]
     tags = [RunTag("job_num", str(number)), *(RunTag(key, value) for key, value in tags.items())]
@@ -80,13 +91,18 @@ def test_seeds_are_grouped_by_setting_with_hand_computed_statistics() -> None:
 
 
 def test_without_seeds_every_run_is_a_setting_and_no_winner_is_named() -> None:
-    runs = [make_run(0, "adam", 1, 0.975), make_run(1, "rmsprop", 1, 0.974), make_run(2, "sgd", 1, None, "FAILED")]
+    runs = [
+        make_run(0, "adam", 1, 0.975, val=0.970),
+        make_run(1, "rmsprop", 1, 0.974, val=0.980),
+        make_run(2, "sgd", 1, None, "FAILED"),
+    ]
     summary = summarize_sweep(runs, ["optimizer"])
     assert not summary.seeded and not summary.best_resolved
-    assert summary.best == "optimizer=adam" and summary.best_run()["run_id"] == "run0"
+    # no setting is best with n = 1: the run kept is the one the sweep maximizes, best validation accuracy
+    assert summary.best_run()["run_id"] == "run1" and summary.best_values() == [0.974]
     (line,) = summary.verdict_lines()
-    assert line.startswith("Highest test accuracy: optimizer=adam (97.50 %), 0.10 pp ahead of optimizer=rmsprop.")
-    assert "With one run per setting (n = 1) no difference can be resolved, so this is not a winner" in line
+    assert line.startswith("Highest best validation accuracy: rmsprop,1 (98.00 %, test accuracy 97.40 %).")
+    assert "With one run per setting (n = 1) no difference between settings can be resolved, so it is not" in line
     markdown = summary.markdown("optimizer=adam,rmsprop,sgd")
     assert "| setting | n |" not in markdown  # one row per run, as before
     assert "| adam,1 | FINISHED | adam | 0.9750 |" in markdown
@@ -118,6 +134,19 @@ def parent_and_children(folder: Path, parent_run_id: str | None = None) -> tuple
     parent = next(r for r in parents if r.info.run_id == parent_run_id) if parent_run_id else parents[0]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     return parent, sorted(children, key=lambda r: (r.data.params["optimizer"], int(r.data.params["train.seed"])))
+
+
+def sweep_on_a_copy(seed_sweep, folder: Path, mnist_dir: Path, *arguments: str, prepare=None):
+    """Run `python -m src.train -m <arguments>` on a copy of the Done-when sweep's store in `folder` (its
+    finished configs are adopted, not trained again); `prepare(client, children)` may edit the copy first.
+    Returns (result, the new parent run, its children sorted by optimizer and seed)."""
+    copy_store(seed_sweep[0], folder)
+    if prepare is not None:
+        prepare(MlflowClient(f"sqlite:///{folder}/mlflow.db"), parent_and_children(folder)[1])
+    result = run_cli("src.train", "-m", *arguments, *SMALL, *store_args(folder, mnist_dir), cwd=folder)
+    parents = [r for r in all_runs(folder) if r.data.tags.get("sweep") == "parent"]
+    parent = max(parents, key=lambda r: r.info.start_time)
+    return result, parent, parent_and_children(folder, parent.info.run_id)[1]
 
 
 def copy_store(source: Path, target: Path) -> None:
@@ -195,31 +224,22 @@ def test_summary_files_hold_settings_and_seeds(seed_sweep) -> None:
 def test_a_failed_and_a_diverged_seed_are_excluded_and_the_others_reported(
     seed_sweep, tmp_path: Path, mnist_dir: Path
 ) -> None:
-    folder, _ = seed_sweep
-    copy_store(folder, tmp_path)
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    _, children = parent_and_children(tmp_path)
-    # rmsprop's best seed (by validation accuracy) is marked diverged, as the divergence callback tags it
-    diverged = max(children[3:], key=lambda c: c.data.metrics["best_val_accuracy"])
-    client.set_tag(diverged.info.run_id, "diverged", "true")
-    client.delete_tag(children[0].info.run_id, "setting")  # as if trained before setting tags existed
-    # Seed 4 is new for both; adam's (job 3) fails when it saves its last checkpoint, after its metrics.
-    blocker = tmp_path / "multirun" / "3" / "checkpoints" / "last.keras"
-    blocker.mkdir(parents=True)
-    result = run_cli(
-        "src.train",
-        "-m",
-        "optimizer=adam,rmsprop",
-        "train.seed=1,2,3,4",
-        *SMALL,
-        *store_args(tmp_path, mnist_dir),
-        cwd=tmp_path,
+    marked: dict[str, Run] = {}
+
+    def prepare(client: MlflowClient, children: list[Run]) -> None:
+        # rmsprop's best seed (by validation accuracy) is marked diverged, as the divergence callback tags it
+        marked["diverged"] = max(children[3:], key=lambda c: c.data.metrics["best_val_accuracy"])
+        client.set_tag(marked["diverged"].info.run_id, "diverged", "true")
+        client.delete_tag(children[0].info.run_id, "setting")  # as if trained before setting tags existed
+        # Seed 4 is new for both; adam's (job 3) fails when it saves its last checkpoint, after its metrics.
+        (tmp_path / "multirun" / "3" / "checkpoints" / "last.keras").mkdir(parents=True)
+
+    result, parent, children = sweep_on_a_copy(
+        seed_sweep, tmp_path, mnist_dir, "optimizer=adam,rmsprop", "train.seed=1,2,3,4", prepare=prepare
     )
+    diverged = marked["diverged"]
     assert result.returncode != 0
-    parents = [r for r in all_runs(tmp_path) if r.data.tags.get("sweep") == "parent"]
-    parent = max(parents, key=lambda r: r.info.start_time)
     assert parent.info.status == "FAILED" and parent.data.tags["failed_jobs"] == "1"
-    _, children = parent_and_children(tmp_path, parent.info.run_id)
     assert [c.info.status for c in children] == ["FINISHED"] * 3 + ["FAILED"] + ["FINISHED"] * 4
     assert all(c.data.tags["setting"] == f"optimizer={c.data.params['optimizer']}" for c in children)
     metrics = parent.data.metrics
@@ -236,14 +256,9 @@ def test_a_failed_and_a_diverged_seed_are_excluded_and_the_others_reported(
 def test_seeds_alone_are_one_group_and_adopted_runs_get_this_sweeps_setting(
     seed_sweep, tmp_path: Path, mnist_dir: Path
 ) -> None:
-    folder, _ = seed_sweep
-    copy_store(folder, tmp_path)
-    result = run_cli("src.train", "-m", "train.seed=1,2,3", *SMALL, *store_args(tmp_path, mnist_dir), cwd=tmp_path)
+    result, parent, children = sweep_on_a_copy(seed_sweep, tmp_path, mnist_dir, "train.seed=1,2,3")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| all | 3 |" in result.stdout and "Only one setting (all): nothing to compare." in result.stdout
-    parents = [r for r in all_runs(tmp_path) if r.data.tags.get("sweep") == "parent"]
-    parent = max(parents, key=lambda r: r.info.start_time)
-    _, children = parent_and_children(tmp_path, parent.info.run_id)
     assert [c.data.params["optimizer"] for c in children] == ["adam"] * 3  # adopted, not trained again
     assert [c.data.tags["setting"] for c in children] == ["all"] * 3
     assert parent.data.metrics["test_accuracy_n/all"] == 3 and parent.data.tags["best_resolved"] == "false"
@@ -251,16 +266,12 @@ def test_seeds_alone_are_one_group_and_adopted_runs_get_this_sweeps_setting(
 
 @pytest.mark.slow
 def test_one_seed_per_setting_names_no_winner(seed_sweep, tmp_path: Path, mnist_dir: Path) -> None:
-    folder, _ = seed_sweep
-    copy_store(folder, tmp_path)
-    arguments = ("optimizer=adam,rmsprop", "train.seed=2")
-    result = run_cli("src.train", "-m", *arguments, *SMALL, *store_args(tmp_path, mnist_dir), cwd=tmp_path)
+    result, parent, children = sweep_on_a_copy(
+        seed_sweep, tmp_path, mnist_dir, "optimizer=adam,rmsprop", "train.seed=2"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "With one run per setting (n = 1) no difference can be resolved, so this is not a winner" in result.stdout
-    parents = [r for r in all_runs(tmp_path) if r.data.tags.get("sweep") == "parent"]
-    parent = max(parents, key=lambda r: r.info.start_time)
-    _, children = parent_and_children(tmp_path, parent.info.run_id)
-    best = max(children, key=lambda c: c.data.metrics["test_accuracy"])
+    assert "With one run per setting (n = 1) no difference between settings can be resolved" in result.stdout
+    best = max(children, key=lambda c: c.data.metrics["best_val_accuracy"])
     assert parent.data.tags["best_child_run_id"] == best.info.run_id
     assert parent.data.tags["best_resolved"] == "false"
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
@@ -292,13 +303,10 @@ def test_bad_seeds_fail_with_one_line_before_any_run(tmp_path: Path, mnist_dir: 
 
 @pytest.mark.slow
 def test_register_true_registers_the_best_settings_best_seed(seed_sweep, tmp_path: Path, mnist_dir: Path) -> None:
-    folder, _ = seed_sweep
-    copy_store(folder, tmp_path)  # every job is adopted: the registration is all this sweep does
+    # every job is adopted: the registration is all this sweep does
     arguments = (*DONE_WHEN, "mlflow.register=true", "mlflow.registered_model_name=sweep-best")
-    result = run_cli("src.train", "-m", *arguments, *SMALL, *store_args(tmp_path, mnist_dir), cwd=tmp_path)
+    result, parent, _ = sweep_on_a_copy(seed_sweep, tmp_path, mnist_dir, *arguments)
     assert result.returncode == 0, result.stderr[-3000:]
-    parents = [r for r in all_runs(tmp_path) if r.data.tags.get("sweep") == "parent"]
-    parent = max(parents, key=lambda r: r.info.start_time)
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     (version,) = client.search_model_versions("name = 'sweep-best'")
     assert version.run_id == parent.data.tags["best_child_run_id"]

@@ -103,6 +103,14 @@ def _spread(setting: stats.SettingStats, metric: str) -> tuple[str, str]:
     return stats.format_mean_std(summary), stats.format_interval(summary.ci_low, summary.ci_high)
 
 
+def _or_lowest(value: float | None) -> float:
+    return value if stats.is_number(value) else -math.inf
+
+
+def _percent(value: float | None) -> str:
+    return f"{value * 100:.2f}" if stats.is_number(value) else "n/a"
+
+
 def _number(value: float | None) -> str:
     return "" if value is None or math.isnan(value) else repr(float(value))
 
@@ -123,37 +131,49 @@ class SweepSummary:
     def best_resolved(self) -> bool:
         return stats.best_is_resolved(self.differences)
 
+    @property
+    def replicated(self) -> bool:
+        """Whether some setting has more than one run to compare: the sweep varies the seed, or repeats."""
+        return self.seeded or any(setting.n > 1 for setting in self.settings)
+
     def counted(self, setting: str) -> list[dict[str, Any]]:
         return _counted(self.rows, setting)
 
     def best_run(self) -> dict[str, Any] | None:
-        """The best setting's run with the highest best validation accuracy (the model one would keep)."""
-        candidates = self.counted(self.best) if self.best else []
+        """The run to keep: the best setting's seed with the highest best validation accuracy. Without
+        replicates there is no best setting to speak of, and it is the run with the highest best validation
+        accuracy, the objective a sweeper maximizes (as before seeds existed): runs are chosen on
+        validation data, settings are compared on test data."""
+        if self.replicated:
+            candidates = self.counted(self.best) if self.best else []
+        else:
+            candidates = [row for setting in self.settings for row in self.counted(setting.label)]
         if not candidates:
             return None
-        return max(candidates, key=lambda row: row.get("best_val_accuracy") or -math.inf)
+        return max(candidates, key=lambda row: _or_lowest(row.get("best_val_accuracy")))
 
     def best_values(self) -> list[float]:
-        """The best setting's per-seed VERDICT_METRIC values (what the registry records)."""
-        return [float(row[VERDICT_METRIC]) for row in self.counted(self.best)] if self.best else []
+        """The per-seed VERDICT_METRIC values of the best run's setting (what the registry records)."""
+        best = self.best_run()
+        return [float(row[VERDICT_METRIC]) for row in self.counted(best["setting"])] if best else []
 
     def excluded(self) -> list[dict[str, Any]]:
         return [row for row in self.rows if row["status"] != stats.USABLE_STATUS]
 
     def verdict_lines(self) -> list[str]:
         what = VERDICT_METRIC.replace("_", " ")
-        if self.seeded or any(setting.n > 1 for setting in self.settings):
+        if self.replicated:
             return stats.verdict_lines(self.best, self.differences, what)
-        if self.best is None:
+        best = self.best_run()
+        if best is None:
             return [f"No finished run to compare on {what}."]
-        value = self.settings[[s.label for s in self.settings].index(self.best)].summaries[VERDICT_METRIC].mean
-        head = f"Highest {what}: {self.best} ({value * 100:.2f} %)"
-        if self.differences:
-            closest = max(self.differences, key=lambda d: d.diff)
-            head += f", {-closest.diff * 100:.2f} pp ahead of {closest.setting}"
+        head = f"Highest best validation accuracy: {best['run']} ({_percent(best.get('best_val_accuracy'))} %"
+        head += f", {what} {_percent(best.get(VERDICT_METRIC))} %)."
+        if len(self.settings) < 2:
+            return [head]
         return [
-            head + ". With one run per setting (n = 1) no difference can be resolved, so this is not a winner:"
-            f" sweep seeds too ({stats.SEED_KEY}=1,2,3) to compare settings."
+            f"{head} With one run per setting (n = 1) no difference between settings can be resolved, so it is"
+            f" not a winner: sweep seeds too ({stats.SEED_KEY}=1,2,3) to compare settings."
         ]
 
     def settings_table(self) -> tuple[list[str], list[list[str]]]:
