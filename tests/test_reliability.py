@@ -221,6 +221,8 @@ def test_sigkilled_run_resumes_in_the_same_mlflow_run_with_the_same_result(tmp_p
     [expected] = all_runs(reference)
     for name in ("test_accuracy", "best_val_accuracy"):
         assert abs(resumed.data.metrics[name] - expected.data.metrics[name]) <= 0.001, name
+    assert resumed.data.params == expected.data.params  # the first attempt's, settings only
+    assert len(resumed.inputs.dataset_inputs) == 3  # logged again on resume: still one per context
 
 
 def _runs_by_parent(folder: Path) -> tuple[list[Run], dict[str, list[Run]]]:
