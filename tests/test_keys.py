@@ -127,3 +127,20 @@ def test_tags_mask_the_tracking_password_and_keep_long_values_whole() -> None:
     assert tags["config.mlflow.tracking_uri"] == "postgresql://ana:***@db/mlflow"
     assert tags["config.data.sources"] == "['keras', 'pypi', 'local']"
     assert not any("s3cret" in value for value in [*tags.values(), *config_params(cfg, {}).values()])
+
+
+def test_the_dvc_runs_params_differ_in_the_optimizer_alone() -> None:
+    """What MLflow's "show diff only" shows between the DVC pipeline's runs (each with its own output paths
+    and dvc_stage tag, as dvc.yaml makes them)."""
+    runs = []
+    for name in ("adam", "adagrad", "rmsprop"):
+        paths = [
+            f"callbacks.model_checkpoint.filepath=/runs/{name}/best.keras",
+            f"callbacks.tensorboard.log_dir=/runs/{name}/tb",
+        ]
+        cfg = compose_config([*paths, f"optimizer={name}", f"+mlflow.tags.dvc_stage=train@{name}"])
+        runs.append(config_params(cfg, {"optimizer": name, "model": "mlp", "callbacks": "default"}))
+    differing = {key for key in set().union(*runs) if len({run.get(key) for run in runs}) > 1}
+    assert "optimizer.learning_rate" not in differing  # all three at 0.001
+    assert {"optimizer", "optimizer._target_", "optimizer.beta_1", "optimizer.rho"} <= differing  # one has it
+    assert all(key == "optimizer" or key.startswith("optimizer.") for key in differing), differing
