@@ -9,6 +9,9 @@ STAMP := $(VENV)/.installed
 EXTRAS ?= dev,ray,search,jax,postgres,auth
 HOST ?= 127.0.0.1
 PORT ?= 5000
+# The MLflow UI links that sweeps and `make run` print point at `make ui` (src/tracking/links.py)
+export MLFLOW_UI_HOST = $(HOST)
+export MLFLOW_UI_PORT = $(PORT)
 SERVER_PORT ?= 5001
 SERVE_PORT ?= 5002
 SERVER_DIR ?= $(CURDIR)/mlflow-server
@@ -17,7 +20,7 @@ SERVER_STORE ?= sqlite:///$(SERVER_DIR)/mlflow.db
 SWEEP ?= optimizer=adam,adagrad,rmsprop
 
 .DEFAULT_GOAL := help
-.PHONY: help install run sweep hw3 bench test test-fast ui server db db-stop db-rm plots lint format lock clean serve
+.PHONY: help install run sweep hw3 bench test test-fast ui server db db-stop db-rm plots screenshots lint format lock clean serve
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -77,6 +80,9 @@ db-rm: install ## stop the PostgreSQL of make db and delete $(DB_DIR) with every
 
 plots: install ## DVC's plots as one HTML page that renders offline (vega inlined): dvc_plots/index.html
 	$(BIN)/dvc plots show --html-template .dvc/plots/offline.html -o dvc_plots
+
+screenshots: install ## the README's MLflow UI screenshots (docs/img/) from the latest comparison or sweep, in headless Chromium
+	$(BIN)/python -m docs.screenshots --store "$${MLFLOW_TRACKING_URI:-$(CURDIR)/mlflow.db}"
 
 bench: install ## benchmarks vs bare Keras: epoch time, sweep, memory, no-op dvc repro (~15 min; see docs/benchmarks.md)
 	$(BIN)/python benchmarks/bench.py
