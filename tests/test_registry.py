@@ -18,15 +18,10 @@ import numpy as np
 import pytest
 
 from src.config import PROJECT_ROOT, registered_model_name_problem
+from src.server import free_port
 from tests.conftest import run_cli, store_args
 
 NAMES = ["mnist-optimizers", "a b", "model.v2", "x..", "", "  ", "a/b", "a:b", ".", "..", "../x", "a@b", "it's"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_a_name_mlflow_rejects_is_rejected_before_anything_runs(tmp_path: Path) -> None:
