@@ -470,11 +470,11 @@ def main() -> None:
         parent_run_id = log_to_mlflow(groups, REPORTS_DIR, settings)
     print(markdown_table(*summary_table(groups)))
     print("\n".join(lines))
-    print(
-        f"Report: {REPORTS_DIR / 'comparison.md'} (curves.png, confusion_grid.png beside it); `dvc plots show` for HTML"
-    )
+    print(f"Report: {REPORTS_DIR / 'comparison.md'} (curves.png, confusion_grid.png beside it); `make plots` for HTML")
     if parent_run_id:
-        print(f"MLflow: parent run {parent_run_id}; browse with `make ui` -> http://127.0.0.1:5000")
+        from src.tracking.links import children_url
+
+        print(f"MLflow: parent run {parent_run_id}; its runs side by side (make ui): {children_url(parent_run_id)}")
 
 
 if __name__ == "__main__":

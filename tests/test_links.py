@@ -64,6 +64,8 @@ def test_children_url_opens_the_compare_page_of_exactly_the_children_in_the_mode
 def test_too_many_children_link_the_runs_table_filtered_to_them(sweep, monkeypatch):
     uri, experiment_id, parent, _ = sweep
     monkeypatch.setattr(links, "MAX_COMPARED", 2)
+    monkeypatch.delenv(links.UI_HOST_ENV, raising=False)  # `make test` exports make ui's HOST and PORT
+    monkeypatch.delenv(links.UI_PORT_ENV, raising=False)
 
     url = links.children_url(parent, uri)
 

@@ -19,6 +19,7 @@ from src.errors import ConfigError, exit_on_user_error
 from src.files import write_text_atomic
 from src.stats import SEED_KEY
 from src.tracking.job import SWEEP_ENV, override_key, ship_to_jobs
+from src.tracking.links import children_url
 from src.tracking.store import mask_uri, use_experiment
 from src.tracking.summary import SweepSummary, summarize_sweep
 
@@ -163,6 +164,7 @@ class MlflowSweepCallback(Callback):
                 self._report(client, parent_run_id, children, summary)
                 if self.register:
                     self._register(summary, status)
+                print(f"The runs side by side in the MLflow UI (make ui): {children_url(parent_run_id)}")
         finally:
             client.set_terminated(parent_run_id, status)
 
