@@ -106,3 +106,19 @@ def test_plain_dvc_plots_show_uses_the_offline_template_and_the_cdn_page_would_b
     assert any("cdn.jsdelivr.net" in url for url in seen["blocked"]), seen["blocked"]
     assert not any(drew for _, drew in seen["vega"]), seen["vega"]
     assert seen["errors"], "vegaEmbed is undefined without its script: the page should log errors"
+
+
+def test_screenshot_script_without_a_browser_says_how_to_install_one(tmp_path):
+    # PATH without any chromium, and an empty folder where Playwright keeps the browsers it installs itself
+    env = {"PATH": str(Path(sys.executable).parent), "PLAYWRIGHT_BROWSERS_PATH": str(tmp_path), "HOME": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "docs.screenshots", "--out", str(tmp_path / "img")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "apt-get install -y chromium" in result.stderr and "playwright install chromium" in result.stderr
+    assert not (tmp_path / "img").exists()
