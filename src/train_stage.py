@@ -49,21 +49,19 @@ def config_hashes(optimizer: str, seeds: Sequence[int]) -> dict[int, str]:
     from src import data, resume
     from src.config import CONFIG_DIR
 
-    hashes: dict[int, str] = {}
-    data_sha256 = None
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        for seed in seeds:
-            overrides = [*job_overrides(optimizer), f"train.seed={seed}"]
-            cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
-            HydraConfig.instance().set_config(cfg)  # `${hydra:...}` paths resolve (they do not enter the hash)
-            with open_dict(cfg):
-                del cfg["hydra"]
-            if data_sha256 is None:
-                data_path = Path(cfg.data.dir) / data.FILE_NAME
-                if not data_path.is_file():
-                    raise ConfigError(f"{data_path} is missing; fetch it with `dvc repro fetch`")
-                data_sha256 = data.sha256_file(data_path)
-            hashes[seed] = resume.config_hash(cfg, data_sha256)
+        cfg = compose(config_name="config", overrides=job_overrides(optimizer), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # `${hydra:...}` paths resolve (they do not enter the hash)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    data_path = Path(cfg.data.dir) / data.FILE_NAME
+    if not data_path.is_file():
+        raise ConfigError(f"{data_path} is missing; fetch it with `dvc repro fetch`")
+    data_sha256 = data.sha256_file(data_path)
+    hashes = {}
+    for seed in seeds:  # what `train.seed=<seed>` on the command line gives, without composing again
+        cfg.train.seed = seed
+        hashes[seed] = resume.config_hash(cfg, data_sha256)
     return hashes
 
 
