@@ -30,13 +30,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from src.server import PG_BIN, Cluster, free_port  # noqa: E402
+from src.server import PG_BIN, Cluster, free_port, wait_healthy  # noqa: E402
 
 METRIC_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
 
@@ -103,19 +102,6 @@ def check_runs(url: str, run_ids: list[str], points: int, params: int = 20) -> N
             expected = [(step, index + step / 1000) for step in range(steps)]
             assert len(got) == steps and [s for s, _ in got] == list(range(steps)), (run_id, key, len(got))
             assert all(abs(g - e) < 1e-9 for (_, g), (_, e) in zip(got, expected, strict=True)), (run_id, key)
-
-
-def wait_healthy(url: str, process: subprocess.Popen, timeout: float, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start: {log.read_text()[-2000:]}") from None
-            time.sleep(0.5)
 
 
 def start_server(store: str, folder: Path, workers: int, env: dict | None = None) -> tuple[str, subprocess.Popen]:

@@ -28,6 +28,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,6 +193,22 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+def wait_healthy(url: str, process: subprocess.Popen, timeout: float, log: Path) -> None:
+    """Wait for `mlflow server` to answer /health; fail with its log's tail if it dies or takes too long."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server did not start: {log.read_text()[-2000:]}") from None
+            time.sleep(0.5)
 
 
 def write_auth_config(server_dir: Path, database_uri: str, default_permission: str = "READ") -> Path:

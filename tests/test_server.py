@@ -28,9 +28,9 @@ import requests
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from benchmarks.server_load import check_runs, run_clients, wait_healthy
+from benchmarks.server_load import check_runs, run_clients
 from src import data
-from src.server import Cluster, free_port
+from src.server import Cluster, free_port, wait_healthy
 from tests.conftest import SMALL, run_cli
 
 pytestmark = pytest.mark.slow
