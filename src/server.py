@@ -21,7 +21,6 @@ PostgreSQL refuses to run as root: as root, every PostgreSQL binary runs as the 
 from __future__ import annotations
 
 import argparse
-import configparser
 import os
 import secrets
 import shutil
@@ -214,8 +213,7 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout: float, log: Path)
 def write_auth_config(server_dir: Path, database_uri: str, default_permission: str = "READ") -> Path:
     """MLflow's basic-auth config (its `basic_auth.ini` layout) for this server, without any password:
     MLflow reads the admin's from MLFLOW_AUTH_ADMIN_PASSWORD the first time it creates the admin."""
-    config = configparser.ConfigParser()
-    config["mlflow"] = {
+    settings = {
         "default_permission": default_permission,
         "database_uri": database_uri,
         "admin_username": os.environ.get("MLFLOW_AUTH_ADMIN_USERNAME", "admin"),
@@ -224,9 +222,8 @@ def write_auth_config(server_dir: Path, database_uri: str, default_permission: s
         # cached; a sweep makes hundreds of requests. A changed password reaches other workers within this.
         "auth_cache_ttl_seconds": os.environ.get("MLFLOW_AUTH_CACHE_TTL_SECONDS", "60"),
     }
-    buffer = [f"{key} = {value}" for key, value in config["mlflow"].items()]
     path = server_dir / "basic_auth.ini"
-    write_text_atomic(path, "[mlflow]\n" + "\n".join(buffer) + "\n")
+    write_text_atomic(path, "[mlflow]\n" + "".join(f"{key} = {value}\n" for key, value in settings.items()))
     return path
 
 
@@ -265,8 +262,8 @@ def serve(arguments: argparse.Namespace) -> None:
     command += ["--artifacts-destination", str(artifacts), "--host", arguments.host, "--port", str(arguments.port)]
     command += ["--workers", str(arguments.workers)]
     environment = dict(os.environ)
-    # MLflow 3's job runner (huey: seven more processes) serves GenAI features this project never uses;
-    # without it the server starts faster and a kill takes down everything it started.
+    # MLflow 3's job runner (huey, seven more processes) serves GenAI features this project never uses;
+    # without it the server starts faster.
     environment.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     if arguments.auth:
         auth_store = arguments.auth_store or f"sqlite:///{server_dir / 'basic_auth.db'}"
