@@ -9,6 +9,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
+from src.browser import launch, why_no_browser
 from src.tracking import links
 
 
@@ -73,3 +74,24 @@ def test_too_many_children_link_the_runs_table_filtered_to_them(sweep, monkeypat
     query = query_of(url)
     assert query["searchFilter"] == f"tags.mlflow.parentRunId = '{parent}'"
     assert query["workflowType"] == "machine_learning"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(why_no_browser() is not None, reason=f"no headless browser: {why_no_browser()}")
+def test_the_printed_link_opens_the_children_in_the_real_mlflow_ui(sweep):
+    from playwright.sync_api import sync_playwright
+
+    from docs.screenshots import free_port, mlflow_ui
+
+    uri, _, parent, _ = sweep
+    with mlflow_ui(uri, free_port()) as base_url, sync_playwright() as playwright:
+        browser = launch(playwright)
+        try:
+            page = browser.new_page()
+            page.goto(links.children_url(parent, uri, base_url), timeout=120_000)
+            page.get_by_text("Comparing 3 Runs from 1 Experiment").wait_for(timeout=120_000)  # a busy CI machine
+            for name in ("optimizer=adam", "optimizer=adagrad", "optimizer=rmsprop"):
+                assert page.get_by_text(name, exact=True).count() >= 1, name
+            assert page.get_by_text("unrelated", exact=True).count() == 0
+        finally:
+            browser.close()
