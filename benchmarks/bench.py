@@ -418,6 +418,20 @@ def timed_repro(project: Path) -> tuple[float, list[tuple[str, float]], str]:
     return wall, [(name, end - start) for (name, start), end in zip(marks, ends, strict=True)], "".join(lines)
 
 
+def _stage_overhead(stage: str, seconds: float, jobs: dict[Path, float]) -> str:
+    """`, of which train_seconds T, overhead O s` for a train stage: train@<optimizer> trains every seed of
+    that optimizer; train@<optimizer>-<seed> (a matrix over optimizer x seed) one job."""
+    if not stage.startswith("train@"):
+        return ""
+    item = stage.split("@", 1)[1]
+    if "-" in item:
+        optimizer, seed = item.rsplit("-", 1)
+        trained = jobs.get(Path(optimizer) / f"seed{seed}", 0.0)
+    else:
+        trained = sum(t for job, t in jobs.items() if job.parts[0] == item)
+    return f", of which train_seconds {trained:.1f}, overhead {seconds - trained:.1f} s"
+
+
 def pipeline_section(rounds: int, table: list[list[str]], dvc_yaml: Path | None = None) -> None:
     """`make run` from scratch in a temporary copy: wall time against the sum of the jobs' train_seconds."""
     walls, ratios = [], []
@@ -441,12 +455,7 @@ def pipeline_section(rounds: int, table: list[list[str]], dvc_yaml: Path | None 
             flush=True,
         )
         for name, seconds in stages:
-            optimizer = name.split("@", 1)[1].split("-")[0] if "@" in name else None
-            trained = sum(t for job, t in jobs.items() if optimizer and job.parts[0] == optimizer)
-            if name.startswith("train@") and "-" in name:  # a matrix over optimizer x seed: one job per stage
-                trained = jobs.get(Path(optimizer) / f"seed{name.rsplit('-', 1)[1]}", 0.0)
-            shown = f", of which train_seconds {trained:.1f}, overhead {seconds - trained:.1f} s" if trained else ""
-            print(f"    {name}: {seconds:.1f} s{shown}", flush=True)
+            print(f"    {name}: {seconds:.1f} s{_stage_overhead(name, seconds, jobs)}", flush=True)
     layout = f" ({dvc_yaml.name})" if dvc_yaml else ""
     table.append(
         [
