@@ -41,7 +41,7 @@ run: install ## the DVC pipeline: fetch MNIST, train + evaluate adam, adagrad, r
 sweep: install ## a Hydra sweep outside DVC (SWEEP="optimizer=adam,adagrad,rmsprop" by default)
 	$(BIN)/python -m src.train -m $(SWEEP)
 
-hw3: install ## homework Q4: adam/adagrad/rmsprop x 3 seeds, then the table beside the homework's numbers
+hw3: install ## homework Q4: adam/adagrad/rmsprop x seeds 1-5 (batch 1000, 198 steps), then the table beside the homework's numbers
 	$(BIN)/python -m src.train -m experiment=hw3_q4
 	$(BIN)/python -m src.homework
 
