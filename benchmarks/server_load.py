@@ -44,6 +44,9 @@ def _client(url: str, experiment_id: str, index: int, points: int, batch: int, p
     """One client process: a run, its params, `points` metric values in `log_batch` calls of `batch`."""
     os.environ.update(env)  # e.g. MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # no "View run at ..." line per client
+    # MLflow's telemetry thread (started on import) unsets a variable of os.environ while requests may be
+    # iterating it: one client in 8 died of KeyError '_MLFLOW_TELEMETRY_SESSION_ID' before this was set.
+    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
