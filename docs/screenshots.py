@@ -14,6 +14,8 @@ latest DVC comparison's parent run (else the latest sweep's parent), and saves u
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -36,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 UI_START_TIMEOUT_S = 180  # MLflow's UI takes ~10 s to start, over a minute on a busy 2-core machine
 PAGE_TIMEOUT_MS = 90_000
 VIEWPORT = {"width": 1440, "height": 900}
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # localhost, whatever http_proxy says
 CHARTS_SHOWN = "^val_accuracy$"  # the chart search takes a regular expression
 
 
@@ -65,14 +68,19 @@ def mlflow_ui(tracking_uri: str, port: int) -> Iterator[str]:
             sys.exit(f"error: --port={port} is already in use on 127.0.0.1; pick another port or leave --port out")
     mlflow = str(Path(sys.executable).with_name("mlflow"))
     command = [mlflow, "ui", "--backend-store-uri", tracking_uri, "--host", "127.0.0.1", "--port", str(port)]
+    # MLflow 3's job runner (seven more processes) serves GenAI features this project does not use.
+    environment = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with tempfile.TemporaryFile() as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        # Its own process group: uvicorn's workers end with it.
+        server = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True
+        )
         try:
             base_url = f"http://127.0.0.1:{port}/"
             deadline = time.monotonic() + UI_START_TIMEOUT_S
             while True:
                 try:
-                    with urllib.request.urlopen(base_url + "health", timeout=5) as response:
+                    with NO_PROXY.open(base_url + "health", timeout=5) as response:
                         if response.status == 200:
                             break
                 except OSError:
@@ -84,11 +92,12 @@ def mlflow_ui(tracking_uri: str, port: int) -> Iterator[str]:
                 time.sleep(1)
             yield base_url
         finally:
-            server.terminate()
+            with suppress(ProcessLookupError):  # the group is gone already when the UI failed to start
+                os.killpg(server.pid, signal.SIGTERM)
             try:
                 server.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                server.kill()
+                os.killpg(server.pid, signal.SIGKILL)
                 server.wait()
 
 
