@@ -49,7 +49,8 @@ SEED_COLUMNS = ("test_accuracy", "best_val_accuracy", "best_epoch", "stopped_epo
 SPREAD = ("test_accuracy", "best_val_accuracy")
 MEAN = ("best_epoch", "stopped_epoch", "train_seconds")
 VERDICT_METRIC = "test_accuracy"
-FINISHED, DIVERGED = "finished", "diverged"
+# A seed's status, as in sweep summaries: FINISHED counts, a diverged run is listed but not counted.
+FINISHED, DIVERGED = stats.USABLE_STATUS, "diverged"
 
 
 @dataclass
@@ -117,10 +118,8 @@ def load_groups(names: Sequence[str], seeds: Sequence[int], runs_dir: Path, eval
         evaluation = seed_scores(_read_json(eval_dir / name / "metrics.json"))
         group = Group(name, [load_seed(name, seed, runs_dir, evaluation) for seed in seeds])
         group.confusion = _read_json(eval_dir / name / "confusion.json")
-        for metric in (*SPREAD, *MEAN):
-            values = group.values(metric)
-            if values:
-                group.summaries[metric] = stats.summarize(values)
+        (setting,) = stats.summarize_settings(group.seeds, ["optimizer"], [*SPREAD, *MEAN])
+        group.summaries = dict(setting.summaries)
         groups.append(group)
     return groups
 
