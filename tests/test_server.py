@@ -8,6 +8,7 @@ and is stopped in a fixture's finally.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import secrets
@@ -22,7 +23,6 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import psycopg
 import pytest
 import requests
 from mlflow import MlflowClient
@@ -33,7 +33,14 @@ from src import data
 from src.server import Cluster, free_port, wait_healthy
 from tests.conftest import SMALL, run_cli
 
-pytestmark = pytest.mark.slow
+psycopg = pytest.importorskip("psycopg", reason="the postgres extra is not installed (make install installs it)")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("flask_wtf") is None,
+        reason="the auth extra is not installed (make install installs it)",
+    ),
+]
 
 ROOT = Path(__file__).parent.parent
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
