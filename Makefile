@@ -65,7 +65,8 @@ ADMIN_PASSWORD_FILE ?=
 SERVER_WORKERS ?= 1
 
 server: install ## team tracking server on http://$(HOST):$(SERVER_PORT) (SERVER_STORE=postgresql://..., AUTH=1: logins)
-	PGPASSFILE="$${PGPASSFILE:-$(DB_DIR)/pgpass}" $(BIN)/python -m src.server serve --store "$(SERVER_STORE)" \
+	@# not echoed: SERVER_STORE may hold a password (make db's keeps it in a pgpass file instead)
+	@PGPASSFILE="$${PGPASSFILE:-$(DB_DIR)/pgpass}" $(BIN)/python -m src.server serve --store "$(SERVER_STORE)" \
 		--server-dir "$(SERVER_DIR)" --host $(HOST) --port $(SERVER_PORT) --workers $(SERVER_WORKERS) \
 		$(if $(AUTH),--auth) $(if $(ADMIN_PASSWORD_FILE),--admin-password-file "$(ADMIN_PASSWORD_FILE)")
 

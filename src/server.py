@@ -258,10 +258,10 @@ def serve(arguments: argparse.Namespace) -> None:
     server_dir = Path(arguments.server_dir)
     artifacts = server_dir / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
-    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", arguments.store]
-    command += ["--artifacts-destination", str(artifacts), "--host", arguments.host, "--port", str(arguments.port)]
-    command += ["--workers", str(arguments.workers)]
-    environment = dict(os.environ)
+    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--artifacts-destination", str(artifacts)]
+    command += ["--host", arguments.host, "--port", str(arguments.port), "--workers", str(arguments.workers)]
+    # The store through the environment, not the command line: a password in it stays out of `ps`.
+    environment = {**os.environ, "MLFLOW_BACKEND_STORE_URI": arguments.store}
     # MLflow 3's job runner (huey, seven more processes) serves GenAI features this project never uses;
     # without it the server starts faster.
     environment.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
