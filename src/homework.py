@@ -320,11 +320,11 @@ def main(argv: list[str] | None = None) -> None:
         header, rows = accuracy_rows(assessments)
         print(markdown_table(header, rows) + f"\nReport: {report_path} (+ {figure_path.name})")
         missed = [a for a in assessments if not a.reproduced]
-        if missed:
-            raise DataError(
-                "not reproduced: "
+        if missed:  # a finding, not a failure of the command: say it plainly and exit 0
+            print(
+                "Not reproduced: "
                 + "; ".join(f"{a.optimizer} ({a.reason})" for a in missed)
-                + "; the regime (batch size, steps) is set in conf/experiment/hw3_q4.yaml, see docs/homework.md"
+                + ". Why a single homework number cannot be matched more closely: docs/homework.md"
             )
 
 

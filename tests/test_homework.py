@@ -40,7 +40,7 @@ def test_hw3_preset_is_keras_defaults_at_batch_1000_for_198_steps() -> None:
 @pytest.mark.slow
 def test_hw3_sweep_and_report(tmp_path: Path, mnist_dir: Path) -> None:
     # The real preset on a slice of MNIST, 2 short "epochs" and 2 seeds: fast, and far from the homework's
-    # numbers, which is what the report must then say (exit code 1). `make hw3` runs it on the full data.
+    # numbers, which is what the report must then say. `make hw3` runs it on the full data.
     small = ["data.limit=3000", "train.epochs=2", "train.steps_per_epoch=3", "data.fetch_if_missing=false"]
     sweep = run_cli(
         "src.train", "-m", "experiment=hw3_q4", "train.seed=1,2", *small, *store_args(tmp_path, mnist_dir), cwd=tmp_path
@@ -54,7 +54,8 @@ def test_hw3_sweep_and_report(tmp_path: Path, mnist_dir: Path) -> None:
 
     uri = f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"
     report = run_cli("src.homework", uri, f"report_dir={tmp_path}/reports", *small, cwd=tmp_path)
-    assert report.returncode == 1 and "error: not reproduced: adam (mean" in report.stderr
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "Not reproduced: adam (mean" in report.stdout
     table = (tmp_path / "reports" / "hw3_q4.md").read_text()
     for name, homework_accuracy in (("adam", "93.84"), ("adagrad", "52.77"), ("rmsprop", "93.49")):
         row = next(line for line in table.splitlines() if line.startswith(f"| {name} | 2 | "))
