@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml requirements.lock
 
 install: $(STAMP) ## create .venv and install pinned dependencies (no-op when up to date)
 
-run: install ## the DVC pipeline: fetch MNIST, train + evaluate adam, adagrad, rmsprop, compare (dvc repro)
+run: install ## the DVC pipeline: fetch MNIST, train + score each optimizer x seed of params.yaml, compare (dvc repro)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 	@echo "Report: reports/comparison.md (+ curves.png, confusion_grid.png); HTML plots (offline): make plots"
 	@echo "Browse the runs: make ui  (then open http://$(HOST):$(PORT))"
