@@ -85,7 +85,7 @@ plots: install ## DVC's plots as one HTML page that renders offline (vega inline
 screenshots: install ## the README's MLflow UI screenshots (docs/img/) from the latest comparison or sweep, in headless Chromium
 	$(BIN)/python -m docs.screenshots --store "$${MLFLOW_TRACKING_URI:-$(CURDIR)/mlflow.db}"
 
-bench: install ## benchmarks vs bare Keras: epoch time, sweep, memory, no-op dvc repro (~15 min; see docs/benchmarks.md)
+bench: install ## benchmarks vs bare Keras: epoch time, sweep, memory, no-op dvc repro, make run vs train time (~20 min; see docs/benchmarks.md)
 	$(BIN)/python benchmarks/bench.py
 
 lint: install ## ruff lint and format check
