@@ -374,11 +374,12 @@ def compare(
 
 
 def best_run(groups: list[Group], best: str | None) -> dict[str, Any] | None:
-    """The best optimizer's seed with the highest test accuracy: the model one would keep."""
+    """The best optimizer's seed with the highest best validation accuracy: the model one would keep (chosen
+    on validation data, as in sweep summaries, not on the test set it is reported on)."""
     group = next((g for g in groups if g.label == best), None)
     if group is None or not group.counted:
         return None
-    return max(group.counted, key=lambda seed: seed[VERDICT_METRIC])
+    return max(group.counted, key=lambda seed: seed["best_val_accuracy"])
 
 
 def log_to_mlflow(groups: list[Group], reports_dir: Path, settings: Any) -> str | None:
