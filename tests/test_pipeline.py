@@ -18,12 +18,13 @@ from src.config import PROJECT_ROOT
 pytestmark = pytest.mark.slow
 
 
-def sh(*command: str, cwd: Path) -> subprocess.CompletedProcess:
+def sh(*command: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env |= {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     env.pop("MLFLOW_TRACKING_URI", None)
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    if check:
+        assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
 
 
@@ -31,9 +32,26 @@ def stages_run(output: str) -> list[str]:
     return re.findall(r"Running stage '([^']+)'", output)
 
 
+def set_seeds(project: Path, seeds: str) -> None:
+    params = project / "params.yaml"
+    params.write_text(re.sub(r"(?m)^seeds: .*$", f"seeds: {seeds}", params.read_text()))
+
+
+def trained_runs(project: Path) -> dict[str, str]:
+    """{"adam/seed1": the MLflow run id its folder records, ...}"""
+    return {
+        str(record.parent.relative_to(project / "runs")): json.loads(record.read_text())["run_id"]
+        for record in sorted((project / "runs").glob("*/seed*/stage.json"))
+    }
+
+
+OPTIMIZERS = ["adam", "rmsprop"]
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
-    """The project's files (as git sees them) in a fresh git repo, trained small: 2000 images, 1 epoch."""
+    """The project's files (as git sees them) in a fresh git repo, trained small: 2000 images, 1 epoch,
+    2 optimizers x 2 seeds."""
     root = tmp_path_factory.mktemp("project")
     listed = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
@@ -46,6 +64,9 @@ def project(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
     config.write_text(re.sub(r"(?m)^  epochs: \d+", "  epochs: 1", config.read_text()))
     data_config = root / "conf" / "data" / "mnist.yaml"
     data_config.write_text(re.sub(r"(?m)^limit: null", "limit: 2000", data_config.read_text()))
+    params = root / "params.yaml"
+    params.write_text(re.sub(r"(?m)^  - adagrad\n", "", params.read_text()))
+    set_seeds(root, "[1, 2]")
     (root / "data" / ".cache").mkdir(parents=True)
     for wheel in (mnist_dir / ".cache").glob("*.whl"):  # the fetch stage finds the mirror's wheel cached
         shutil.copy2(wheel, root / "data" / ".cache" / wheel.name)
@@ -57,31 +78,38 @@ def project(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
     return root
 
 
-def test_repro_runs_every_stage(project: Path) -> None:
-    ran = stages_run((project / "first_repro.log").read_text())
-    optimizers = ["adam", "adagrad", "rmsprop"]
-    assert ran == ["fetch", *(f"train@{o}" for o in optimizers), *(f"evaluate@{o}" for o in optimizers), "compare"]
+def test_repro_runs_every_stage_and_trains_each_seed_once(project: Path) -> None:
+    log = (project / "first_repro.log").read_text()
+    assert stages_run(log) == ["fetch", *(f"train@{o}" for o in OPTIMIZERS), "compare"]
+    assert "train@adam: training seeds [1, 2]; kept from earlier runs: none" in log
+    assert sorted(trained_runs(project)) == ["adam/seed1", "adam/seed2", "rmsprop/seed1", "rmsprop/seed2"]
 
 
-def test_reports_metrics_and_plots_hold_every_optimizer(project: Path) -> None:
+def test_reports_metrics_and_plots_hold_every_optimizer_and_seed(project: Path) -> None:
     reports = project / "reports"
-    table = [line for line in (reports / "comparison.md").read_text().splitlines() if line.startswith("| ")]
-    assert [row.split("|")[1].strip() for row in table[1:]] == ["adam", "adagrad", "rmsprop"]
+    text = (reports / "comparison.md").read_text()
+    table = [line for line in text.split("## Verdict")[0].splitlines() if line.startswith("| ")]
+    assert [row.split("|")[1].strip() for row in table[1:]] == OPTIMIZERS
+    assert [row.split("|")[2].strip() for row in table[1:]] == ["2", "2"]  # n
+    assert "optimizer=rmsprop vs optimizer=adam" in text or "optimizer=adam vs optimizer=rmsprop" in text
     csv_rows = (reports / "comparison.csv").read_text().splitlines()
-    assert csv_rows[0].startswith("optimizer,test_accuracy,best_val_accuracy,best_epoch,stopped_epoch,train_seconds")
-    assert len(csv_rows) == 4
-    for image in ("curves.png", "confusion_grid.png", "eval/adam/confusion.png"):
+    assert csv_rows[0].startswith("optimizer,n,test_accuracy_mean,test_accuracy_std,test_accuracy_ci_low")
+    assert len(csv_rows) == 3 and len((reports / "comparison_seeds.csv").read_text().splitlines()) == 5
+    for image in ("curves.png", "confusion_grid.png"):
         assert (reports / image).read_bytes()[:4] == b"\x89PNG"
     curves = json.loads((reports / "curves.json").read_text())
-    assert {point["optimizer"] for point in curves} == {"adam", "adagrad", "rmsprop"}
+    assert {(point["optimizer"], point["seed"]) for point in curves} == {(o, s) for o in OPTIMIZERS for s in (1, 2)}
     predictions = (reports / "eval" / "rmsprop" / "predictions.csv").read_text().splitlines()
-    assert predictions[0] == "actual,predicted" and len(predictions) == 10001
+    assert predictions[0] == "seed,actual,predicted" and len(predictions) == 2 * 10000 + 1
 
     shown = json.loads(sh("dvc", "metrics", "show", "--json", cwd=project).stdout)
     metrics = next(iter(shown.values()))["data"]
-    assert set(metrics["reports/metrics.json"]["data"]) == {"adam", "adagrad", "rmsprop"}
-    assert 0 < metrics["reports/eval/adam/metrics.json"]["data"]["test_accuracy"] <= 1
-    assert "precision" in metrics["reports/eval/adam/metrics.json"]["data"]
+    summary = metrics["reports/metrics.json"]["data"]
+    assert set(summary) == set(OPTIMIZERS)
+    assert summary["adam"]["n"] == 2 and 0 < summary["adam"]["test_accuracy_mean"] <= 1
+    assert summary["adam"]["test_accuracy_std"] >= 0
+    scores = metrics["reports/eval/adam/metrics.json"]["data"]
+    assert 0 < scores["seed1"]["test_accuracy"] <= 1 and "precision" in scores
     sh("dvc", "plots", "show", "-o", str(project / "plots_html"), cwd=project)
     assert (project / "plots_html" / "index.html").is_file()
 
@@ -92,21 +120,80 @@ def test_dvc_runs_are_grouped_under_one_compare_parent_in_mlflow(project: Path) 
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if r.data.tags.get("dvc_stage") == "compare"]
     assert len(parents) == 1
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert sorted(r.data.tags["dvc_stage"] for r in children) == ["train@adagrad", "train@adam", "train@rmsprop"]
-    artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
-    assert {"comparison.md", "curves.png", "confusion_grid.png"} <= artifacts
+    parent = parents[0]
+    assert len(runs) == 5  # no sweep parent per train stage: the comparison is the only parent
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.data.tags["dvc_stage"] for r in children) == ["train@adam"] * 2 + ["train@rmsprop"] * 2
+    assert sorted(r.data.tags["setting"] for r in children) == ["optimizer=adam"] * 2 + ["optimizer=rmsprop"] * 2
+    for child in children:  # the folder records the hash src.train tagged the run with
+        folder = project / child.data.tags["output_dir"]
+        assert json.loads((folder / "stage.json").read_text())["config_hash"] == child.data.tags["config_hash"]
+    assert parent.data.metrics["test_accuracy_n/optimizer:adam"] == 2
+    assert "test_accuracy_mean/optimizer:rmsprop" in parent.data.metrics
+    assert parent.data.tags["best_child_run_id"] in {c.info.run_id for c in children}
+    assert parent.data.tags["best_resolved"] in ("true", "false")
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"comparison.md", "comparison_seeds.csv", "curves.png", "confusion_grid.png"} <= artifacts
 
 
 def test_second_repro_does_nothing_and_one_edit_reruns_only_its_stages(project: Path) -> None:
     again = sh("dvc", "repro", cwd=project)
     assert stages_run(again.stdout) == []
+    before = trained_runs(project)
     rmsprop = project / "conf" / "optimizer" / "rmsprop.yaml"
     rmsprop.write_text(re.sub(r"(?m)^learning_rate: 0.001", "learning_rate: 0.002", rmsprop.read_text()))
     status = json.loads(sh("dvc", "status", "--json", cwd=project).stdout)
     assert set(status) == {"train@rmsprop"}
     rerun = sh("dvc", "repro", cwd=project)
-    assert stages_run(rerun.stdout) == ["train@rmsprop", "evaluate@rmsprop", "compare"]
+    assert stages_run(rerun.stdout) == ["train@rmsprop", "compare"]
+    after = trained_runs(project)
+    assert {k: v for k, v in after.items() if k.startswith("adam")} == {
+        k: v for k, v in before.items() if k.startswith("adam")
+    }
+    assert all(after[k] != before[k] for k in ("rmsprop/seed1", "rmsprop/seed2"))
+
+
+def test_adding_a_seed_trains_only_that_seed(project: Path) -> None:
+    before = trained_runs(project)
+    checkpoint = project / "runs" / "adam" / "seed1" / "checkpoints" / "best.keras"
+    checkpoint_bytes = checkpoint.read_bytes()
+    set_seeds(project, "[1, 2, 3]")
+    rerun = sh("dvc", "repro", cwd=project)
+    assert stages_run(rerun.stdout) == [*(f"train@{o}" for o in OPTIMIZERS), "compare"]
+    assert "train@adam: training seeds [3]; kept from earlier runs: [1, 2]" in rerun.stdout
+    after = trained_runs(project)
+    assert {k: after[k] for k in before} == before and len(after) == 6
+    assert checkpoint.read_bytes() == checkpoint_bytes
+    assert json.loads((project / "reports" / "metrics.json").read_text())["adam"]["n"] == 3
+    assert stages_run(sh("dvc", "repro", cwd=project).stdout) == []
+
+
+def test_bad_seeds_stop_the_pipeline_before_training(project: Path) -> None:
+    client = MlflowClient(f"sqlite:///{project}/mlflow.db")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+
+    def training_runs() -> int:
+        return len(client.search_runs(experiments, "tags.dvc_stage LIKE 'train@%'"))
+
+    runs_before, trained_before = len(client.search_runs(experiments)), training_runs()
+    params = project / "params.yaml"
+    good = params.read_text()
+    bad = {"[]": "seeds=[] must be", "[1, 1]": "repeats 1", "[1, 2.5]": "seeds holds 2.5, not a non-negative integer"}
+    try:
+        for seeds, shown in bad.items():
+            set_seeds(project, seeds)
+            failed = sh("dvc", "repro", cwd=project, check=False)
+            assert failed.returncode != 0
+            errors = [line for line in (failed.stdout + failed.stderr).splitlines() if line.startswith("error: ")]
+            assert errors and errors[0].startswith("error: params.yaml: seeds") and shown in errors[0], errors
+            assert "distinct integers" in errors[0]
+    finally:
+        params.write_text(good)
+    assert len(client.search_runs(experiments)) == runs_before
+    # DVC removed the failed stage's reports before running it; the next repro scores the kept seeds again
+    fixed = sh("dvc", "repro", cwd=project)
+    assert "train@adam: training seeds none; kept from earlier runs: [1, 2" in fixed.stdout
+    assert training_runs() == trained_before
 
 
 def test_push_and_pull_through_a_local_directory_remote(project: Path, tmp_path: Path) -> None:
@@ -114,7 +201,7 @@ def test_push_and_pull_through_a_local_directory_remote(project: Path, tmp_path:
     sh("dvc", "remote", "add", "--local", "-d", "shared", str(remote), cwd=project)  # .dvc/config.local: not in git
     pushed = sh("dvc", "push", cwd=project)
     assert "pushed" in pushed.stdout and any(remote.rglob("*"))
-    checkpoint = project / "runs" / "adam" / "checkpoints" / "best.keras"
+    checkpoint = project / "runs" / "adam" / "seed1" / "checkpoints" / "best.keras"
     before = checkpoint.read_bytes()
     for output in (project / "runs").iterdir():  # the outputs; runs/.gitignore is git's, as in any clone
         if output.is_dir():
