@@ -142,6 +142,10 @@ def use_experiment(mlflow_cfg: DictConfig) -> str:
     # job). With a buffer it waits on its stop event instead, ends at once, and writes a batch per
     # second rather than a transaction per call. The environment variable still wins.
     os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "1")
+    # MLflow's usage telemetry phones home (no network on an air-gapped cluster) and its thread deletes an
+    # environment variable while others read the environment: a client died of KeyError
+    # '_MLFLOW_TELEMETRY_SESSION_ID' under load (benchmarks/server_load.py). Off unless the user sets it.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
     tracking_uri = str(mlflow_cfg.tracking_uri)
