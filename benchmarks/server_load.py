@@ -24,7 +24,6 @@ import multiprocessing
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from src.server import PG_BIN, Cluster, free_port, wait_healthy  # noqa: E402
+from src.server import PG_BIN, Cluster, free_port, stop_group, wait_healthy  # noqa: E402
 
 METRIC_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
 
@@ -126,15 +125,6 @@ def start_server(store: str, folder: Path, workers: int, env: dict | None = None
     return url, process
 
 
-def stop_server(process: subprocess.Popen) -> None:
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=4)
@@ -178,7 +168,7 @@ def main() -> None:
                 )
     finally:
         for _, process in servers.values():
-            stop_server(process)
+            stop_group(process)
         cluster.remove()
         shutil.rmtree(folder, ignore_errors=True)
     print("\n| store | metric values/s | log_batch calls/s | log_batch p50 | log_batch p95 |")

@@ -24,6 +24,7 @@ import argparse
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -194,20 +195,36 @@ def _port_free(port: int) -> bool:
         return True
 
 
-def wait_healthy(url: str, process: subprocess.Popen, timeout: float, log: Path) -> None:
-    """Wait for `mlflow server` to answer /health; fail with its log's tail if it dies or takes too long."""
+def wait_healthy(
+    url: str, process: subprocess.Popen, timeout: float, log: Path, path: str = "/health", what: str = "mlflow server"
+) -> None:
+    """Wait for a server we started (`mlflow server`, `mlflow models serve`: /ping) to answer `path`; fail
+    with its log's tail if it dies or takes longer than `timeout` seconds."""
     import urllib.request
 
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            with urllib.request.urlopen(f"{url}{path}", timeout=2) as response:
                 if response.status == 200:
                     return
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start: {log.read_text()[-2000:]}") from None
+                raise RuntimeError(f"{what} did not start: {log.read_text()[-2000:]}") from None
             time.sleep(0.5)
+
+
+def stop_group(process: subprocess.Popen, grace: float = 30) -> None:
+    """Stop a server started with `start_new_session=True` and everything it spawned (gunicorn/uvicorn
+    workers): SIGTERM to its process group, SIGKILL after `grace` seconds."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=grace)
+    except ProcessLookupError:  # the whole group has already gone
+        process.wait(timeout=grace)
 
 
 def write_auth_config(server_dir: Path, database_uri: str, default_permission: str = "READ") -> Path:

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,7 +16,7 @@ import numpy as np
 import pytest
 
 from src.config import PROJECT_ROOT, registered_model_name_problem
-from src.server import free_port
+from src.server import free_port, stop_group, wait_healthy
 from tests.conftest import run_cli, store_args
 
 NAMES = ["mnist-optimizers", "a b", "model.v2", "x..", "", "  ", "a/b", "a:b", ".", "..", "../x", "a@b", "it's"]
@@ -192,16 +190,7 @@ def test_make_serve_answers_with_the_champions_classes(tmp_path: Path, mnist_dir
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"make serve did not start: {log_path.read_text()[-3000:]}")
-                time.sleep(0.5)
+        wait_healthy(url, server, 240, log_path, path="/ping", what="make serve")
 
         status, answer = _post(f"{url}/invocations", {"inputs": images.tolist()})
         assert status == 200, answer
@@ -220,12 +209,7 @@ def test_make_serve_answers_with_the_champions_classes(tmp_path: Path, mnist_dir
         assert f"Serving mnist-optimizers version 1 (run {run.info.run_id}" in log_text
         assert "/step" not in log_text  # predict is quiet
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
+        stop_group(server)
 
 
 def _post(url: str, payload: object) -> tuple[int, dict]:

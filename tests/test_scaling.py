@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import keras
@@ -18,15 +15,10 @@ import pytest
 from mlflow import MlflowClient
 
 from src import data
+from src.server import free_port, stop_group, wait_healthy
 from tests.conftest import SMALL, all_runs, run_cli, split_parent, store_args
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -48,19 +40,11 @@ def tracking_server(tmp_path: Path):
         command, cwd=Path(__file__).parent.parent, stdout=log, stderr=log, env=environment, start_new_session=True
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-    yield url, tmp_path / "server"
-    os.killpg(process.pid, 15)
-    process.wait(timeout=30)
+    try:
+        wait_healthy(url, process, 120, tmp_path / "server.log")
+        yield url, tmp_path / "server"
+    finally:
+        stop_group(process)
 
 
 def test_sweep_logs_to_a_tracking_server_and_reads_back_through_it(
