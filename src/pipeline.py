@@ -10,7 +10,6 @@ mean ± std and confidence intervals over them). How a model trains stays in con
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import yaml
 
 from src.config import PROJECT_ROOT
 from src.errors import ConfigError
+from src.stats import seed_problem
 
 PARAMS_FILE = PROJECT_ROOT / "params.yaml"
 RUNS_DIR = PROJECT_ROOT / "runs"
@@ -36,15 +36,11 @@ def validate_seeds(seeds: Any, source: str = "params.yaml") -> list[int]:
     Checked before anything trains: a repeated seed would train the same run twice and count it as two
     replicates, and a float or a string seed would reach Keras' set_random_seed.
     """
-    if not isinstance(seeds, list) or not seeds:
+    if not isinstance(seeds, list):
         raise ConfigError(f"{source}: seeds={seeds!r} must be {ALLOWED_SEEDS} (at least one seed)")
-    for seed in seeds:
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ConfigError(f"{source}: seeds holds {seed!r}, not a non-negative integer; use {ALLOWED_SEEDS}")
-    repeated = sorted(seed for seed, count in Counter(seeds).items() if count > 1)
-    if repeated:
-        shown = ", ".join(map(str, repeated))
-        raise ConfigError(f"{source}: seeds={seeds!r} repeats {shown}; use {ALLOWED_SEEDS}")
+    problem = seed_problem(seeds)
+    if problem:
+        raise ConfigError(f"{source}: seeds={seeds!r} {problem}; use {ALLOWED_SEEDS}")
     return seeds
 
 

@@ -97,6 +97,21 @@ def welch(setting: Sequence[float], best: Sequence[float], setting_name: str = "
     )
 
 
+def seed_problem(seeds: Sequence[Any]) -> str | None:
+    """What is wrong with a list of seeds used as replicates, or None: at least one, each an integer >= 0,
+    none twice (a repeated seed trains the same run again and counts it as a second replicate). One rule
+    for a sweep's `train.seed=...` (src/tracking/sweep.py) and params.yaml's `seeds` (src/pipeline.py)."""
+    if not seeds:
+        return "holds no seed"
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            return f"holds {seed!r}, not a non-negative integer"
+    repeated = sorted({seed for seed in seeds if list(seeds).count(seed) > 1})
+    if repeated:
+        return "repeats " + ", ".join(map(str, repeated))
+    return None
+
+
 def group_by(
     rows: Iterable[Mapping[str, Any]], keys: Sequence[str]
 ) -> dict[tuple[Hashable, ...], list[Mapping[str, Any]]]:

@@ -204,11 +204,11 @@ def test_a_missing_evaluation_says_which_stage_to_run(project: Path) -> None:
 @pytest.mark.parametrize(
     ("seeds", "message"),
     [
-        ([], r"seeds=\[\] must be a list of distinct integers"),
+        ([], r"seeds=\[\] holds no seed; use a list of distinct integers"),
         ([1, 2, 1], r"seeds=\[1, 2, 1\] repeats 1; use a list of distinct integers"),
-        ([1, 2.5], r"seeds holds 2.5, not a non-negative integer"),
-        ([1, "2"], r"seeds holds '2', not a non-negative integer"),
-        ([True], r"seeds holds True"),
+        ([1, 2.5], r"seeds=\[1, 2.5\] holds 2.5, not a non-negative integer"),
+        ([1, "2"], r"seeds=\[1, '2'\] holds '2', not a non-negative integer"),
+        ([True], r"seeds=\[True\] holds True, not a non-negative integer"),
         (3, r"seeds=3 must be a list"),
     ],
 )

@@ -178,7 +178,7 @@ def test_bad_seeds_stop_the_pipeline_before_training(project: Path) -> None:
     runs_before, trained_before = len(client.search_runs(experiments)), training_runs()
     params = project / "params.yaml"
     good = params.read_text()
-    bad = {"[]": "seeds=[] must be", "[1, 1]": "repeats 1", "[1, 2.5]": "seeds holds 2.5, not a non-negative integer"}
+    bad = {"[]": "seeds=[] holds no seed", "[1, 1]": "repeats 1", "[1, 2.5]": "holds 2.5, not a non-negative integer"}
     try:
         for seeds, shown in bad.items():
             set_seeds(project, seeds)

@@ -106,3 +106,12 @@ def test_metric_names_are_valid_mlflow_names():
     name = stats.metric_name("test_accuracy", "mean", "optimizer=adam,optimizer.learning_rate=0.01")
     assert name == "test_accuracy_mean/optimizer:adam optimizer.learning_rate:0.01"
     _validate_metric_name(name)  # raises MlflowException on a name MLflow rejects
+
+
+def test_seed_problem_is_one_rule_for_sweeps_and_params_yaml():
+    assert stats.seed_problem([3, 1, 2]) is None
+    assert stats.seed_problem([]) == "holds no seed"
+    assert stats.seed_problem([1, 2.5]) == "holds 2.5, not a non-negative integer"
+    assert stats.seed_problem([True]) == "holds True, not a non-negative integer"
+    assert stats.seed_problem([-1]) == "holds -1, not a non-negative integer"
+    assert stats.seed_problem([1, 2, 1, 2]) == "repeats 1, 2"

@@ -284,9 +284,9 @@ def test_one_seed_per_setting_names_no_winner(seed_sweep, tmp_path: Path, mnist_
 @pytest.mark.parametrize(
     ("seeds", "message"),
     [
-        ("train.seed=1,1,2", "repeats seed 1"),
-        ("train.seed=1.5,2", "seed '1.5' is not an integer"),
-        ("train.seed=range(1,1)", "sweeps over no seed"),
+        ("train.seed=1,1,2", "repeats 1: give distinct integers"),
+        ("train.seed=1.5,2", "holds 1.5, not a non-negative integer"),
+        ("train.seed=range(1,1)", "holds no seed"),
     ],
     ids=["repeated", "not-an-integer", "empty"],
 )

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from src.config import validate
 from src.errors import ConfigError, exit_on_user_error
 from src.files import write_text_atomic
-from src.stats import SEED_KEY
+from src.stats import SEED_KEY, seed_problem
 from src.tracking.job import SWEEP_ENV, override_key, ship_to_jobs
 from src.tracking.links import children_url
 from src.tracking.store import mask_uri, use_experiment
@@ -46,17 +46,11 @@ def _parse_sweep(config: DictConfig) -> tuple[list[str], list[list[str]]]:
 
 
 def check_seeds(override: str, seeds: list[Any]) -> None:
-    """The seeds of a sweep are its replicates: at least one, each an integer, none twice (a repeated
-    seed would train the same run again and count it twice)."""
-    allowed = f"give distinct integers >= 0, e.g. {SEED_KEY}=1,2,3 or {SEED_KEY}='range(1,4)'"
-    if not seeds:
-        raise ConfigError(f"{override!r} sweeps over no seed: {allowed}")
-    for seed in seeds:
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise ConfigError(f"{override!r}: seed {str(seed)!r} is not an integer; {allowed}")
-    repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
-    if repeated:
-        raise ConfigError(f"{override!r} repeats seed {', '.join(map(str, repeated))}: {allowed}")
+    """The seeds of a sweep are its replicates (src.stats.seed_problem says what is allowed)."""
+    problem = seed_problem(seeds)
+    if problem:
+        allowed = f"give distinct integers >= 0, e.g. {SEED_KEY}=1,2,3 or {SEED_KEY}='range(1,4)'"
+        raise ConfigError(f"{override!r} {problem}: {allowed}")
 
 
 def validate_sweep(config: DictConfig) -> tuple[list[str], int]:
