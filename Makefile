@@ -7,16 +7,21 @@ STAMP := $(VENV)/.installed
 # Optional parts installed too: tests (dev), Ray launcher, Optuna search, Keras on JAX, the PostgreSQL driver,
 # MLflow's basic-auth app. EXTRAS=dev for less.
 EXTRAS ?= dev,ray,search,jax,postgres,auth
-HOST ?= 127.0.0.1
-PORT ?= 5000
+# `:=`, not `?=`: a HOST or PORT that a shell or platform exports must not move a server off loopback;
+# give them on make's command line (`make ui HOST=0.0.0.0 PORT=8080`).
+HOST := 127.0.0.1
+PORT := 5000
 # The MLflow UI links that sweeps and `make run` print point at `make ui` (src/tracking/links.py)
 export MLFLOW_UI_HOST = $(HOST)
 export MLFLOW_UI_PORT = $(PORT)
 SERVER_PORT ?= 5001
 SERVE_PORT ?= 5002
 SERVER_DIR ?= $(CURDIR)/mlflow-server
-# The server's run store: SQLite by default; a team uses PostgreSQL, e.g. postgresql://user:password@db-host/mlflow
+# The server's run store: SQLite by default; a team uses PostgreSQL. A password goes in a pgpass file (make db)
+# or an exported SERVER_STORE, never on make's command line, where `ps` shows it; it reaches src.server
+# through the environment.
 SERVER_STORE ?= sqlite:///$(SERVER_DIR)/mlflow.db
+export SERVER_STORE
 SWEEP ?= optimizer=adam,adagrad,rmsprop
 
 .DEFAULT_GOAL := help
@@ -66,7 +71,7 @@ SERVER_WORKERS ?= 1
 
 server: install ## team tracking server on http://$(HOST):$(SERVER_PORT) (SERVER_STORE=postgresql://..., AUTH=1: logins)
 	@# not echoed: SERVER_STORE may hold a password (make db's keeps it in a pgpass file instead)
-	@PGPASSFILE="$${PGPASSFILE:-$(DB_DIR)/pgpass}" $(BIN)/python -m src.server serve --store "$(SERVER_STORE)" \
+	@PGPASSFILE="$${PGPASSFILE:-$(DB_DIR)/pgpass}" $(BIN)/python -m src.server serve \
 		--server-dir "$(SERVER_DIR)" --host $(HOST) --port $(SERVER_PORT) --workers $(SERVER_WORKERS) \
 		$(if $(AUTH),--auth) $(if $(ADMIN_PASSWORD_FILE),--admin-password-file "$(ADMIN_PASSWORD_FILE)")
 

@@ -15,8 +15,9 @@ writes:
   the range a single further seed of this setup lands in 95 % of the time. The homework's number is one
   run, so that is the question to ask of it. It needs n >= 2: one seed has no spread.
 Failed or killed seeds and seeds tagged `diverged=true` count in no statistic; the table says how many
-were left out. Both files are also logged to the sweep's parent run. Exits 1 when an optimizer is not
-reproduced. Takes the same overrides as the sweep (e.g. `mlflow.tracking_uri=...`).
+were left out. Both files are also logged to the sweep's parent run. An optimizer that is not reproduced
+is named in the last line printed (exit code 0: a finding, not a failure). Takes the same overrides as the
+sweep (e.g. `mlflow.tracking_uri=...`).
 """
 
 from __future__ import annotations

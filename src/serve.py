@@ -36,6 +36,7 @@ def tracking_uri() -> str:
 def check_port_free(host: str, port: int) -> None:
     """Fail in one line if `host:port` cannot be listened on (uvicorn would print a traceback instead)."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no obstacle
         try:
             probe.bind((host, port))
         except OSError as error:

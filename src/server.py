@@ -153,7 +153,7 @@ class Cluster:
         for folder in (self.data, self.socket_dir):
             folder.mkdir(mode=0o700, exist_ok=True)
             _hand_over(folder)
-        self.log.touch()
+        self.log.touch(mode=0o600)  # a failed statement is logged whole, a password included
         _hand_over(self.log)
         initdb = [str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "--no-sync"]
         initdb += ["--auth-local=trust", "--auth-host=scram-sha-256", "--encoding=UTF8", "--locale=C"]
@@ -209,9 +209,10 @@ def wait_healthy(
                 if response.status == 200:
                     return
         except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{what} did not start: {log.read_text()[-2000:]}") from None
-            time.sleep(0.5)
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.5)
 
 
 def stop_group(process: subprocess.Popen, grace: float = 30) -> None:
@@ -241,6 +242,7 @@ def write_auth_config(server_dir: Path, database_uri: str, default_permission: s
     }
     path = server_dir / "basic_auth.ini"
     write_text_atomic(path, "[mlflow]\n" + "".join(f"{key} = {value}\n" for key, value in settings.items()))
+    path.chmod(0o600)  # database_uri may hold a password
     return path
 
 
@@ -271,6 +273,8 @@ def serve(arguments: argparse.Namespace) -> None:
     """Check the run store, then exec `mlflow server` (same process: a signal to it stops the server)."""
     from src.tracking.store import check_reachable
 
+    if not arguments.store:
+        raise ConfigError("SERVER_STORE is not set: export SERVER_STORE=sqlite:///... or postgresql://... (or --store)")
     check_reachable(arguments.store, key="SERVER_STORE")
     server_dir = Path(arguments.server_dir)
     artifacts = server_dir / "artifacts"
@@ -305,7 +309,11 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("db-start", "db-stop", "db-rm"):
         commands.add_parser(name).add_argument("folder", help="the cluster's folder (make db: DB_DIR)")
     server = commands.add_parser("serve", help="check the store, then run `mlflow server`")
-    server.add_argument("--store", required=True, help="run store URI: sqlite:///... or postgresql://...")
+    server.add_argument(
+        "--store",
+        default=os.environ.get("SERVER_STORE"),
+        help="run store URI: sqlite:///... or postgresql://... (default: $SERVER_STORE: a password stays out of ps)",
+    )
     server.add_argument("--server-dir", required=True, help="artifacts/ and the auth files go here")
     server.add_argument("--host", default="127.0.0.1")
     server.add_argument("--port", type=int, default=5001)

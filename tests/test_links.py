@@ -42,9 +42,11 @@ def sweep(tmp_path):
     client = MlflowClient(uri)
     experiment_id = client.create_experiment("links", artifact_location=(tmp_path / "artifacts").as_uri())
     parent = client.create_run(experiment_id, run_name="optimizer=adam,adagrad,rmsprop").info.run_id
-    children = [
-        client.create_run(experiment_id, run_name=name, tags={"mlflow.parentRunId": parent}).info.run_id
-        for name in ("optimizer=adam", "optimizer=adagrad", "optimizer=rmsprop")
+    children = [  # distinct start times: runs created in the same millisecond would tie in start-time order
+        client.create_run(
+            experiment_id, run_name=name, start_time=1_000 + i, tags={"mlflow.parentRunId": parent}
+        ).info.run_id
+        for i, name in enumerate(("optimizer=adam", "optimizer=adagrad", "optimizer=rmsprop"))
     ]
     client.create_run(experiment_id, run_name="unrelated")
     return uri, experiment_id, parent, children

@@ -30,7 +30,7 @@ from mlflow.exceptions import MlflowException
 
 from benchmarks.server_load import check_runs, run_clients
 from src import data
-from src.server import Cluster, free_port, wait_healthy
+from src.server import PG_BIN, Cluster, free_port, wait_healthy
 from tests.conftest import SMALL, run_cli
 
 psycopg = pytest.importorskip("psycopg", reason="the postgres extra is not installed (make install installs it)")
@@ -39,6 +39,10 @@ pytestmark = [
     pytest.mark.skipif(
         importlib.util.find_spec("flask_wtf") is None,
         reason="the auth extra is not installed (make install installs it)",
+    ),
+    pytest.mark.skipif(
+        not (PG_BIN / "initdb").is_file(),
+        reason=f"no PostgreSQL server binaries in {PG_BIN} (apt-get install postgresql, or set PG_BIN)",
     ),
 ]
 
@@ -316,7 +320,8 @@ def test_bad_server_and_database_input_fails_in_one_line_within_seconds(
         seconds = time.monotonic() - started
         line = one_line_error(result, secret)
         assert re.search(expected, line), (name, line)
-        assert seconds < 30, (name, seconds)  # MLflow alone retries for minutes; ~5 s here, most of it imports
+        # MLflow alone retries for minutes; ~5 s here idle, most of it imports: 120 s leaves room for a loaded CI
+        assert seconds < 120, (name, seconds)
 
     # The server side: `make server` on a PostgreSQL that refuses the password stops at once, in one line.
     store = f"postgresql://mlflow:{secret}@127.0.0.1:{postgres.port}/mlflow"
