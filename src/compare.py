@@ -407,9 +407,29 @@ def log_to_mlflow(groups: list[Group], reports_dir: Path, settings: Any) -> str 
     name = f"dvc compare: {','.join(g.optimizer for g in groups)}, seeds {','.join(map(str, seeds))}"
     parent = client.create_run(experiment_id, run_name=name, tags={"dvc_stage": "compare", "sweep": "parent"})
     parent_id = parent.info.run_id
+    try:
+        _fill_parent(client, parent_id, groups, children, reports_dir, settings)
+    except BaseException as error:  # never leave the comparison's parent RUNNING
+        client.set_terminated(parent_id, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        raise
+    client.set_terminated(parent_id, "FINISHED")
+    return parent_id
+
+
+def _fill_parent(
+    client: Any,
+    parent_id: str,
+    groups: list[Group],
+    children: list[tuple[Group, str]],
+    reports_dir: Path,
+    settings: Any,
+) -> None:
+    """Link the seeds' runs to the comparison's parent run, log its aggregates, reports and best run."""
+    from src.tracking.sweep import SETTING_TAG
+
     for group, run_id in children:
         client.set_tag(run_id, "mlflow.parentRunId", parent_id)
-        client.set_tag(run_id, "setting", group.label)
+        client.set_tag(run_id, SETTING_TAG, group.label)
     for group in groups:
         for metric, summary in group.summaries.items():
             stats_of = {"mean": summary.mean}
@@ -437,8 +457,6 @@ def log_to_mlflow(groups: list[Group], reports_dir: Path, settings: Any) -> str 
         if settings.get("register"):
             values = next(g for g in groups if g.label == best).values(VERDICT_METRIC)
             _register(winner["run"]["run_id"], values, settings.registered_model_name)
-    client.set_terminated(parent_id, "FINISHED")
-    return parent_id
 
 
 def _register(run_id: str, values: list[float], model_name: str) -> None:
@@ -454,12 +472,15 @@ def mlflow_config(overrides: list[str]) -> Any:
     """conf/'s `mlflow` group with the command line's overrides (`python -m src.compare mlflow.register=true`)."""
     from hydra.errors import HydraException
 
+    from src.config import validate
     from src.data import compose_config
 
     try:
-        return compose_config(overrides).mlflow
+        cfg = compose_config(overrides)
     except HydraException as error:
         raise UserError(f"src.compare: {error}") from None
+    validate(cfg)  # mlflow.register, mlflow.registered_model_name: before any run exists
+    return cfg.mlflow
 
 
 def main() -> None:

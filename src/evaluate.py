@@ -10,8 +10,8 @@ Writes `reports/eval/<name>/`:
 - predictions.csv: seed,actual,predicted for every seed (DVC's confusion plot counts the rows, so it
   shows the sum over the seeds);
 - confusion.json: each seed's confusion matrix (src.compare draws their sum).
-A seed that diverged (its metrics.json says `"diverged": true`) and left no checkpoint is listed as
-diverged and not scored.
+A seed that diverged (its metrics.json says `"diverged": true`) is listed as diverged and not scored: its
+weights are no model of MNIST, and its NaN loss would make metrics.json invalid JSON.
 """
 
 from __future__ import annotations
@@ -114,13 +114,13 @@ def evaluate_seeds(
     for seed in seeds:
         run = seed_dir(runs_dir, name, seed)
         checkpoint = run / "checkpoints" / "best.keras"
+        if _diverged(run):  # counted in no statistic: not in the confusion matrix, no NaN loss in metrics.json
+            per_seed[f"seed{seed}"] = {"diverged": True}
+            continue
         if not checkpoint.is_file():
-            if _diverged(run):
-                per_seed[f"seed{seed}"] = {"diverged": True}
-                continue
             raise UserError(f"{checkpoint} is missing; train it first with `dvc repro train@{name}`")
         scores, predicted = score_checkpoint(checkpoint, images, labels)
-        per_seed[f"seed{seed}"] = scores | ({"diverged": True} if _diverged(run) else {})
+        per_seed[f"seed{seed}"] = scores
         counts = confusion_matrix(labels, predicted)
         confusions[str(seed)] = counts.tolist()
         prediction_rows += [f"{seed},{a},{p}" for a, p in zip(labels.tolist(), predicted.tolist(), strict=True)]

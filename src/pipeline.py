@@ -22,7 +22,7 @@ from src.stats import seed_problem
 PARAMS_FILE = PROJECT_ROOT / "params.yaml"
 RUNS_DIR = PROJECT_ROOT / "runs"
 EVAL_DIR = PROJECT_ROOT / "reports" / "eval"
-ALLOWED_SEEDS = "a list of distinct integers, e.g. seeds: [1, 2, 3]"
+ALLOWED_SEEDS = "a list of distinct integers >= 0, e.g. seeds: [1, 2, 3]"
 
 
 def seed_dir(runs_dir: Path, optimizer: str, seed: int) -> Path:

@@ -177,7 +177,8 @@ def verdict_line(difference: Difference, unit: str = "pp", scale: float = 100.0)
     plural = "s" if d.n_best != 1 else ""
     seeds = f"{d.n_setting} vs {d.n_best} seeds" if d.n_setting != d.n_best else f"{d.n_best} seed{plural}"
     if d.n_setting < 2 or d.n_best < 2:
-        return f"{head}, cannot be resolved with {seeds}: run more seeds (train.seed=1,2,3)"
+        more = "`train.seed=1,2,3` in a sweep, `seeds` in params.yaml"
+        return f"{head}, cannot be resolved with {seeds}: run more seeds ({more})"
     interval = format_interval(d.ci_low, d.ci_high, scale, signed=True)
     verdict = "resolved" if d.resolved else "not resolved"
     return f"{head} (95 % CI {interval}), {verdict} with {seeds} (Welch's t-test, p = {d.p_value:.2g})"

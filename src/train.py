@@ -206,7 +206,7 @@ def train(cfg: DictConfig, data_path: Path) -> float:
             )
             train_seconds = time.perf_counter() - started
             full_history = _merge_history(backup.restored_history if backup else [], history.history)
-            # Diverged: a non-finite loss, or past StopOnDivergence's limit when it is on (CONTRACTS.md, 1)
+            # Diverged: a non-finite loss, or past StopOnDivergence's limit when it is on
             diverged_at = diverged_epoch(full_history.get("loss", []), guard.limit if guard else math.inf)
             mlflow.set_tags(
                 {"diverged": "true", "diverged_epoch": str(diverged_at)} if diverged_at else {"diverged": "false"}
@@ -233,10 +233,11 @@ def train(cfg: DictConfig, data_path: Path) -> float:
             _write_json(output_dir / "history.json", full_history)
             divergence = {"diverged": diverged_at is not None, "diverged_epoch": diverged_at}
             _write_json(output_dir / "metrics.json", _finite_or_null({**results, **divergence}))
-            _write_json(output_dir / "run.json", {"run_id": run.info.run_id, "run_name": run_name})
             tracking.log_keras_model(model)
         finally:  # whatever happened, keep what the job wrote so far with its run
             tracking.log_job_files(cfg, output_dir)
+    # Only once the run has ended FINISHED: the DVC train stage keeps a seed whose folder has it.
+    _write_json(output_dir / "run.json", {"run_id": run.info.run_id, "run_name": run_name})
     if backup is not None:  # the run ended FINISHED: nothing left to resume
         backup.discard()
     state.clear()

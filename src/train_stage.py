@@ -130,9 +130,9 @@ def run_stage(optimizer: str, runs_dir: Path = RUNS_DIR) -> list[int]:
 
 
 def _record(folder: Path, config_hash: str) -> None:
-    if not (folder / "metrics.json").is_file():  # the job did not get to the end
+    if not (folder / "run.json").is_file():  # src.train writes it once the run has ended FINISHED
         return
-    run = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
+    run = json.loads((folder / "run.json").read_text())
     write_text_atomic(folder / RECORD, json.dumps({"config_hash": config_hash, **run}, indent=2) + "\n")
 
 
