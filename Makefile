@@ -19,9 +19,8 @@ SERVE_PORT ?= 5002
 SERVER_DIR ?= $(CURDIR)/mlflow-server
 # The server's run store: SQLite by default; a team uses PostgreSQL. A password goes in a pgpass file (make db)
 # or an exported SERVER_STORE, never on make's command line, where `ps` shows it; it reaches src.server
-# through the environment.
+# through the environment of `make server` alone (a global export would leak into every recipe, `make test`'s too).
 SERVER_STORE ?= sqlite:///$(SERVER_DIR)/mlflow.db
-export SERVER_STORE
 SWEEP ?= optimizer=adam,adagrad,rmsprop
 
 .DEFAULT_GOAL := help
@@ -69,6 +68,7 @@ AUTH ?=
 ADMIN_PASSWORD_FILE ?=
 SERVER_WORKERS ?= 1
 
+server: export SERVER_STORE := $(SERVER_STORE)
 server: install ## team tracking server on http://$(HOST):$(SERVER_PORT) (SERVER_STORE=postgresql://..., AUTH=1: logins)
 	@# not echoed: SERVER_STORE may hold a password (make db's keeps it in a pgpass file instead)
 	@PGPASSFILE="$${PGPASSFILE:-$(DB_DIR)/pgpass}" $(BIN)/python -m src.server serve \
