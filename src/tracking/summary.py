@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from src import stats
 from src.files import markdown_table
+from src.tracking.job import CONFIG_TAG_PREFIX
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -35,8 +36,6 @@ MEAN_METRICS = ("best_epoch", "stopped_epoch", "train_seconds")
 # The metric the verdict compares settings on.
 VERDICT_METRIC = "test_accuracy"
 DIVERGED = "diverged"
-# The tag prefix of config keys that are not params (src/tracking/job.py logs them as `config.<key>`).
-CONFIG_TAG_PREFIX = "config."
 
 
 def run_status(run: Run) -> str:
