@@ -17,8 +17,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import keras
@@ -26,11 +28,13 @@ import numpy as np
 import pytest
 import requests
 from mlflow import MlflowClient
+from mlflow.entities import Dataset, DatasetInput, InputTag
 from mlflow.exceptions import MlflowException
 
 from benchmarks.server_load import check_runs, run_clients
 from src import data
 from src.server import PG_BIN, Cluster, free_port, wait_healthy
+from src.tracking.store import is_duplicate_insert, retry_duplicate_insert
 from tests.conftest import SMALL, run_cli
 
 psycopg = pytest.importorskip("psycopg", reason="the postgres extra is not installed (make install installs it)")
@@ -206,6 +210,49 @@ def test_parallel_sweep_of_an_edit_user_lands_in_postgres(
     predicted = np.argmax(model.predict(arrays["x_test"][:500], verbose=0), axis=1)
     assert (predicted == arrays["y_test"][:500]).mean() > 0.7
     assert any(server.folder.joinpath("artifacts").rglob("best.keras"))  # stored by the server
+
+
+def test_jobs_logging_one_dataset_at_once_never_fail(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sweep's race, pinned down: clients released together by a barrier log the same new dataset to
+    their own runs. MLflow's store looks the dataset up, then inserts it, so without a retry some of them
+    die of dataset_pk; through retry_duplicate_insert (what log_datasets uses) every call succeeds and
+    every run holds every input."""
+    experiment_id = server.experiment("dataset-race")
+    as_user(monkeypatch, server.user(experiment_id, "EDIT"))
+    client = MlflowClient(server.url)
+    clients, rounds = 4, 12
+    run_ids = [client.create_run(experiment_id).info.run_id for _ in range(clients)]
+    barrier = threading.Barrier(clients)
+
+    def log(run_id: str, digest: str, retried: bool) -> MlflowException | None:
+        dataset = Dataset("race", digest, source_type="local", source='{"uri": "mnist.npz"}')
+        inputs = [DatasetInput(dataset, [InputTag("mlflow.data.context", "test")])]
+        barrier.wait(timeout=60)
+        try:
+            if retried:
+                retry_duplicate_insert(lambda: client.log_inputs(run_id, inputs))
+            else:
+                client.log_inputs(run_id, inputs)
+        except MlflowException as error:
+            return error
+        return None
+
+    def race(retried: bool) -> list[MlflowException]:
+        errors = []
+        with ThreadPoolExecutor(clients) as pool:
+            for round_number in range(rounds):
+                digest = f"{'retried' if retried else 'raw'}-{round_number}-{secrets.token_hex(4)}"
+                results = pool.map(log, run_ids, [digest] * clients, [retried] * clients)
+                errors += [error for error in results if error is not None]
+        return errors
+
+    raw = race(retried=False)
+    assert all(is_duplicate_insert(error) for error in raw), raw[:1]  # the race is the only way to fail here
+    print(f"without the retry, {len(raw)} of {clients * rounds} calls died of the race")
+    assert race(retried=True) == []
+    for run_id in run_ids:
+        digests = [i.dataset.digest for i in client.get_run(run_id).inputs.dataset_inputs]
+        assert len([d for d in digests if d.startswith("retried-")]) == rounds
 
 
 def test_access_control_refuses_strangers_and_readers(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:

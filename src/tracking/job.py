@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from src.config import flatten, shapes_training
-from src.tracking.store import masked_config
+from src.tracking.store import masked_config, retry_duplicate_insert
 
 if TYPE_CHECKING:
     from mlflow import ActiveRun
@@ -166,7 +166,7 @@ def log_datasets(splits: Splits, source: Path, data_sha256: str, selection: Mapp
     Dataset column): the dataset `mnist` in the contexts training, validation and test, each with its own
     digest (`dataset_digest`; MLflow keeps one input per name and digest), the file as source, the row
     count as the input tag `rows` and the file's sha256 as `data_sha256`. No image is hashed again: the
-    digest comes from the file's sha256. Logging twice (a resumed run) adds nothing."""
+    digest comes from the file's sha256. Logging twice (a resumed run, a retried race) adds nothing."""
     import mlflow
     from mlflow.data.sources import LocalArtifactDatasetSource
 
@@ -187,7 +187,8 @@ def log_datasets(splits: Splits, source: Path, data_sha256: str, selection: Mapp
         for context, (images, labels, picked) in parts.items()
     ]
     tags = [{"rows": str(len(images)), "data_sha256": data_sha256} for images, _, _ in parts.values()]
-    mlflow.log_inputs(datasets, contexts=list(parts), tags_list=tags)
+    # Parallel jobs log the same test set (one digest per file) at once: retried when another inserted it first.
+    retry_duplicate_insert(lambda: mlflow.log_inputs(datasets, contexts=list(parts), tags_list=tags))
 
 
 @contextmanager

@@ -6,16 +6,20 @@ mlflow is imported inside functions: config errors are reported before its ~2 s 
 from __future__ import annotations
 
 import os
+import random
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlparse
 
 from omegaconf import DictConfig, OmegaConf
 
 from src.errors import ConfigError
+
+T = TypeVar("T")
 
 
 def mask_uri(uri: str) -> str:
@@ -155,11 +159,48 @@ def use_experiment(mlflow_cfg: DictConfig) -> str:
         _prepare_sqlite(database)
     mlflow.set_tracking_uri(tracking_uri)
     name = str(mlflow_cfg.experiment_name)
-    with _refused_login(tracking_uri):
+
+    def get_or_create() -> str:
         experiment = mlflow.get_experiment_by_name(name)
         if experiment is not None:
             return experiment.experiment_id
         return mlflow.create_experiment(name, artifact_location=artifact_location(mlflow_cfg))
+
+    with _refused_login(tracking_uri):
+        return retry_duplicate_insert(get_or_create)  # two commands may create the same experiment at once
+
+
+# How MLflow's SQL store reports a row another client inserted between its look-up and its insert:
+# IntegrityError as BAD_REQUEST (PostgreSQL, SQLite), or RESOURCE_ALREADY_EXISTS where it names the case.
+_DUPLICATE_INSERT = ("UniqueViolation", "duplicate key value violates unique constraint", "UNIQUE constraint failed")
+
+
+def is_duplicate_insert(error: Exception) -> bool:
+    """True for an MLflow error saying that the row it meant to insert is there already."""
+    code = getattr(error, "error_code", None)
+    if code in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+        return True
+    return code == "BAD_REQUEST" and any(marker in str(error) for marker in _DUPLICATE_INSERT)
+
+
+def retry_duplicate_insert(call: Callable[[], T], attempts: int = 5) -> T:
+    """Run an idempotent MLflow call again when another client inserted the same shared row first.
+
+    MLflow's SQL store looks a shared row up, then inserts it if missing (a dataset input's dataset, an
+    experiment): parallel sweep jobs logging the same dataset at once both miss it and the second insert
+    violates the key (`BAD_REQUEST ... UniqueViolation ... dataset_pk`). By then the row exists, so the
+    same call, run again, finds it and succeeds. Any other error, or the last attempt's, is raised.
+    """
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except MlflowException as error:
+            if attempt == attempts or not is_duplicate_insert(error):
+                raise
+            time.sleep(random.uniform(0.05, 0.25) * attempt)  # jitter: the racers do not meet again
+    raise AssertionError("unreachable")
 
 
 @contextmanager
