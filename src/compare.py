@@ -1,354 +1,225 @@
 """`python -m src.compare [mlflow.register=true]`: the DVC `compare` stage, the optimizers side by side.
 
 Every optimizer of params.yaml was trained once per seed (`runs/<name>/seed<k>/`) and scored on the test
-set (`reports/eval/<name>/metrics.json`). The seeds are replicates, so this stage reports each optimizer
-as a group of seeds (src/stats.py does the statistics) and writes:
-- reports/comparison.md: one row per optimizer (n, mean ± std and 95 % CI of test accuracy and best val
-  accuracy, mean best/stopped epoch and train seconds, the seeds excluded and why), the verdict (each
-  optimizer against the best one: difference of means, its 95 % CI, resolved or not by Welch's t-test),
-  then one row per seed;
+set (`reports/eval/<name>/scores.json`). This stage reads those files into replicates (src/replicates.py
+groups, compares and tabulates them; src/plots.py draws them) and writes:
+- reports/comparison.md: one row per optimizer (n, the seeds excluded and why, mean ± std and 95 % CI of
+  test and best val accuracy, mean best/stopped epoch and train seconds), the verdict (each optimizer
+  against the best: difference of means, its 95 % CI, resolved or not by Welch's t-test), the optimizers
+  still improving when training stopped, then one row per seed;
 - reports/comparison.csv (per optimizer) and reports/comparison_seeds.csv (per seed);
-- reports/metrics.json: per optimizer the means and stds, for `dvc metrics show` / `dvc metrics diff`;
-- reports/curves.json: val_accuracy and val_loss per epoch and seed (DVC draws one line per seed,
-  coloured per optimizer: .dvc/plots/by_seed.json);
-- reports/curves.png: per optimizer the mean validation curve over the seeds with a ±1 std band;
-- reports/confusion_grid.png: per optimizer the test-set confusion matrix summed over its seeds.
-A seed that diverged (its metrics.json says `"diverged": true`) is listed but counted in no statistic.
+- reports/metrics/<name>.json: n, mean and std of test and best val accuracy, epochs, seconds: the DVC
+  metrics (`dvc metrics show` prints one row per optimizer);
+- reports/curves.json (val_accuracy and val_loss per epoch and seed, for DVC's plots), reports/curves.png
+  (mean ± 1 std over the seeds) and reports/confusion_grid.png (test-set confusion summed over the seeds).
 
 In MLflow it opens one parent run for the comparison, makes every seed's training run its child (tagged
-`setting=optimizer=<name>`, so the UI's "Group by tag: setting" groups the seeds), logs the aggregates as
-metrics (`test_accuracy_mean/optimizer:adam`, ...) and the reports as artifacts, and tags the best run.
-With `mlflow.register=true` (what dvc.yaml runs) the best run's model is registered (src/registry.py).
+`setting=optimizer=<name>`), logs the aggregates and the reports, and tags the best run; with
+`mlflow.register=true` (what dvc.yaml runs) the best run's model is registered (src/registry.py).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from src import stats
+from src import replicate_tables as tables
+from src import replicates as rep
 from src.config import PROJECT_ROOT, flatten, shapes_training
 from src.errors import UserError, exit_on_user_error
 from src.evaluate import seed_scores
-from src.files import markdown_table, save_figure_atomic, write_text_atomic
+from src.files import markdown_table, write_text_atomic
 from src.pipeline import read_params, seed_dir
 
 RUNS_DIR = PROJECT_ROOT / "runs"
 REPORTS_DIR = PROJECT_ROOT / "reports"
-# Per seed: what the tables show. SPREAD: summarized with mean ± std and CI; MEAN: with the mean only.
-SEED_COLUMNS = ("test_accuracy", "best_val_accuracy", "best_epoch", "stopped_epoch", "train_seconds")
-SPREAD = ("test_accuracy", "best_val_accuracy")
-MEAN = ("best_epoch", "stopped_epoch", "train_seconds")
-VERDICT_METRIC = "test_accuracy"
-# A seed's status, as in sweep summaries: FINISHED counts, a diverged run is listed but not counted.
-FINISHED, DIVERGED = stats.USABLE_STATUS, "diverged"
-
-
-@dataclass
-class Group:
-    """One optimizer's seeds: the counted ones (finished, not diverged) make the Summaries."""
-
-    optimizer: str
-    seeds: list[dict[str, Any]]
-    confusion: dict[str, list[list[int]]] = field(default_factory=dict)  # {seed: test-set confusion matrix}
-    summaries: dict[str, stats.Summary] = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        return stats.setting_label(["optimizer"], [self.optimizer])
-
-    @property
-    def counted(self) -> list[dict[str, Any]]:
-        return [seed for seed in self.seeds if seed["status"] == FINISHED]
-
-    @property
-    def excluded(self) -> str:
-        return ", ".join(f"seed {s['seed']} ({s['status']})" for s in self.seeds if s["status"] != FINISHED)
-
-    def values(self, metric: str) -> list[float]:
-        return [float(seed[metric]) for seed in self.counted]
-
-
-def _read_text(path: Path) -> str:
-    if not path.is_file():
-        raise UserError(f"{path} is missing; run the stage that makes it (`dvc repro`)")
-    return path.read_text()
+REPORT_FILES = ("comparison.md", "comparison.csv", "comparison_seeds.csv", "curves.png", "confusion_grid.png")
+# What `dvc metrics show` prints per optimizer: short names, so the table fits a 120-column terminal.
+DVC_METRICS = {
+    "test_mean": ("test_accuracy", "mean"),
+    "test_std": ("test_accuracy", "std"),
+    "val_mean": ("best_val_accuracy", "mean"),
+    "val_std": ("best_val_accuracy", "std"),
+    "epochs": ("stopped_epoch", "mean"),
+    "seconds": ("train_seconds", "mean"),
+}
 
 
 def _read_json(path: Path) -> Any:
-    return json.loads(_read_text(path))
+    if not path.is_file():
+        raise UserError(f"{path} is missing; run the stage that makes it (`dvc repro`)")
+    return json.loads(path.read_text())
 
 
-def load_seed(name: str, seed: int, runs_dir: Path, evaluation: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """One seed's row: its training metrics, test scores, settings, history and MLflow run."""
+def load_seed(name: str, seed: int, runs_dir: Path, scores: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """One seed's files: training metrics, test scores, the settings that shaped it, history, MLflow run."""
     run = seed_dir(runs_dir, name, seed)
     training = _read_json(run / "metrics.json")
-    if seed not in evaluation:
-        raise UserError(f"reports/eval/{name}/metrics.json has no seed {seed}; rerun `dvc repro train@{name}`")
-    scores = evaluation[seed]
-    diverged = bool(training.get("diverged") or scores.get("diverged"))
-    config = yaml.safe_load(_read_text(run / ".hydra" / "config.yaml"))
+    if seed not in scores:
+        raise UserError(f"reports/eval/{name}/scores.json has no seed {seed}; rerun `dvc repro train@{name}`")
+    config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text()) if (run / ".hydra").is_dir() else {}
     return {
-        "optimizer": name,
-        "seed": seed,
-        "status": DIVERGED if diverged else FINISHED,
-        "test_accuracy": scores.get("test_accuracy"),
-        "best_val_accuracy": training.get("best_val_accuracy"),
-        "best_epoch": training.get("best_epoch"),
-        "stopped_epoch": training.get("stopped_epoch"),
-        "train_seconds": training.get("train_seconds"),
+        "training": training,
+        "scores": scores[seed],
         "settings": {key: value for key, value in flatten(config) if shapes_training(key) and key != "train.seed"},
         "history": _read_json(run / "history.json"),
-        "run": _read_json(run / "run.json") if (run / "run.json").is_file() else {},
+        "run": json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {},
     }
 
 
-def load_groups(names: Sequence[str], seeds: Sequence[int], runs_dir: Path, eval_dir: Path) -> list[Group]:
-    groups = []
-    for name in names:
-        evaluation = seed_scores(_read_json(eval_dir / name / "metrics.json"))
-        group = Group(name, [load_seed(name, seed, runs_dir, evaluation) for seed in seeds])
-        group.confusion = _read_json(eval_dir / name / "confusion.json")
-        (setting,) = stats.summarize_settings(group.seeds, ["optimizer"], [*SPREAD, *MEAN])
-        group.summaries = dict(setting.summaries)
-        groups.append(group)
-    return groups
-
-
-def differing_settings(results: list[dict[str, Any]]) -> list[str]:
-    """Settings every run has but not with the same value (e.g. learning_rate after `dvc exp run -S`).
-
-    Keys only some optimizers have (amsgrad, rho, ...) are left out: the optimizer column says it all.
-    """
-    shared = set.intersection(*(set(result["settings"]) for result in results))
+def differing_settings(settings: Sequence[dict[str, Any]]) -> list[str]:
+    """Settings every optimizer has but not with the same value (e.g. learning_rate after `dvc exp run -S`).
+    Keys only some optimizers have (amsgrad, rho, ...) are left out: the optimizer column says it all."""
+    shared = set.intersection(*(set(s) for s in settings))
     shared.discard("optimizer._target_")
-    return sorted(key for key in shared if len({repr(result["settings"][key]) for result in results}) > 1)
+    return sorted(key for key in shared if len({repr(s[key]) for s in settings}) > 1)
 
 
-def _number(value: float, digits: int = 5) -> float | None:
-    """A JSON/CSV-safe rounded number: None for nan (n = 1 has no std)."""
-    return None if value is None or math.isnan(value) else round(float(value), digits)
-
-
-def _mean(group: Group, metric: str, digits: int = 1) -> str:
-    summary = group.summaries.get(metric)
-    return f"{summary.mean:.{digits}f}" if summary else "n/a"
-
-
-def summary_table(groups: list[Group]) -> tuple[list[str], list[list[Any]]]:
-    """The per-optimizer table of comparison.md (accuracies in %)."""
-    differing = differing_settings([g.seeds[0] for g in groups])
-    header = [
-        "optimizer",
-        "n",
-        "test accuracy % (mean ± std)",
-        "95 % CI",
-        "best val accuracy %",
-        "95 % CI",
-        "best epoch",
-        "stopped epoch",
-        "train s",
-        "excluded",
-        *differing,
-    ]
-    rows = []
-    for group in groups:
-        cells: list[Any] = [group.optimizer, len(group.counted)]
-        for metric in SPREAD:
-            summary = group.summaries.get(metric)
-            cells += (
-                [stats.format_mean_std(summary), stats.format_interval(summary.ci_low, summary.ci_high)]
-                if summary
-                else ["n/a", "n/a"]
+def load_replicates(names: Sequence[str], seeds: Sequence[int], runs_dir: Path, eval_dir: Path) -> list[rep.Replicate]:
+    """Every optimizer's seeds as replicates of the setting `optimizer=<name>`."""
+    loaded = {}
+    for name in names:
+        scores = seed_scores(_read_json(eval_dir / name / "scores.json"))
+        loaded[name] = [load_seed(name, seed, runs_dir, scores) for seed in seeds]
+    differing = differing_settings([seeds_of[0]["settings"] for seeds_of in loaded.values()])
+    result = []
+    for name, seeds_of in loaded.items():
+        values = {"optimizer": name, **{key: seeds_of[0]["settings"][key] for key in differing}}
+        for seed, files in zip(seeds, seeds_of, strict=True):
+            diverged = files["training"].get("diverged") or files["scores"].get("diverged")
+            metrics = {m: files["training"].get(m) for m in rep.RUN_METRICS} | {
+                "test_accuracy": files["scores"].get("test_accuracy")
+            }
+            result.append(
+                rep.Replicate(
+                    setting=rep.setting_label(["optimizer"], [name]),
+                    seed=seed,
+                    status=rep.DIVERGED if diverged else rep.FINISHED,
+                    metrics=metrics,
+                    run_id=files["run"].get("run_id", ""),
+                    name=f"{name}/seed{seed}",
+                    values=values | {"learning_rate": files["settings"].get("optimizer.learning_rate")},
+                    history=files["history"],
+                )
             )
-        cells += [_mean(group, "best_epoch"), _mean(group, "stopped_epoch"), _mean(group, "train_seconds")]
-        cells += [group.excluded or "", *(group.seeds[0]["settings"][key] for key in differing)]
-        rows.append(cells)
-    return header, rows
+    return result
 
 
-def summary_csv_rows(groups: list[Group]) -> list[list[Any]]:
-    """comparison.csv: the same per optimizer, as numbers (fractions, not %)."""
-    differing = differing_settings([g.seeds[0] for g in groups])
-    header: list[Any] = ["optimizer", "n"]
-    for metric in SPREAD:
-        header += [f"{metric}_{stat}" for stat in ("mean", "std", "ci_low", "ci_high")]
-    header += [f"{metric}_mean" for metric in MEAN] + ["excluded", *differing]
-    rows: list[list[Any]] = [header]
-    for group in groups:
-        row: list[Any] = [group.optimizer, len(group.counted)]
-        for metric in SPREAD:
-            s = group.summaries.get(metric)
-            row += [_number(v) for v in (s.mean, s.std, s.ci_low, s.ci_high)] if s else [None] * 4
-        row += [_number(group.summaries[m].mean, 3) if m in group.summaries else None for m in MEAN]
-        row += [group.excluded, *(group.seeds[0]["settings"][key] for key in differing)]
-        rows.append(row)
-    return rows
+def table_keys(comparison: rep.Comparison) -> list[str]:
+    """The columns naming a setting: the optimizer, then the settings that differ between optimizers."""
+    return [key for key in comparison.settings[0].values if key != "learning_rate"]
 
 
-def seeds_table(groups: list[Group], percent: bool = False) -> tuple[list[str], list[list[Any]]]:
-    """One row per seed: comparison_seeds.csv (fractions) and the second table of comparison.md (percent)."""
-    header = ["optimizer", "seed", *SEED_COLUMNS, "status", "run_id"]
-    rows = []
-    for group in groups:
-        for seed in group.seeds:
-            values = [_seed_value(seed[column], column, percent) for column in SEED_COLUMNS]
-            rows.append([group.optimizer, seed["seed"], *values, seed["status"], seed["run"].get("run_id", "")])
-    return header, rows
+def dvc_metrics(setting: rep.Setting) -> dict[str, Any]:
+    """One optimizer's DVC metrics (null where there is no value, e.g. the std of one seed)."""
+    entry: dict[str, Any] = {"n": setting.n}
+    for key, (metric, stat) in DVC_METRICS.items():
+        summary = setting.summaries.get(metric)
+        value = getattr(summary, stat) if summary else None
+        entry[key] = float(tables.number(value)) if tables.number(value) else None
+    return entry
 
 
-def _seed_value(value: Any, column: str, percent: bool) -> Any:
-    if value is None:
-        return ""
-    if "accuracy" in column:
-        return f"{value * 100:.2f}" if percent else _number(value)
-    return round(value, 1) if isinstance(value, float) else value
-
-
-def verdict(groups: list[Group]) -> tuple[str | None, list[stats.Difference], list[str]]:
-    """(best optimizer label, each other one's Difference to it, the verdict lines) on test accuracy."""
-    best, differences = stats.compare_to_best({g.label: g.values(VERDICT_METRIC) for g in groups})
-    lines = stats.verdict_lines(best, differences)
-    if best is not None and all(len(g.counted) < 2 for g in groups if g.counted):
-        lines += [
-            "",
-            "With one seed per optimizer no difference can be resolved, so this names no winner: list more"
-            " seeds in params.yaml (`seeds: [1, 2, 3]`).",
-        ]
-    return best, differences, lines
-
-
-def _epoch_summaries(histories: list[list[float]]) -> list[stats.Summary]:
-    """Per epoch, the Summary over the seeds that reached that epoch (runs stop at different epochs)."""
-    longest = max(len(history) for history in histories)
-    return [stats.summarize([h[epoch] for h in histories if len(h) > epoch]) for epoch in range(longest)]
-
-
-def plot_curves(groups: list[Group], path: Path) -> None:
-    from matplotlib import pyplot
-    from matplotlib.ticker import MaxNLocator
-
-    figure, (accuracy_axes, loss_axes) = pyplot.subplots(1, 2, figsize=(11, 4.3), layout="constrained")
-    for group in groups:
-        if not group.counted:
-            continue
-        for axes, metric in ((accuracy_axes, "val_accuracy"), (loss_axes, "val_loss")):
-            summaries = _epoch_summaries([seed["history"][metric] for seed in group.counted])
-            epochs = range(1, len(summaries) + 1)
-            means = [s.mean for s in summaries]
-            stds = [0.0 if math.isnan(s.std) else s.std for s in summaries]
-            (line,) = axes.plot(epochs, means, marker="o", label=f"{group.optimizer} (n={len(group.counted)})")
-            low = [m - s for m, s in zip(means, stds, strict=True)]
-            high = [m + s for m, s in zip(means, stds, strict=True)]
-            axes.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
-    for axes, metric in ((accuracy_axes, "validation accuracy"), (loss_axes, "validation loss")):
-        axes.set_xlabel("epoch")
-        axes.set_ylabel(metric)
-        axes.set_title(f"{metric}: mean over seeds ± 1 std")
-        axes.grid(alpha=0.3)
-        axes.legend(title="optimizer")
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    figure.suptitle(
-        "Each epoch averages the seeds that reached it (EarlyStopping ends seeds at different epochs)", fontsize=9
-    )
-    save_figure_atomic(figure, path)
-    pyplot.close(figure)
-
-
-def plot_confusion_grid(groups: list[Group], path: Path) -> None:
-    import numpy as np
-    from matplotlib import pyplot
-
-    from src.evaluate import plot_confusion
-
-    figure, axes = pyplot.subplots(
-        1, len(groups), figsize=(4.5 * len(groups), 5.2), squeeze=False, layout="constrained"
-    )
-    for group, cell in zip(groups, axes[0], strict=True):
-        counted = [str(seed["seed"]) for seed in group.counted]
-        total = sum((np.array(group.confusion[seed]) for seed in counted), np.zeros((10, 10), dtype=np.int64))
-        summary = group.summaries.get(VERDICT_METRIC)
-        accuracy = stats.format_mean_std(summary) + " %" if summary else "n/a"
-        plot_confusion(total, f"{group.optimizer}: {accuracy}\n(sum over {len(counted)} seeds)", cell)
-    save_figure_atomic(figure, path, dpi=110)
-    pyplot.close(figure)
-
-
-def metrics_json(groups: list[Group]) -> dict[str, dict[str, Any]]:
-    """reports/metrics.json: per optimizer n and the means and stds (null where n = 1 has no std)."""
-    metrics: dict[str, dict[str, Any]] = {}
-    for group in groups:
-        entry: dict[str, Any] = {"n": len(group.counted)}
-        for metric in SPREAD:
-            if metric in group.summaries:
-                entry[f"{metric}_mean"] = _number(group.summaries[metric].mean)
-                entry[f"{metric}_std"] = _number(group.summaries[metric].std)
-        for metric in MEAN:
-            if metric in group.summaries:
-                entry[f"{metric}_mean"] = _number(group.summaries[metric].mean, 2)
-        metrics[group.optimizer] = entry
-    return metrics
-
-
-def curve_points(groups: list[Group]) -> list[dict[str, Any]]:
-    """reports/curves.json: one point per optimizer, seed and epoch (the counted seeds)."""
+def curve_points(comparison: rep.Comparison) -> list[dict[str, Any]]:
+    """reports/curves.json: one point per optimizer, counted seed and epoch."""
     return [
         {
-            "optimizer": group.optimizer,
-            "seed": seed["seed"],
-            "run": f"{group.optimizer}/seed{seed['seed']}",
+            "optimizer": setting.values["optimizer"],
+            "seed": run.seed,
+            "run": run.name,
             "epoch": epoch + 1,
             "val_accuracy": accuracy,
             "val_loss": loss,
         }
-        for group in groups
-        for seed in group.counted
+        for setting in comparison.settings
+        for run in setting.counted
         for epoch, (accuracy, loss) in enumerate(
-            zip(seed["history"]["val_accuracy"], seed["history"]["val_loss"], strict=True)
+            zip(run.history["val_accuracy"], run.history["val_loss"], strict=True)  # type: ignore[index]
         )
     ]
 
 
-def _csv(rows: list[list[Any]]) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows([["" if v is None else v for v in row] for row in rows])
-    return buffer.getvalue()
+def learning_rates(comparison: rep.Comparison) -> str:
+    return ", ".join(f"{s.values['optimizer']} {s.values.get('learning_rate')}" for s in comparison.settings)
+
+
+def verdict_lines(comparison: rep.Comparison) -> list[str]:
+    """The verdict as printed and written: what is compared, the verdict, who was still improving, `make fair`."""
+    lines = [
+        f"Compared at each optimizer's learning rate in conf/optimizer/ (Keras' defaults unless edited:"
+        f" {learning_rates(comparison)}): this ranks those settings, not the optimizers at their best.",
+        "",
+        *comparison.verdict_lines(),
+    ]
+    improving = comparison.improving_lines()
+    if improving:
+        lines += ["", "Still improving when training stopped (best epoch = last epoch on most seeds):", *improving]
+    lines += ["", "For each optimizer at its own tuned learning rate (equal tuning budget): `make fair`."]
+    return lines
+
+
+def plot(comparison: rep.Comparison, reports_dir: Path) -> None:
+    from src import plots
+
+    panels = []
+    for metric, title in (("val_accuracy", "validation accuracy"), ("val_loss", "validation loss")):
+        bands = []
+        for setting in comparison.settings:
+            summaries = setting.bands(metric)
+            if summaries:
+                name = setting.values["optimizer"]
+                x = range(1, len(summaries) + 1)
+                bands.append(plots.Band(f"{name} (n={setting.n})", name, list(x), summaries))
+        panels.append(plots.Panel(f"{title}: mean over seeds ± 1 std", "epoch", title, bands))
+    plots.bands_figure(
+        panels,
+        reports_dir / "curves.png",
+        "Each epoch averages the seeds that reached it (EarlyStopping ends seeds at different epochs)",
+        "optimizer",
+    )
+    plots.confusion_grid(confusion_matrices(comparison, reports_dir / "eval"), reports_dir / "confusion_grid.png")
+
+
+def confusion_matrices(comparison: rep.Comparison, eval_dir: Path) -> list[tuple[str, Any]]:
+    """(title, the test-set confusion summed over the counted seeds) per optimizer."""
+    import numpy as np
+
+    from src.stats import format_mean_std
+
+    result = []
+    for setting in comparison.settings:
+        name = setting.values["optimizer"]
+        confusion = _read_json(eval_dir / name / "confusion.json")
+        total = sum((np.array(confusion[str(r.seed)]) for r in setting.counted), np.zeros((10, 10), dtype=np.int64))
+        summary = setting.summaries.get(rep.VERDICT_METRIC)
+        accuracy = format_mean_std(summary) + " %" if summary else "n/a"
+        result.append((f"{name}: {accuracy}\n(sum over {setting.n} seeds)", total))
+    return result
 
 
 def compare(
-    names: Sequence[str],
-    seeds: Sequence[int],
-    runs_dir: Path = RUNS_DIR,
-    reports_dir: Path = REPORTS_DIR,
-) -> tuple[list[Group], list[str]]:
-    """Write every report; return the groups and the verdict lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    groups = load_groups(names, seeds, runs_dir, reports_dir / "eval")
-    _, _, lines = verdict(groups)
-    write_text_atomic(reports_dir / "comparison.csv", _csv(summary_csv_rows(groups)))
-    seed_header, seed_rows = seeds_table(groups)
-    write_text_atomic(reports_dir / "comparison_seeds.csv", _csv([seed_header, *seed_rows]))
-    seed_list = ", ".join(map(str, seeds))
+    names: Sequence[str], seeds: Sequence[int], runs_dir: Path = RUNS_DIR, reports_dir: Path = REPORTS_DIR
+) -> tuple[rep.Comparison, list[str]]:
+    """Write every report; return the comparison and the verdict lines."""
+    comparison = rep.compare(load_replicates(names, seeds, runs_dir, reports_dir / "eval"), replicated=len(seeds) > 1)
+    keys = table_keys(comparison)
+    lines = verdict_lines(comparison)
+    write_text_atomic(reports_dir / "comparison.csv", tables.settings_csv(comparison, keys))
+    write_text_atomic(reports_dir / "comparison_seeds.csv", tables.replicates_csv(comparison, keys))
     text = [
         "# Optimizers on MNIST",
         "",
-        f"Each optimizer trained once per seed ({seed_list}; `seeds` in params.yaml) by `dvc repro`; accuracies"
-        " in % on the 10000 test images. mean ± std is over the seeds (sample std); the 95 % CI is Student's t"
-        " interval of the mean. Diverged seeds are listed under excluded and counted in no statistic.",
+        f"Each optimizer trained once per seed ({', '.join(map(str, seeds))}; `seeds` in params.yaml) by"
+        " `dvc repro`; accuracies in % on the 10000 test images. mean ± std is over the seeds (sample std); the"
+        " 95 % CI is Student's t interval of the mean. Diverged seeds are listed under excluded and counted in"
+        " no statistic.",
         "",
-        markdown_table(*summary_table(groups)),
-        "",
+        markdown_table(*tables.settings_table(comparison, keys)),
         "## Verdict",
         "",
         *lines,
@@ -358,31 +229,22 @@ def compare(
         "",
         "## Per seed",
         "",
-        markdown_table(*seeds_table(groups, percent=True)),
-        "",
+        markdown_table(*tables.replicates_table(comparison, keys)),
         "![validation curves: mean ± 1 std over the seeds](curves.png)",
         "",
         "![confusion matrices, summed over the seeds](confusion_grid.png)",
         "",
     ]
     write_text_atomic(reports_dir / "comparison.md", "\n".join(text))
-    write_text_atomic(reports_dir / "metrics.json", json.dumps(metrics_json(groups), indent=2) + "\n")
-    write_text_atomic(reports_dir / "curves.json", json.dumps(curve_points(groups), indent=1) + "\n")
-    plot_curves(groups, reports_dir / "curves.png")
-    plot_confusion_grid(groups, reports_dir / "confusion_grid.png")
-    return groups, lines
+    for setting in comparison.settings:
+        path = reports_dir / "metrics" / f"{setting.values['optimizer']}.json"
+        write_text_atomic(path, json.dumps(dvc_metrics(setting), indent=2) + "\n")
+    write_text_atomic(reports_dir / "curves.json", json.dumps(curve_points(comparison), indent=1) + "\n")
+    plot(comparison, reports_dir)
+    return comparison, lines
 
 
-def best_run(groups: list[Group], best: str | None) -> dict[str, Any] | None:
-    """The best optimizer's seed with the highest best validation accuracy: the model one would keep (chosen
-    on validation data, as in sweep summaries, not on the test set it is reported on)."""
-    group = next((g for g in groups if g.label == best), None)
-    if group is None or not group.counted:
-        return None
-    return max(group.counted, key=lambda seed: seed["best_val_accuracy"])
-
-
-def log_to_mlflow(groups: list[Group], reports_dir: Path, settings: Any) -> str | None:
+def log_to_mlflow(comparison: rep.Comparison, reports_dir: Path, settings: Any) -> str | None:
     """One parent run per comparison; every seed's training run found in the store becomes its child.
     `settings`: conf/'s `mlflow` group (store, experiment, register, registered_model_name)."""
     from mlflow import MlflowClient
@@ -393,22 +255,22 @@ def log_to_mlflow(groups: list[Group], reports_dir: Path, settings: Any) -> str 
     experiment_id = use_experiment(settings)  # the store and experiment `src.train` used
     client = MlflowClient()
     children = []
-    for group in groups:
-        for seed in group.seeds:
-            run_id = seed["run"].get("run_id")
-            try:
-                if run_id and client.get_run(run_id):
-                    children.append((group, run_id))
-            except MlflowException:  # runs/ came from `dvc pull`, the runs from another store
-                continue
+    for run in comparison.replicates:
+        try:
+            if run.run_id and client.get_run(run.run_id):
+                children.append(run)
+        except MlflowException:  # runs/ came from `dvc pull`, the runs from another store
+            continue
     if not children:
         return None
-    seeds = sorted({seed["seed"] for group in groups for seed in group.seeds})
-    name = f"dvc compare: {','.join(g.optimizer for g in groups)}, seeds {','.join(map(str, seeds))}"
-    parent = client.create_run(experiment_id, run_name=name, tags={"dvc_stage": "compare", "sweep": "parent"})
+    names = ",".join(s.values["optimizer"] for s in comparison.settings)
+    seeds = ",".join(map(str, sorted({r.seed for r in comparison.replicates})))
+    parent = client.create_run(
+        experiment_id, run_name=f"dvc compare: {names}, seeds {seeds}", tags={"dvc_stage": "compare", "sweep": "parent"}
+    )
     parent_id = parent.info.run_id
     try:
-        _fill_parent(client, parent_id, groups, children, reports_dir, settings)
+        _fill_parent(client, parent_id, comparison, children, reports_dir, settings)
     except BaseException as error:  # never leave the comparison's parent RUNNING
         client.set_terminated(parent_id, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
         raise
@@ -419,53 +281,33 @@ def log_to_mlflow(groups: list[Group], reports_dir: Path, settings: Any) -> str 
 def _fill_parent(
     client: Any,
     parent_id: str,
-    groups: list[Group],
-    children: list[tuple[Group, str]],
+    comparison: rep.Comparison,
+    children: list[rep.Replicate],
     reports_dir: Path,
     settings: Any,
 ) -> None:
-    """Link the seeds' runs to the comparison's parent run, log its aggregates, reports and best run."""
+    """Link the seeds' runs to the parent, log its aggregates and reports, tag (and register) the best run."""
     from src.tracking.sweep import SETTING_TAG
 
-    for group, run_id in children:
-        client.set_tag(run_id, "mlflow.parentRunId", parent_id)
-        client.set_tag(run_id, SETTING_TAG, group.label)
-    for group in groups:
-        for metric, summary in group.summaries.items():
-            stats_of = {"mean": summary.mean}
-            if metric in SPREAD:
-                stats_of |= {"std": summary.std, "n": summary.n, "ci_low": summary.ci_low, "ci_high": summary.ci_high}
-            for stat, value in stats_of.items():
-                if not math.isnan(value):
-                    client.log_metric(parent_id, stats.metric_name(metric, stat, group.label), value)
-    for report in (
-        "comparison.md",
-        "comparison.csv",
-        "comparison_seeds.csv",
-        "metrics.json",
-        "curves.png",
-        "confusion_grid.png",
-    ):
+    for run in children:
+        client.set_tag(run.run_id, "mlflow.parentRunId", parent_id)
+        client.set_tag(run.run_id, SETTING_TAG, run.setting)
+    rep.log_aggregates(client, parent_id, comparison)
+    for report in REPORT_FILES:
         client.log_artifact(parent_id, str(reports_dir / report))
-    best, differences, _ = verdict(groups)
-    winner = best_run(groups, best)
-    client.set_tag(parent_id, "best_resolved", str(stats.best_is_resolved(differences)).lower())
-    if best:
-        client.set_tag(parent_id, "best_setting", best)
-    if winner and winner["run"].get("run_id") in {run_id for _, run_id in children}:
-        client.set_tag(parent_id, "best_child_run_id", winner["run"]["run_id"])
+    client.log_artifacts(parent_id, str(reports_dir / "metrics"), "metrics")
+    client.set_tag(parent_id, "best_resolved", str(comparison.best_resolved).lower())
+    if comparison.best:
+        client.set_tag(parent_id, "best_setting", comparison.best)
+    winner = comparison.best_run()
+    if winner and winner.run_id in {run.run_id for run in children}:
+        client.set_tag(parent_id, "best_child_run_id", winner.run_id)
         if settings.get("register"):
-            values = next(g for g in groups if g.label == best).values(VERDICT_METRIC)
-            _register(winner["run"]["run_id"], values, settings.registered_model_name)
+            from src.registry import register_best
 
-
-def _register(run_id: str, values: list[float], model_name: str) -> None:
-    """Register the best run's model (src/registry.py moves the `champion` alias only when it is better)."""
-    from src.registry import register_best
-
-    message = register_best(run_id, values, model_name)
-    if message:
-        print(message)
+            message = register_best(winner.run_id, comparison.best_values(), settings.registered_model_name)
+            if message:
+                print(message)
 
 
 def mlflow_config(overrides: list[str]) -> Any:
@@ -487,9 +329,9 @@ def main() -> None:
     with exit_on_user_error():
         names, seeds = read_params()
         settings = mlflow_config(sys.argv[1:])
-        groups, lines = compare(names, seeds)
-        parent_run_id = log_to_mlflow(groups, REPORTS_DIR, settings)
-    print(markdown_table(*summary_table(groups)))
+        comparison, lines = compare(names, seeds)
+        parent_run_id = log_to_mlflow(comparison, REPORTS_DIR, settings)
+    print(markdown_table(*tables.settings_table(comparison, table_keys(comparison))))
     print("\n".join(lines))
     print(f"Report: {REPORTS_DIR / 'comparison.md'} (curves.png, confusion_grid.png beside it); `make plots` for HTML")
     if parent_run_id:

@@ -5,13 +5,13 @@ training, so the pipeline pays one TensorFlow import per optimizer, not one per 
 without training: `python -m src.evaluate <name>` (the seeds of params.yaml).
 
 Writes `reports/eval/<name>/`:
-- metrics.json: per seed ("seed1", ...) test loss and accuracy; precision and recall per digit of the
-  seeds' pooled predictions;
+- scores.json: per seed ("seed1", ...) test loss and accuracy; precision and recall per digit of the
+  seeds' pooled predictions (a plain file: `dvc metrics show` shows only what src.compare aggregates);
 - predictions.csv: seed,actual,predicted for every seed (DVC's confusion plot counts the rows, so it
   shows the sum over the seeds);
 - confusion.json: each seed's confusion matrix (src.compare draws their sum).
 A seed that diverged (its metrics.json says `"diverged": true`) is listed as diverged and not scored: its
-weights are no model of MNIST, and its NaN loss would make metrics.json invalid JSON.
+weights are no model of MNIST, and its NaN loss would make scores.json invalid JSON.
 """
 
 from __future__ import annotations
@@ -46,20 +46,6 @@ def per_class_scores(counts: np.ndarray) -> dict[str, dict[str, float]]:
         "precision": {str(digit): round(float(value), 4) for digit, value in enumerate(precision)},
         "recall": {str(digit): round(float(value), 4) for digit, value in enumerate(recall)},
     }
-
-
-def plot_confusion(counts: np.ndarray, title: str, axes) -> None:
-    axes.imshow(counts, cmap="Blues")
-    axes.set_title(title)
-    axes.set_xlabel("predicted digit")
-    axes.set_ylabel("actual digit")
-    axes.set_xticks(range(10))
-    axes.set_yticks(range(10))
-    limit = counts.max() / 2
-    for (row, column), value in np.ndenumerate(counts):
-        axes.text(
-            column, row, str(value), ha="center", va="center", fontsize=6, color="white" if value > limit else "black"
-        )
 
 
 def load_test_set(data_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -114,7 +100,7 @@ def evaluate_seeds(
     for seed in seeds:
         run = seed_dir(runs_dir, name, seed)
         checkpoint = run / "checkpoints" / "best.keras"
-        if _diverged(run):  # counted in no statistic: not in the confusion matrix, no NaN loss in metrics.json
+        if _diverged(run):  # counted in no statistic: not in the confusion matrix, no NaN loss in scores.json
             per_seed[f"seed{seed}"] = {"diverged": True}
             continue
         if not checkpoint.is_file():
@@ -129,14 +115,14 @@ def evaluate_seeds(
 
     target = out_dir / name
     target.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(target / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_text_atomic(target / "scores.json", json.dumps(metrics, indent=2) + "\n")
     write_text_atomic(target / "predictions.csv", "seed,actual,predicted\n" + "\n".join(prediction_rows) + "\n")
     write_text_atomic(target / "confusion.json", json.dumps(confusions) + "\n")
     return metrics
 
 
 def seed_scores(metrics: Mapping[str, Any]) -> dict[int, dict[str, Any]]:
-    """{seed: its entry} from an evaluation's metrics.json (the keys "seed<k>")."""
+    """{seed: its entry} from an evaluation's scores.json (the keys "seed<k>")."""
     return {int(key[4:]): value for key, value in metrics.items() if key.startswith("seed")}
 
 

@@ -14,44 +14,30 @@ writes:
 - the homework's number inside the 95 % prediction interval of one run, mean ± t(0.975, n-1) · std · √(1 + 1/n):
   the range a single further seed of this setup lands in 95 % of the time. The homework's number is one
   run, so that is the question to ask of it. It needs n >= 2: one seed has no spread.
-Failed or killed seeds and seeds tagged `diverged=true` count in no statistic; the table says how many
-were left out. Both files are also logged to the sweep's parent run. An optimizer that is not reproduced
-is named in the last line printed (exit code 0: a finding, not a failure). Takes the same overrides as the
-sweep (e.g. `mlflow.tracking_uri=...`).
+Which seeds count (finished, not diverged, with a test accuracy) is src/replicates.py's rule; the table
+says which were left out and why. Both files are also logged to the sweep's parent run. An optimizer that
+is not reproduced is named in the last line printed (exit code 0: a finding, not a failure). Takes the
+same overrides as the sweep (e.g. `mlflow.tracking_uri=...`).
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from src import replicates as rep
 from src import stats
 from src.errors import DataError, exit_on_user_error
-from src.files import markdown_table, save_figure_atomic, write_text_atomic
+from src.files import markdown_table, write_text_atomic
 
 # Homework 3, Q4: test accuracy after training MNIST with each optimizer at Keras' defaults (one run each).
 HOMEWORK_ACCURACY = {"adam": 0.9384, "adagrad": 0.5277, "rmsprop": 0.9349}
 TOLERANCE_POINTS = 2.0
 MNIST_TRAIN_IMAGES = 60000
-
-
-@dataclass(frozen=True)
-class Seed:
-    """One child run of the sweep: its optimizer, seed, test accuracy (a fraction) and how it ended.
-
-    `status` is the MLflow status in lower case (finished, failed, killed), or `diverged` for a finished
-    run tagged diverged=true. Only `finished` seeds with a test accuracy count.
-    """
-
-    optimizer: str
-    seed: str
-    accuracy: float | None
-    status: str
 
 
 @dataclass(frozen=True)
@@ -61,7 +47,7 @@ class Assessment:
     optimizer: str
     homework: float
     values: tuple[float, ...]
-    excluded: Mapping[str, int]
+    excluded: str  # `seed 4 (failed)`: the seeds left out and why; empty when none was
     summary: stats.Summary | None  # None when no seed counts
     low: float  # the 95 % prediction interval of one run; nan when n < 2
     high: float
@@ -73,19 +59,9 @@ class Assessment:
         return len(self.values)
 
 
-def seed_of(run: Any) -> Seed:
-    """A child run as a Seed (a diverged run finishes, but is tagged `diverged=true`)."""
-    status = run.info.status.lower()
-    if status == "finished" and run.data.tags.get("diverged") == "true":
-        status = "diverged"
-    accuracy = run.data.metrics.get("test_accuracy")
-    if accuracy is not None and not math.isfinite(accuracy):
-        accuracy = None
-    return Seed(run.data.params.get("optimizer", "?"), run.data.params.get("train.seed", "?"), accuracy, status)
-
-
-def counts(seed: Seed) -> bool:
-    return seed.status == "finished" and seed.accuracy is not None
+def replicate_of(run: Any) -> rep.Replicate:
+    """A child run of the sweep as a replicate of `optimizer=<name>`."""
+    return rep.from_mlflow_run(run, ["optimizer"])
 
 
 def prediction_interval(summary: stats.Summary) -> tuple[float, float]:
@@ -102,16 +78,14 @@ def prediction_interval(summary: stats.Summary) -> tuple[float, float]:
     return summary.mean - half_width, summary.mean + half_width
 
 
-def assess(optimizer: str, homework: float, seeds: Sequence[Seed]) -> Assessment:
+def assess(optimizer: str, homework: float, seeds: Sequence[rep.Replicate]) -> Assessment:
     """The verdict for one optimizer from its seeds (any status; only the ones that count are used)."""
-    values = tuple(float(s.accuracy) for s in seeds if counts(s))  # type: ignore[arg-type]
-    excluded: dict[str, int] = defaultdict(int)
-    for s in seeds:
-        if not counts(s):
-            excluded["no test accuracy" if s.status == "finished" else s.status] += 1
+    (setting,) = rep.group(seeds) or [rep.Setting(optimizer, ())]
+    values = tuple(setting.values_of(rep.VERDICT_METRIC))
+    excluded = setting.excluded
     if not values:
         reason = "no seed finished" if seeds else "not run"
-        return Assessment(optimizer, homework, values, dict(excluded), None, math.nan, math.nan, False, reason)
+        return Assessment(optimizer, homework, values, excluded, None, math.nan, math.nan, False, reason)
     summary = stats.summarize(values)
     low, high = prediction_interval(summary)
     difference = 100 * (summary.mean - homework)
@@ -123,15 +97,13 @@ def assess(optimizer: str, homework: float, seeds: Sequence[Seed]) -> Assessment
         reason = "the homework's number is outside the 95 % range of one run"
     else:
         reason = ""
-    return Assessment(optimizer, homework, values, dict(excluded), summary, low, high, not reason, reason)
+    return Assessment(optimizer, homework, values, excluded, summary, low, high, not reason, reason)
 
 
-def assess_all(seeds: Sequence[Seed]) -> list[Assessment]:
+def assess_all(seeds: Sequence[rep.Replicate]) -> list[Assessment]:
     """One Assessment per homework optimizer, in the homework's order."""
-    by_optimizer: dict[str, list[Seed]] = defaultdict(list)
-    for s in seeds:
-        by_optimizer[s.optimizer].append(s)
-    return [assess(name, homework, by_optimizer.get(name, [])) for name, homework in HOMEWORK_ACCURACY.items()]
+    by_optimizer = {setting.values["optimizer"]: setting.replicates for setting in rep.group(seeds)}
+    return [assess(name, homework, by_optimizer.get(name, ())) for name, homework in HOMEWORK_ACCURACY.items()]
 
 
 def where_it_falls(a: Assessment) -> str:
@@ -160,7 +132,7 @@ def accuracy_rows(assessments: Sequence[Assessment]) -> tuple[list[str], list[li
     ]
     rows = []
     for a in assessments:
-        n = f"{a.n}" + (f" ({_excluded(a.excluded)} left out)" if a.excluded else "")
+        n = f"{a.n}" + (f" (left out: {a.excluded})" if a.excluded else "")
         if a.summary is None:
             rows.append([a.optimizer, n, a.reason, "", f"{100 * a.homework:.2f} %", "", "", "", "no"])
             continue
@@ -178,11 +150,6 @@ def accuracy_rows(assessments: Sequence[Assessment]) -> tuple[list[str], list[li
             ]
         )
     return header, rows
-
-
-def _excluded(excluded: Mapping[str, int]) -> str:
-    """`1 failed, 1 diverged`."""
-    return ", ".join(f"{count} {status}" for status, count in sorted(excluded.items()))
 
 
 def latest_sweep(client: Any, experiment_name: str) -> tuple[Any, list[Any]]:
@@ -221,54 +188,48 @@ def gradient_steps(params: Mapping[str, str]) -> tuple[int, int]:
     return batch_size, epochs * math.ceil(train_images / batch_size)
 
 
-def curves(client: Any, children: Sequence[Any], metric: str) -> dict[str, dict[int, list[float]]]:
-    """{optimizer: {epoch: [value per seed]}} of a per-epoch metric."""
-    result: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for child in children:
-        for point in client.get_metric_history(child.info.run_id, metric):
-            result[child.data.params["optimizer"]][point.step].append(point.value)
+def with_history(client: Any, seeds: Sequence[rep.Replicate], metrics: Sequence[str]) -> list[rep.Replicate]:
+    """The seeds with their per-epoch `metrics` read from MLflow (step = epoch)."""
+    import dataclasses
+
+    result = []
+    for seed in seeds:
+        history = {
+            m: [p.value for p in sorted(client.get_metric_history(seed.run_id, m), key=lambda p: p.step)]
+            for m in metrics
+        }
+        result.append(dataclasses.replace(seed, history=history))
     return result
 
 
-def plot(client: Any, children: Sequence[Any], batch_size: int, steps_per_epoch: float, path: Path) -> None:
+def plot(seeds: Sequence[rep.Replicate], batch_size: int, steps_per_epoch: float, path: Path) -> None:
     """Validation accuracy (mean ± std of the seeds, the homework's test accuracy dotted) and effective
     step size per gradient step."""
-    import matplotlib
+    from src import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (accuracy_axis, step_axis) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for axis, metric in ((accuracy_axis, "val_accuracy"), (step_axis, "effective_step_size")):
-        for optimizer, by_epoch in sorted(curves(client, children, metric).items()):
-            epochs = sorted(by_epoch)
-            steps = [(epoch + 1) * steps_per_epoch for epoch in epochs]
-            summaries = [stats.summarize(by_epoch[e]) for e in epochs]
-            means = [s.mean for s in summaries]
-            (line,) = axis.plot(steps, means, marker="o", label=optimizer)
-            if all(s.n >= 2 for s in summaries):
-                axis.fill_between(
-                    steps,
-                    [s.mean - s.std for s in summaries],
-                    [s.mean + s.std for s in summaries],
-                    color=line.get_color(),
-                    alpha=0.2,
-                    linewidth=0,
-                )
-            if axis is accuracy_axis and optimizer in HOMEWORK_ACCURACY:
-                axis.axhline(HOMEWORK_ACCURACY[optimizer], color=line.get_color(), linestyle=":", linewidth=1)
-        axis.set_xlabel(f"gradient steps (batch {batch_size})")
-        axis.grid(alpha=0.3)
-        axis.legend()
-    accuracy_axis.set_ylabel("validation accuracy (mean ± std of the seeds)")
-    accuracy_axis.set_title("Keras' default learning rate (0.001); dotted: the homework")
-    step_axis.set_yscale("log")
-    step_axis.set_ylabel("effective step size (median over parameters)")
-    step_axis.set_title("What each gradient is multiplied by")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_figure_atomic(figure, path)
-    plt.close(figure)
+    panels = [
+        plots.Panel(
+            "Keras' default learning rate (0.001); dotted: the homework",
+            f"gradient steps (batch {batch_size})",
+            "validation accuracy (mean ± std of the seeds)",
+            integer_x=False,
+        ),
+        plots.Panel(
+            "What each gradient is multiplied by",
+            f"gradient steps (batch {batch_size})",
+            "effective step size (median over parameters)",
+            log_y=True,
+            integer_x=False,
+        ),
+    ]
+    for setting in sorted(rep.group(seeds), key=lambda s: s.values["optimizer"]):
+        name = setting.values["optimizer"]
+        for panel, metric in zip(panels, ("val_accuracy", "effective_step_size"), strict=True):
+            summaries = setting.bands(metric)
+            steps = [(epoch + 1) * steps_per_epoch for epoch in range(len(summaries))]
+            reference = HOMEWORK_ACCURACY.get(name) if metric == "val_accuracy" else None
+            panel.bands.append(plots.Band(name, name, steps, summaries, reference))
+    plots.bands_figure(panels, path)
 
 
 def report_text(
@@ -305,17 +266,24 @@ def main(argv: list[str] | None = None) -> None:
         tracking.check_reachable(str(cfg.mlflow.tracking_uri))
         client = MlflowClient(str(cfg.mlflow.tracking_uri))
         parent, children = latest_sweep(client, str(cfg.mlflow.experiment_name))
-        seeds = [seed_of(child) for child in children]
+        seeds = [replicate_of(child) for child in children]
         assessments = assess_all(seeds)
-        counted = [child for child, s in zip(children, seeds, strict=True) if counts(s)]
+        counted = [child for child, s in zip(children, seeds, strict=True) if rep.excluded_because(s) is None]
         if not counted:
             raise DataError(f"sweep {parent.info.run_id} has no finished seed: run `make hw3`")
         batch_size, steps = gradient_steps(counted[0].data.params)
         epochs = int(counted[0].data.params["train.epochs"])
-        report = report_text(parent, assessments, [s.seed for s in seeds if counts(s)], batch_size, steps)
+        seed_names = [str(s.seed) for s in seeds if rep.excluded_because(s) is None]
+        report = report_text(parent, assessments, seed_names, batch_size, steps)
         report_path, figure_path = Path(cfg.report_dir) / "hw3_q4.md", Path(cfg.report_dir) / "hw3_q4.png"
         write_text_atomic(report_path, report)
-        plot(client, counted, batch_size, steps / epochs, figure_path)
+        counted_seeds = [s for s in seeds if rep.excluded_because(s) is None]
+        plot(
+            with_history(client, counted_seeds, ("val_accuracy", "effective_step_size")),
+            batch_size,
+            steps / epochs,
+            figure_path,
+        )
         client.log_artifact(parent.info.run_id, str(report_path))
         client.log_artifact(parent.info.run_id, str(figure_path))
         header, rows = accuracy_rows(assessments)

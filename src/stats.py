@@ -1,6 +1,6 @@
-"""Seeds as replicates: group runs by setting, summarize each group, and say which differences the data
-resolves. Plain functions over numbers and dicts (no MLflow, no Keras), used by sweep summaries
-(src/tracking/sweep.py), the DVC comparison (src/compare.py) and the homework table (src/homework.py).
+"""Seeds as replicates, the numbers: summarize a group of values, compare two groups, and say which
+differences the data resolves. Plain functions over numbers (no MLflow, no Keras); src/replicates.py
+groups runs into settings and calls them.
 
 The statistics:
 - a group's spread is the sample standard deviation (ddof=1) of its seeds;
@@ -14,7 +14,7 @@ The statistics:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +48,7 @@ class Difference:
     resolved: bool
     n_setting: int
     n_best: int
+    p_adjusted: float = math.nan  # the p-value after a multiple-comparison correction (holm); nan: none
 
 
 def summarize(values: Sequence[float]) -> Summary:
@@ -112,26 +113,6 @@ def seed_problem(seeds: Sequence[Any]) -> str | None:
     return None
 
 
-def group_by(
-    rows: Iterable[Mapping[str, Any]], keys: Sequence[str]
-) -> dict[tuple[Hashable, ...], list[Mapping[str, Any]]]:
-    """Rows grouped by their values of `keys` (first-seen order); a missing key groups as None."""
-    groups: dict[tuple[Hashable, ...], list[Mapping[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(tuple(_hashable(row.get(key)) for key in keys), []).append(row)
-    return groups
-
-
-def setting_keys(swept: Sequence[str], replicate_key: str = SEED_KEY) -> list[str]:
-    """The keys that define a setting: every swept key but the replicate (seed) key."""
-    return [key for key in swept if key != replicate_key]
-
-
-def setting_label(keys: Sequence[str], values: Sequence[Any]) -> str:
-    """`optimizer=adam,train.batch_size=64`: a setting's name; `all` when the sweep varied only the seed."""
-    return ",".join(f"{key}={value}" for key, value in zip(keys, values, strict=True)) or "all"
-
-
 def compare_to_best(
     groups: Mapping[str, Sequence[float]], higher_is_better: bool = True
 ) -> tuple[str | None, list[Difference]]:
@@ -146,6 +127,19 @@ def compare_to_best(
     best = max(filled, key=lambda name: sign * math.fsum(filled[name]) / len(filled[name]))
     others = [welch(values, filled[best], name, best) for name, values in filled.items() if name != best]
     return best, others
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the input order: the i-th smallest of m is multiplied by
+    (m - i + 1), made non-decreasing in that order, capped at 1. A pair is resolved when its adjusted
+    p < ALPHA, which keeps the chance of any false "resolved" among the m pairs under ALPHA."""
+    m = len(p_values)
+    adjusted = [math.nan] * m
+    running = 0.0
+    for rank, index in enumerate(sorted(range(m), key=lambda i: p_values[i])):
+        running = max(running, min(1.0, (m - rank) * float(p_values[index])))
+        adjusted[index] = running
+    return adjusted
 
 
 def best_is_resolved(differences: Sequence[Difference]) -> bool:
@@ -181,95 +175,63 @@ def verdict_line(difference: Difference, unit: str = "pp", scale: float = 100.0)
         return f"{head}, cannot be resolved with {seeds}: run more seeds ({more})"
     interval = format_interval(d.ci_low, d.ci_high, scale, signed=True)
     verdict = "resolved" if d.resolved else "not resolved"
-    return f"{head} (95 % CI {interval}), {verdict} with {seeds} (Welch's t-test, p = {d.p_value:.2g})"
-
-
-def verdict_lines(best: str | None, differences: Sequence[Difference], what: str = "test accuracy") -> list[str]:
-    """The verdict block of a report: which setting is best on `what`, whether that is resolved, and why."""
-    if best is None:
-        return [f"No finished run to compare on {what}."]
-    if not differences:
-        return [f"Only one setting ({best}): nothing to compare."]
-    if best_is_resolved(differences):
-        head = f"Best on {what}: **{best}**, ahead of every other setting by a resolved difference."
-    else:
-        head = f"Highest mean {what}: {best}, but not resolved against every other setting (see below)."
-    return [head, "", *(f"- {verdict_line(d)}" for d in differences)]
-
-
-def _hashable(value: Any) -> Hashable:
-    if isinstance(value, list):
-        return tuple(_hashable(v) for v in value)
-    if isinstance(value, dict):
-        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
-    return value
-
-
-def by_setting(
-    rows: Iterable[Mapping[str, Any]], keys: Sequence[str], value: Callable[[Mapping[str, Any]], float | None]
-) -> dict[str, list[float]]:
-    """{setting label: the values `value(row)` of its rows}, skipping rows where it gives None."""
-    grouped = group_by(rows, keys)
-    return {
-        setting_label(keys, values): [v for v in (value(row) for row in members) if v is not None]
-        for values, members in grouped.items()
-    }
-
-
-def metric_name(metric: str, stat: str, label: str) -> str:
-    """The MLflow metric of one setting's aggregate, `test_accuracy_mean/optimizer:adam,train.epochs:5`
-    becomes `test_accuracy_mean/optimizer:adam train.epochs:5`: MLflow's UI groups charts by the part before
-    "/", and metric names may not hold "=" or ","."""
-    safe = label.replace("=", ":").replace(",", " ")
-    safe = "".join(c if c.isalnum() or c in "_-. /:" else "_" for c in safe)
-    return f"{metric}_{stat}/{safe}"
-
-
-# The status of a run that counts as a replicate; any other status (FAILED, KILLED, diverged) excludes it.
-USABLE_STATUS = "FINISHED"
-
-
-@dataclass(frozen=True)
-class SettingStats:
-    """One setting's runs: how many count (n), how many were left out and why, and per metric the Summary
-    over the runs that count (a metric no counted run has is absent)."""
-
-    label: str
-    n: int
-    excluded: Mapping[str, int]
-    summaries: Mapping[str, Summary]
-
-
-def summarize_settings(
-    rows: Iterable[Mapping[str, Any]], keys: Sequence[str], metrics: Sequence[str]
-) -> list[SettingStats]:
-    """Group `rows` by `keys` and summarize each group's `metrics` (first-seen order).
-
-    A row counts when its "status" is USABLE_STATUS; the others are counted by status in `excluded`, so a
-    group with one failed seed still reports its other seeds, with n saying how many. A metric value that
-    is None or nan (a diverged or unfinished run) is skipped.
-    """
-    settings = []
-    for values, members in group_by(rows, keys).items():
-        counted = [row for row in members if row.get("status") == USABLE_STATUS]
-        excluded: dict[str, int] = {}
-        for row in members:
-            if row.get("status") != USABLE_STATUS:
-                excluded[str(row.get("status"))] = excluded.get(str(row.get("status")), 0) + 1
-        summaries = {}
-        for metric in metrics:
-            present = [float(row[metric]) for row in counted if is_number(row.get(metric))]
-            if present:
-                summaries[metric] = summarize(present)
-        settings.append(SettingStats(setting_label(keys, values), len(counted), excluded, summaries))
-    return settings
-
-
-def format_excluded(excluded: Mapping[str, int]) -> str:
-    """`1 failed, 1 diverged` (statuses in lower case); empty when nothing was excluded."""
-    return ", ".join(f"{count} {status.lower()}" for status, count in excluded.items() if count)
+    p_value = f"p = {d.p_value:.2g}" if math.isnan(d.p_adjusted) else f"Holm-adjusted p = {d.p_adjusted:.2g}"
+    return f"{head} (95 % CI {interval}), {verdict} with {seeds} (Welch's t-test, {p_value})"
 
 
 def is_number(value: Any) -> bool:
     """A real metric value: an int or float that is not nan (a bool, None or a string is not)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def expected_max(scores: Sequence[float], budget: int) -> float:
+    """The expected best score of `budget` trials drawn at random (with replacement) from the N trials run:
+    Dodge et al. 2019 ("Show your work"), the closed form over the empirical CDF,
+    sum_i v_(i) · ((i/N)^k - ((i-1)/N)^k) over the scores sorted ascending. k = 1 gives the mean; a large k
+    the best score. It says how much tuning a method needs to do well, not only how well it can do."""
+    values = sorted(float(v) for v in scores)
+    n = len(values)
+    if n == 0 or budget < 1:
+        raise ValueError(f"expected_max() needs scores and a budget >= 1 (got {n} scores, budget {budget})")
+    return math.fsum(v * ((i / n) ** budget - ((i - 1) / n) ** budget) for i, v in enumerate(values, start=1))
+
+
+def expected_max_band(
+    scores: Sequence[float], budgets: Sequence[int], resamples: int = 1000, seed: int = 0
+) -> tuple[list[float], list[float]]:
+    """The 95 % percentile-bootstrap band of `expected_max` at each budget: the N trials resampled with
+    replacement `resamples` times (a fixed `seed`: the same band every run), the curve recomputed on each."""
+    import numpy as np
+
+    values = np.asarray([float(v) for v in scores])
+    n = len(values)
+    if n == 0 or resamples < 1:
+        raise ValueError(f"expected_max_band() needs scores and resamples >= 1 (got {n}, {resamples})")
+    samples = np.sort(np.random.default_rng(seed).choice(values, size=(resamples, n), replace=True), axis=1)
+    ranks = np.arange(1, n + 1)
+    low, high = [], []
+    for budget in budgets:
+        curves = samples @ ((ranks / n) ** budget - ((ranks - 1) / n) ** budget)
+        low.append(float(np.quantile(curves, ALPHA / 2)))
+        high.append(float(np.quantile(curves, 1 - ALPHA / 2)))
+    return low, high
+
+
+def performance_profile(costs: Mapping[str, Mapping[str, float]], taus: Sequence[float]) -> dict[str, list[float]]:
+    """Dolan & Moré's (2002) performance profile: for each method, at each τ, the fraction of problems on
+    which its cost is within a factor τ of the best method's cost on that problem.
+
+    `costs[problem][method]`: lower is better (e.g. epochs to reach a target); inf (or absent) means it
+    failed, and a failure is within no factor. A problem no method solved counts as failed for all."""
+    methods = list(dict.fromkeys(method for per_problem in costs.values() for method in per_problem))
+    ratios: dict[str, list[float]] = {method: [] for method in methods}
+    for per_problem in costs.values():
+        best = min((per_problem.get(method, math.inf) for method in methods), default=math.inf)
+        for method in methods:
+            cost = per_problem.get(method, math.inf)
+            if not math.isfinite(cost) or not math.isfinite(best):
+                ratios[method].append(math.inf)
+            else:
+                ratios[method].append(1.0 if cost == best else (cost / best if best > 0 else math.inf))
+    problems = len(costs)
+    return {method: [sum(r <= tau for r in ratios[method]) / problems for tau in taus] for method in methods}

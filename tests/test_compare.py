@@ -52,7 +52,7 @@ def write_seed(
         (run / "run.json").write_text(json.dumps({"run_id": run_id, "run_name": f"{name},seed={seed}"}))
     evaluation = root / "reports" / "eval" / name
     evaluation.mkdir(parents=True, exist_ok=True)
-    metrics_file, confusion_file = evaluation / "metrics.json", evaluation / "confusion.json"
+    metrics_file, confusion_file = evaluation / "scores.json", evaluation / "confusion.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     confusion = json.loads(confusion_file.read_text()) if confusion_file.is_file() else {}
     if test_accuracy is None:
@@ -81,8 +81,8 @@ def run_compare(root: Path, names=("adam", "rmsprop"), seeds=(1, 2, 3)):
 
 
 def test_groups_summaries_and_diverged_seeds_by_hand(project: Path) -> None:
-    groups, _ = run_compare(project)
-    adam, rmsprop = groups
+    comparison, _ = run_compare(project)
+    adam, rmsprop = comparison.settings
     test = adam.summaries["test_accuracy"]
     assert test.n == 3 and test.mean == pytest.approx(0.98) and test.std == pytest.approx(0.01)
     assert test.ci_high - test.mean == pytest.approx(T_975_DF2 * 0.01 / math.sqrt(3))
@@ -111,17 +111,30 @@ def test_reports_hold_the_aggregates_the_verdict_and_every_seed(project: Path) -
     assert [(r["optimizer"], r["seed"], r["status"]) for r in seeds][-1] == ("rmsprop", "3", "diverged")
     assert len(seeds) == 6
 
-    metrics = json.loads((reports / "metrics.json").read_text())
-    assert metrics["adam"]["n"] == 3 and metrics["adam"]["test_accuracy_mean"] == pytest.approx(0.98)
-    assert metrics["adam"]["test_accuracy_std"] == pytest.approx(0.01)
-    assert metrics["rmsprop"]["n"] == 2 and metrics["rmsprop"]["train_seconds_mean"] == pytest.approx(8.5)
+    adam = json.loads((reports / "metrics" / "adam.json").read_text())  # what `dvc metrics show` prints
+    assert adam == {
+        "n": 3,
+        "test_mean": 0.98,
+        "test_std": 0.01,
+        "val_mean": 0.97,
+        "val_std": 0.01,
+        "epochs": 3.0,
+        "seconds": 11.0,
+    }
+    rmsprop = json.loads((reports / "metrics" / "rmsprop.json").read_text())
+    assert rmsprop["n"] == 2 and rmsprop["seconds"] == pytest.approx(8.5)
 
     text = (reports / "comparison.md").read_text()
-    assert "| adam | 3 | 98.00 ± 1.00 |" in text
+    assert "| adam | 0.001 | 3 |  | 98.00 ± 1.00 |" in text  # the learning rate differs: it gets a column
+    assert "| rmsprop | 0.01 | 2 | seed 3 (diverged) | 96.50 ± 0.71 |" in text
+    assert "(Keras' defaults unless edited: adam 0.001, rmsprop 0.01)" in text
+    # rmsprop's best epoch is its last on both counted seeds, adam's on 1 of 3
+    assert "- optimizer=rmsprop: best epoch = last epoch on 2 of 2 seeds" in text and "optimizer=adam: best" not in text
+    assert "`make fair`" in text
     # rmsprop vs adam: -1.5 pp; Welch's t-test on (0.96, 0.97) vs (0.97, 0.98, 0.99)
     assert "- optimizer=rmsprop vs optimizer=adam: -1.50 pp (95 % CI" in text
     assert "not resolved with 2 vs 3 seeds" in text
-    assert "## Per seed" in text and "| rmsprop | 3 |" in text
+    assert "## Per seed" in text and "| rmsprop | 0.01 | 3 | n/a | 10.00 | 1 | 2 | 1 | diverged |" in text
 
     curves = json.loads((reports / "curves.json").read_text())
     assert {(p["optimizer"], p["seed"]) for p in curves} == {
@@ -136,22 +149,14 @@ def test_reports_hold_the_aggregates_the_verdict_and_every_seed(project: Path) -
         assert (reports / image).read_bytes()[:4] == b"\x89PNG"
 
 
-def test_mean_curve_averages_the_seeds_that_reached_each_epoch() -> None:
-    summaries = compare._epoch_summaries([[0.9, 0.95], [0.91, 0.96, 0.97], [0.92, 0.97, 0.98, 0.99]])
-    assert [s.n for s in summaries] == [3, 3, 2, 1]
-    assert summaries[0].mean == pytest.approx(0.91) and summaries[0].std == pytest.approx(0.01)
-    assert summaries[2].mean == pytest.approx(0.975)
-    assert summaries[3].mean == pytest.approx(0.99) and math.isnan(summaries[3].std)
-
-
 def test_one_seed_names_no_winner(project: Path) -> None:
-    groups, lines = run_compare(project, seeds=(1,))
-    assert all(len(g.counted) == 1 for g in groups)
-    assert any("no difference can be resolved" in line for line in lines)
-    assert not any(line.startswith("Best on") for line in lines)
-    metrics = json.loads((project / "reports" / "metrics.json").read_text())
-    assert metrics["adam"]["n"] == 1 and metrics["adam"]["test_accuracy_std"] is None
-    assert "| adam | 1 | 97.00 (n=1) | n/a |" in (project / "reports" / "comparison.md").read_text()
+    comparison, lines = run_compare(project, seeds=(1,))
+    assert all(setting.n == 1 for setting in comparison.settings)
+    assert any("no difference between settings can be resolved" in line for line in lines)
+    assert not any(line.startswith(("Best on", "Highest mean")) for line in lines)
+    metrics = json.loads((project / "reports" / "metrics" / "adam.json").read_text())
+    assert metrics["n"] == 1 and metrics["test_std"] is None
+    assert "| adam | 0.001 | 1 |  | 97.00 (n=1) | n/a |" in (project / "reports" / "comparison.md").read_text()
 
 
 def test_a_resolved_best_is_named(tmp_path: Path) -> None:
@@ -159,26 +164,25 @@ def test_a_resolved_best_is_named(tmp_path: Path) -> None:
         write_seed(tmp_path, "adam", seed, a, [0.97], 5.0)
         write_seed(tmp_path, "adagrad", seed, b, [0.9], 5.0)
     _, lines = run_compare(tmp_path, names=("adam", "adagrad"))
-    assert (
-        lines[0] == "Best on test accuracy: **optimizer=adam**, ahead of every other setting by a resolved difference."
-    )
+    assert "Best on test accuracy: **optimizer=adam**, ahead of every other setting by a resolved difference." in lines
+    assert lines[0].startswith("Compared at each optimizer's learning rate in conf/optimizer/")
 
 
 def test_parent_run_gets_aggregates_children_and_the_best(project: Path, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)
-    experiment_id = client.create_experiment("mnist-optimizers")
+    experiment_id = client.create_experiment("mnist-optimizers", artifact_location=str(tmp_path / "artifacts"))
     ids = {}
     for name in ("adam", "rmsprop"):
         for seed in (1, 2, 3):
             ids[name, seed] = client.create_run(experiment_id, run_name=f"{name},{seed}").info.run_id
             run_json = project / "runs" / name / f"seed{seed}" / "run.json"
             run_json.write_text(json.dumps({"run_id": ids[name, seed]}))
-    groups, _ = run_compare(project)
+    comparison, _ = run_compare(project)
     settings = OmegaConf.create(
         {"tracking_uri": uri, "experiment_name": "mnist-optimizers", "artifact_location": None, "register": False}
     )
-    parent_id = compare.log_to_mlflow(groups, project / "reports", settings)
+    parent_id = compare.log_to_mlflow(comparison, project / "reports", settings)
     parent = client.get_run(parent_id)
     metrics = parent.data.metrics
     assert metrics["test_accuracy_mean/optimizer:adam"] == pytest.approx(0.98)
@@ -191,7 +195,7 @@ def test_parent_run_gets_aggregates_children_and_the_best(project: Path, tmp_pat
         tags = client.get_run(run_id).data.tags
         assert tags["mlflow.parentRunId"] == parent_id and tags["setting"] == f"optimizer={name}"
     artifacts = {a.path for a in client.list_artifacts(parent_id)}
-    assert {"comparison.md", "comparison.csv", "comparison_seeds.csv", "metrics.json", "curves.png"} <= artifacts
+    assert {"comparison.md", "comparison.csv", "comparison_seeds.csv", "metrics", "curves.png"} <= artifacts
 
 
 def test_a_missing_evaluation_says_which_stage_to_run(project: Path) -> None:
@@ -229,7 +233,7 @@ def test_good_seeds_and_a_missing_key(tmp_path: Path) -> None:
 
 
 def result(name: str, **settings: object) -> dict:
-    return {"optimizer": name, "settings": {"optimizer._target_": name, **settings}}
+    return {"optimizer._target_": name, **settings}
 
 
 def test_only_shared_settings_with_different_values_are_shown() -> None:

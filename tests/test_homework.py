@@ -14,15 +14,22 @@ from omegaconf import OmegaConf
 from src import homework
 from src.config import CONFIG_DIR
 from src.data import compose_config
-from src.homework import Seed
+from src.replicates import Replicate
 from tests.conftest import all_runs, run_cli, store_args
 
 T_975_DF2 = 4.302652729911275  # Student's t quantile 0.975 with 2 degrees of freedom (tables)
 T_975_DF3 = 3.182446305284263  # ... 3 degrees of freedom
 
 
-def seeds(optimizer: str, *accuracies: float, status: str = "finished") -> list[Seed]:
-    return [Seed(optimizer, str(i + 1), accuracy, status) for i, accuracy in enumerate(accuracies)]
+def seed(optimizer: str, number: int, accuracy: float | None, status: str = "FINISHED") -> Replicate:
+    """One child run of the sweep as src.homework reads it (src/replicates.py's record)."""
+    return Replicate(
+        f"optimizer={optimizer}", number, status, {"test_accuracy": accuracy}, values={"optimizer": optimizer}
+    )
+
+
+def seeds(optimizer: str, *accuracies: float) -> list[Replicate]:
+    return [seed(optimizer, i + 1, accuracy) for i, accuracy in enumerate(accuracies)]
 
 
 def test_hw3_preset_is_keras_defaults_at_batch_1000_for_198_steps() -> None:
@@ -67,7 +74,7 @@ def test_hw3_sweep_and_report(tmp_path: Path, mnist_dir: Path) -> None:
 def test_centred_seeds_reproduce_by_hand() -> None:
     # mean 0.5177, sample std 0.01: 95 % range of one run = 0.5177 ± 4.3027 · 0.01 · √(4/3) = ± 0.04968
     result = homework.assess("adagrad", 0.5277, seeds("adagrad", 0.5077, 0.5177, 0.5277))
-    assert (result.n, result.excluded) == (3, {})
+    assert (result.n, result.excluded) == (3, "")
     assert result.summary.mean == pytest.approx(0.5177) and result.summary.std == pytest.approx(0.01)
     half_width = T_975_DF2 * 0.01 * math.sqrt(1 + 1 / 3)
     assert half_width == pytest.approx(0.049683, abs=1e-6)
@@ -103,18 +110,18 @@ def test_one_seed_has_no_spread_so_nothing_is_reproduced() -> None:
 def test_failed_and_diverged_seeds_are_left_out_and_counted() -> None:
     runs = [
         *seeds("rmsprop", 0.93, 0.94, 0.935, 0.945),
-        Seed("rmsprop", "5", None, "failed"),
-        Seed("rmsprop", "6", 0.10, "diverged"),  # finished, but tagged diverged=true: its accuracy is not used
+        seed("rmsprop", 5, None, "FAILED"),
+        seed("rmsprop", 6, 0.10, "diverged"),  # finished, but tagged diverged=true: its accuracy is not used
     ]
     result = homework.assess("rmsprop", 0.9349, runs)
-    assert result.n == 4 and result.excluded == {"failed": 1, "diverged": 1}
+    assert result.n == 4 and result.excluded == "seed 5 (failed), seed 6 (diverged)"
     assert result.summary.mean == pytest.approx(0.9375)
     std = math.sqrt((0.0075**2 + 0.0025**2 + 0.0025**2 + 0.0075**2) / 3)
     assert result.summary.std == pytest.approx(std)
     assert result.high - result.summary.mean == pytest.approx(T_975_DF3 * std * math.sqrt(1 + 1 / 4))
     assert result.reproduced
     _, rows = homework.accuracy_rows([result])
-    assert rows[0][1] == "4 (1 diverged, 1 failed left out)"
+    assert rows[0][1] == "4 (left out: seed 5 (failed), seed 6 (diverged))"
     assert rows[0][2:6] == ["93.75 ± 0.65 %", "93.00 … 94.50", "93.49 %", "+0.26 pp"]
 
 
@@ -122,7 +129,7 @@ def test_an_optimizer_without_runs_is_not_run() -> None:
     results = homework.assess_all(seeds("adam", 0.938, 0.939))
     assert [r.optimizer for r in results] == ["adam", "adagrad", "rmsprop"]
     assert [r.reason for r in results[1:]] == ["not run", "not run"]
-    assert homework.assess("adam", 0.9384, [Seed("adam", "1", None, "killed")]).reason == "no seed finished"
+    assert homework.assess("adam", 0.9384, [seed("adam", 1, None, "KILLED")]).reason == "no seed finished"
 
 
 def test_gradient_steps_from_a_childs_params() -> None:
@@ -149,9 +156,9 @@ def test_latest_sweep_keeps_children_of_every_status(tmp_path: Path) -> None:
     found, children = homework.latest_sweep(client, "hw3-q4")
     assert found.info.run_id != running.info.run_id
     assert found.info.run_id == parent.info.run_id
-    by_seed = {s.seed: s for s in map(homework.seed_of, children)}
-    assert by_seed == {
-        "1": Seed("adam", "1", 0.938, "finished"),
-        "2": Seed("adam", "2", None, "failed"),
-        "3": Seed("adam", "3", None, "diverged"),
+    by_seed = {s.seed: s for s in map(homework.replicate_of, children)}
+    assert {number: (s.setting, s.status, s.value("test_accuracy")) for number, s in by_seed.items()} == {
+        1: ("optimizer=adam", "FINISHED", 0.938),
+        2: ("optimizer=adam", "FAILED", None),
+        3: ("optimizer=adam", "diverged", None),  # its NaN accuracy is no value
     }

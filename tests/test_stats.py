@@ -55,7 +55,7 @@ def test_welch_two_by_two_by_hand():
     assert not difference.resolved  # p = 0.168
 
 
-def test_resolved_difference_and_verdict_lines():
+def test_resolved_difference_against_the_best():
     groups = {"optimizer=adagrad": [0.91, 0.912, 0.909], "optimizer=adam": [0.975, 0.974, 0.976]}
     best, differences = stats.compare_to_best(groups)
     assert best == "optimizer=adam"
@@ -63,10 +63,11 @@ def test_resolved_difference_and_verdict_lines():
     assert difference.setting == "optimizer=adagrad" and difference.resolved
     assert difference.ci_high < 0  # resolved <=> the interval excludes 0
     assert stats.best_is_resolved(differences)
-    lines = stats.verdict_lines(best, differences)
-    assert lines[0].startswith("Best on test accuracy: **optimizer=adam**")
-    assert "optimizer=adagrad vs optimizer=adam: -6.47 pp" in lines[2]
-    assert "resolved with 3 seeds" in lines[2] and "not resolved" not in lines[2]
+    line = stats.verdict_line(difference)
+    assert line.startswith("optimizer=adagrad vs optimizer=adam: -6.47 pp")
+    assert "resolved with 3 seeds" in line and "not resolved" not in line
+    assert stats.compare_to_best({"a": [0.2], "b": [0.1]}, higher_is_better=False)[0] == "b"
+    assert stats.compare_to_best({"a": []}) == (None, [])
 
 
 def test_unresolved_best_is_not_crowned():
@@ -75,8 +76,16 @@ def test_unresolved_best_is_not_crowned():
     best, differences = stats.compare_to_best(groups)
     assert best == "optimizer=rmsprop"
     assert not stats.best_is_resolved(differences)
-    assert "not resolved" in stats.verdict_lines(best, differences)[0]
     assert stats.verdict_line(differences[0]).startswith("optimizer=adam vs optimizer=rmsprop: -0.17 pp (95 % CI -")
+
+
+def test_holm_by_hand():
+    # sorted 0.01, 0.03, 0.04 (m = 3): 3 * 0.01 = 0.03; 2 * 0.03 = 0.06; 1 * 0.04 = 0.04 -> raised to 0.06
+    assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert stats.holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert stats.holm([0.02]) == [0.02] and stats.holm([]) == []
+    # both < 0.05 alone, neither after the correction: 2 * 0.03 = 0.06, then max(0.06, 0.04)
+    assert stats.holm([0.03, 0.04]) == pytest.approx([0.06, 0.06])
 
 
 def test_identical_reruns_have_no_spread():
@@ -84,28 +93,14 @@ def test_identical_reruns_have_no_spread():
     assert stats.welch([0.4, 0.4], [0.5, 0.5]).resolved is True
 
 
-def test_grouping_by_setting_skips_the_seed_and_failed_children():
-    rows = [
-        {"optimizer": "adam", "train.seed": 1, "test_accuracy": 0.97},
-        {"optimizer": "adam", "train.seed": 2, "test_accuracy": 0.96},
-        {"optimizer": "sgd", "train.seed": 1, "test_accuracy": 0.90},
-        {"optimizer": "sgd", "train.seed": 2, "test_accuracy": None},  # a failed child: no metric
-    ]
-    keys = stats.setting_keys(["optimizer", "train.seed"])
-    assert keys == ["optimizer"]
-    groups = stats.by_setting(rows, keys, lambda row: row["test_accuracy"])
-    assert groups == {"optimizer=adam": [0.97, 0.96], "optimizer=sgd": [0.90]}
-    assert stats.setting_label([], []) == "all"  # a sweep over seeds alone is one group
-    assert stats.format_mean_std(stats.summarize(groups["optimizer=adam"])) == "96.50 ± 0.71"
-    assert stats.format_mean_std(stats.summarize(groups["optimizer=sgd"])) == "90.00 (n=1)"
-
-
-def test_metric_names_are_valid_mlflow_names():
-    from mlflow.utils.validation import _validate_metric_name
-
-    name = stats.metric_name("test_accuracy", "mean", "optimizer=adam,optimizer.learning_rate=0.01")
-    assert name == "test_accuracy_mean/optimizer:adam optimizer.learning_rate:0.01"
-    _validate_metric_name(name)  # raises MlflowException on a name MLflow rejects
+def test_formatting_of_a_summary_and_an_interval():
+    assert stats.format_mean_std(stats.summarize([0.97, 0.96])) == "96.50 ± 0.71"
+    assert stats.format_mean_std(stats.summarize([0.9])) == "90.00 (n=1)"
+    assert stats.format_interval(0.1, 0.2) == "10.00 … 20.00"
+    assert stats.format_interval(-0.001, 0.002, signed=True) == "-0.10 … +0.20"
+    assert stats.format_interval(math.nan, 0.2) == "n/a"
+    assert stats.is_number(1) and not stats.is_number(True) and not stats.is_number(math.nan)
+    assert not stats.is_number(None) and not stats.is_number("1")
 
 
 def test_seed_problem_is_one_rule_for_sweeps_and_params_yaml():

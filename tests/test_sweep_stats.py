@@ -45,7 +45,8 @@ def make_run(
     return Run(info, RunData(metrics=metrics, params=params, tags=tags))
 
 
-def test_seeds_are_grouped_by_setting_with_hand_computed_statistics() -> None:
+def test_a_seeded_sweeps_summary_files() -> None:
+    # The statistics are tested on replicates in tests/test_replicates.py; here: MLflow runs in, files out.
     runs = [
         make_run(0, "adam", 1, 0.97),
         make_run(1, "adam", 2, 0.96),
@@ -57,63 +58,41 @@ def test_seeds_are_grouped_by_setting_with_hand_computed_statistics() -> None:
     ]
     summary = summarize_sweep(runs, ["optimizer", "train.seed"])
     assert summary.seeded and summary.keys == ["optimizer"]
-    adam, sgd = summary.settings
-    assert (adam.label, adam.n, dict(adam.excluded)) == ("optimizer=adam", 3, {})
-    assert (sgd.label, sgd.n, dict(sgd.excluded)) == ("optimizer=sgd", 2, {"FAILED": 1, "diverged": 1})
-    # adam: mean 0.97, sample std sqrt((0.01^2 + 0 + 0.01^2) / 2) = 0.01, CI 0.97 ± t(2) * 0.01 / sqrt(3)
-    test = adam.summaries["test_accuracy"]
-    assert test.mean == pytest.approx(0.97) and test.std == pytest.approx(0.01)
-    assert test.ci_high == pytest.approx(0.97 + T_975_DF2 * 0.01 / math.sqrt(3))
-    assert sgd.summaries["test_accuracy"].mean == pytest.approx(0.905)
-    assert adam.summaries["best_epoch"].mean == 2.0 and sgd.summaries["best_epoch"].mean == 2.5
-    assert summary.best == "optimizer=adam" and summary.best_values() == [0.97, 0.96, 0.98]
-    assert summary.best_run()["run_id"] == "run2"  # the best setting's seed with the best validation accuracy
-    assert [row["setting"] for row in summary.rows] == ["optimizer=adam"] * 3 + ["optimizer=sgd"] * 4
-
-    metrics = summary.aggregate_metrics()
-    assert metrics["test_accuracy_mean/optimizer:sgd"] == pytest.approx(0.905)
-    assert metrics["test_accuracy_n/optimizer:sgd"] == 2 and metrics["test_accuracy_n/optimizer:adam"] == 3
-    assert metrics["test_accuracy_std/optimizer:adam"] == pytest.approx(0.01)
-    assert metrics["best_epoch_mean/optimizer:adam"] == 2.0
-
-    markdown = summary.markdown("optimizer=adam,sgd train.seed=1,2,3,4")
-    assert "| optimizer=adam | 3 |  | 97.00 ± 1.00 |" in markdown
-    assert "| optimizer=sgd | 2 | 1 failed, 1 diverged | 90.50 ± 0.71 |" in markdown
+    assert summary.comparison.best == "optimizer=adam" and summary.comparison.best_run().run_id == "run2"
+    assert summary.setting_of("run5") == "optimizer=sgd"
+    files = summary.files("optimizer=adam,sgd train.seed=1,2,3,4")
+    assert sorted(files) == ["summary.csv", "summary.md", "summary_runs.csv"]
+    markdown = files["summary.md"]
+    assert "Runs grouped by setting: every swept key but `train.seed` (optimizer)." in markdown
+    assert "| adam | 3 |  | 97.00 ± 1.00 |" in markdown
+    assert "| sgd | 2 | seed 2 (failed), seed 3 (diverged) | 90.50 ± 0.71 |" in markdown
     assert "- optimizer=sgd vs optimizer=adam: -6.50 pp (95 % CI" in markdown
-    assert "Excluded from the statistics and from the best: sgd,2 (failed), sgd,3 (diverged)." in markdown
-    rows = list(csv.DictReader(io.StringIO(summary.settings_csv())))
-    assert [(r["setting"], r["optimizer"], r["n"], r["excluded"]) for r in rows] == [
-        ("optimizer=adam", "adam", "3", ""),
-        ("optimizer=sgd", "sgd", "2", "1 failed, 1 diverged"),
+    assert (
+        "Excluded from the statistics and from the best: optimizer=sgd seed 2 (failed), optimizer=sgd seed 3"
+        in markdown
+    )
+    rows = list(csv.DictReader(io.StringIO(files["summary.csv"])))
+    assert [(r["setting"], r["optimizer"], r["n"]) for r in rows] == [
+        ("optimizer=adam", "adam", "3"),
+        ("optimizer=sgd", "sgd", "2"),
     ]
-    assert float(rows[0]["test_accuracy_std"]) == pytest.approx(0.01)
-    assert len(list(csv.DictReader(io.StringIO(summary.runs_csv())))) == 7
+    assert len(list(csv.DictReader(io.StringIO(files["summary_runs.csv"])))) == 7
 
 
-def test_without_seeds_every_run_is_a_setting_and_no_winner_is_named() -> None:
-    runs = [
-        make_run(0, "adam", 1, 0.975, val=0.970),
-        make_run(1, "rmsprop", 1, 0.974, val=0.980),
-        make_run(2, "sgd", 1, None, "FAILED"),
-    ]
+def test_a_sweep_without_seeds_lists_its_runs() -> None:
+    runs = [make_run(0, "adam", 1, 0.975, val=0.970), make_run(1, "rmsprop", 1, 0.974, val=0.980)]
     summary = summarize_sweep(runs, ["optimizer"])
-    assert not summary.seeded and not summary.best_resolved
-    # no setting is best with n = 1: the run kept is the one the sweep maximizes, best validation accuracy
-    assert summary.best_run()["run_id"] == "run1" and summary.best_values() == [0.974]
-    (line,) = summary.verdict_lines()
-    assert line.startswith("Highest best validation accuracy: rmsprop,1 (98.00 %, test accuracy 97.40 %).")
-    assert "With one run per setting (n = 1) no difference between settings can be resolved, so it is not" in line
-    markdown = summary.markdown("optimizer=adam,rmsprop,sgd")
-    assert "| setting | n |" not in markdown  # one row per run, as before
-    assert "| adam,1 | FINISHED | adam | 0.9750 |" in markdown
-    assert "test_accuracy_std/optimizer:adam" not in summary.aggregate_metrics()  # no nan metrics
-
-
-def test_a_sweep_over_seeds_alone_is_one_group() -> None:
-    summary = summarize_sweep([make_run(i, "adam", i, 0.9 + i / 100) for i in (1, 2, 3)], ["train.seed"])
-    (setting,) = summary.settings
-    assert (setting.label, setting.n) == ("all", 3)
-    assert summary.verdict_lines() == ["Only one setting (all): nothing to compare."]
+    assert not summary.seeded and summary.comparison.best_run().run_id == "run1"
+    files = summary.files("optimizer=adam,rmsprop")
+    assert sorted(files) == ["summary.csv", "summary.md"]
+    assert "| optimizer | n |" not in files["summary.md"]  # one row per run, no settings table
+    assert "| adam | 1 | 97.50 | 97.00 | 1 | n/a | n/a | FINISHED | run0 |" in files["summary.md"]
+    assert "Highest best validation accuracy: rmsprop,1 (98.00 %" in files["summary.md"]
+    rows = list(csv.DictReader(io.StringIO(files["summary.csv"])))
+    assert [(r["optimizer"], r["status"], r["test_accuracy"]) for r in rows] == [
+        ("adam", "FINISHED", "0.975"),
+        ("rmsprop", "FINISHED", "0.974"),
+    ]
 
 
 # ---- real sweeps ----------------------------------------------------------------------------------------
@@ -165,7 +144,7 @@ def test_done_when_sweep_prints_the_grouped_summary_and_verdict(seed_sweep) -> N
     out = result.stdout
     assert "Runs grouped by setting: every swept key but `train.seed` (optimizer)." in out
     for optimizer in ("adam", "rmsprop"):
-        line = next(line for line in out.splitlines() if line.startswith(f"| optimizer={optimizer} | 3 |"))
+        line = next(line for line in out.splitlines() if line.startswith(f"| {optimizer} | 3 |"))
         assert " ± " in line and " … " in line  # mean ± std, CI
     assert "## Verdict (test accuracy, each setting against the best)" in out
     assert "with 3 seeds (Welch's t-test, p = " in out
@@ -215,7 +194,7 @@ def test_summary_files_hold_settings_and_seeds(seed_sweep) -> None:
     settings = list(csv.DictReader(io.StringIO(Path(local).read_text())))
     assert [(row["optimizer"], row["n"]) for row in settings] == [("adam", "3"), ("rmsprop", "3")]
     runs = list(csv.DictReader(io.StringIO((folder / "multirun" / "summary_runs.csv").read_text())))
-    assert sorted((row["setting"], row["train.seed"]) for row in runs) == [
+    assert sorted((row["setting"], row["seed"]) for row in runs) == [
         (f"optimizer={optimizer}", str(seed)) for optimizer in ("adam", "rmsprop") for seed in (1, 2, 3)
     ]
 
@@ -247,9 +226,10 @@ def test_a_failed_and_a_diverged_seed_are_excluded_and_the_others_reported(
     counted = [c.data.metrics["test_accuracy"] for c in children[4:] if c.info.run_id != diverged.info.run_id]
     assert metrics["test_accuracy_mean/optimizer:rmsprop"] == pytest.approx(sum(counted) / 3, abs=1e-12)
     assert parent.data.tags["best_child_run_id"] not in (diverged.info.run_id, children[3].info.run_id)
-    assert "| optimizer=adam | 3 | 1 failed |" in result.stdout
-    assert "| optimizer=rmsprop | 3 | 1 diverged |" in result.stdout
-    assert f"{diverged.info.run_name} (diverged)" in result.stdout
+    diverged_seed = diverged.data.params["train.seed"]
+    assert "| adam | 3 | seed 4 (failed) |" in result.stdout
+    assert f"| rmsprop | 3 | seed {diverged_seed} (diverged) |" in result.stdout
+    assert f"optimizer=rmsprop seed {diverged_seed} (diverged)" in result.stdout
 
 
 @pytest.mark.slow

@@ -31,7 +31,6 @@ from src.tracking.job import (
     resumable_run_id,
 )
 from src.tracking.store import check_reachable, mask_uri, masked_config, sqlite_path, use_experiment
-from src.tracking.summary import summary_rows
 from src.tracking.sweep import MlflowSweepCallback, close_open_sweep, validate_sweep
 
 __all__ = [
@@ -54,7 +53,6 @@ __all__ = [
     "override_key",
     "resumable_run_id",
     "sqlite_path",
-    "summary_rows",
     "use_experiment",
     "validate_sweep",
 ]

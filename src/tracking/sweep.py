@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from src.config import validate
 from src.errors import ConfigError, exit_on_user_error
 from src.files import write_text_atomic
+from src.replicates import log_aggregates
 from src.stats import SEED_KEY, seed_problem
 from src.tracking.job import SWEEP_ENV, override_key, ship_to_jobs
 from src.tracking.links import children_url
@@ -165,44 +166,37 @@ class MlflowSweepCallback(Callback):
     def _report(self, client: Any, parent_run_id: str, children: list[Any], summary: SweepSummary) -> None:
         """Tag each child with its setting (adopted runs of an earlier sweep too: the label depends on what
         this sweep varies), log the summary files and aggregates to the parent, name the best, print it."""
-        from mlflow.entities import Metric
-
-        for child, row in zip(children, summary.rows, strict=True):
-            if child.data.tags.get(SETTING_TAG) != row["setting"]:
-                client.set_tag(child.info.run_id, SETTING_TAG, row["setting"])
-        files = {"summary.md": summary.markdown(self.run_name)}
-        if summary.seeded:
-            files.update({"summary.csv": summary.settings_csv(), "summary_runs.csv": summary.runs_csv()})
-        else:
-            files["summary.csv"] = summary.runs_csv()
+        for child in children:
+            setting = summary.setting_of(child.info.run_id)
+            if child.data.tags.get(SETTING_TAG) != setting:
+                client.set_tag(child.info.run_id, SETTING_TAG, setting)
+        files = summary.files(self.run_name)
         for name, text in files.items():
             client.log_text(parent_run_id, text, name)
             if self.sweep_dir is not None and self.sweep_dir.is_dir():
                 write_text_atomic(self.sweep_dir / name, text)
-        aggregates = [Metric(key, value, 0, 0) for key, value in summary.aggregate_metrics().items()]
-        for start in range(0, len(aggregates), 1000):  # MLflow takes at most 1000 metrics per batch
-            client.log_batch(parent_run_id, metrics=aggregates[start : start + 1000])
-        best = summary.best_run()
-        client.set_tag(parent_run_id, "best_resolved", str(summary.best_resolved).lower())
+        log_aggregates(client, parent_run_id, summary.comparison)
+        best = summary.comparison.best_run()
+        client.set_tag(parent_run_id, "best_resolved", str(summary.comparison.best_resolved).lower())
         if best is not None:
-            client.set_tag(parent_run_id, "best_setting", best["setting"])
-            client.set_tag(parent_run_id, "best_child_run_id", best["run_id"])
-            client.set_tag(parent_run_id, "best_child_run_name", best["run"])
-            if best.get("best_val_accuracy") is not None:
-                client.log_metric(parent_run_id, "best_val_accuracy", best["best_val_accuracy"])
+            client.set_tag(parent_run_id, "best_setting", best.setting)
+            client.set_tag(parent_run_id, "best_child_run_id", best.run_id)
+            client.set_tag(parent_run_id, "best_child_run_name", best.name)
+            if best.value("best_val_accuracy") is not None:
+                client.log_metric(parent_run_id, "best_val_accuracy", best.value("best_val_accuracy"))
         where = f" and in {self.sweep_dir}" if self.sweep_dir is not None else ""
         print(f"\nSweep summary (also in the parent run's summary.md{where}):\n\n" + files["summary.md"])
 
     def _register(self, summary: SweepSummary, status: str) -> None:
         """mlflow.register=true: register the best setting's best seed (src/registry.py decides whether it
         becomes the champion); a sweep with a failed job registers nothing."""
-        best = summary.best_run()
+        best = summary.comparison.best_run()
         if status != "FINISHED" or best is None:
-            print(f"Model registry: nothing registered (sweep {status.lower()}, best run: {best and best['run']})")
+            print(f"Model registry: nothing registered (sweep {status.lower()}, best run: {best and best.name})")
             return
         from src.registry import register_best
 
-        message = register_best(best["run_id"], summary.best_values(), self.registered_model_name)
+        message = register_best(best.run_id, summary.comparison.best_values(), self.registered_model_name)
         if message:
             print(message)
 

@@ -1,0 +1,327 @@
+"""Runs as replicates of settings: the one place that says which runs count, groups them by setting,
+compares the settings and turns the result into tables, CSV, MLflow metrics and mean ± std curves.
+
+The sweep summary (src/tracking/summary.py), the DVC comparison (src/compare.py), the homework report
+(src/homework.py) and the fair protocol read their runs into `Replicate` records and call this module;
+src/stats.py does the numbers. The rules, once:
+- a run *counts* when it ended FINISHED, did not diverge, and has a finite value of the compared metric;
+  every other run is listed with the reason (`seed 3 (diverged)`) and counted in no statistic;
+- settings are compared on the mean of the compared metric (test accuracy), each against the best, by
+  Welch's t-test, optionally Holm-corrected over those pairs; the run to keep is the best setting's run
+  with the highest best validation accuracy (runs are chosen on validation data, settings judged on test);
+Its rows for markdown and CSV are in src/replicate_tables.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from src import stats
+
+FINISHED, DIVERGED = "FINISHED", "diverged"
+RUN_METRICS = ("test_accuracy", "best_val_accuracy", "best_epoch", "stopped_epoch", "train_seconds")
+SPREAD_METRICS = ("test_accuracy", "best_val_accuracy")  # summarized as mean ± std and 95 % CI
+MEAN_METRICS = ("best_epoch", "stopped_epoch", "train_seconds")  # summarized by their mean
+VERDICT_METRIC = "test_accuracy"  # settings are compared on it
+SELECT_METRIC = "best_val_accuracy"  # the run to keep is chosen on it
+HOLM = "holm"
+MORE_SEEDS = "`train.seed=1,2,3` in a sweep, `seeds: [1, 2, 3]` in params.yaml"
+
+
+@dataclass(frozen=True)
+class Replicate:
+    """One run of one setting. `status`: MLflow's (FINISHED, FAILED, KILLED) or `diverged` for a run that
+    finished with a NaN or exploding loss. `values`: the setting's keys and values (the tables' columns)."""
+
+    setting: str
+    seed: int | None
+    status: str
+    metrics: Mapping[str, float | None]
+    run_id: str = ""
+    name: str = ""
+    values: Mapping[str, Any] = field(default_factory=dict)
+    history: Mapping[str, Sequence[float]] | None = None  # per-epoch metrics, e.g. {"val_accuracy": [...]}
+
+    @property
+    def label(self) -> str:
+        """`seed 3`, or the run's name when it has no seed."""
+        return f"seed {self.seed}" if self.seed is not None else (self.name or self.run_id)
+
+    def value(self, metric: str) -> float | None:
+        found = self.metrics.get(metric)
+        return float(found) if stats.is_number(found) else None
+
+
+def excluded_because(replicate: Replicate, metric: str = VERDICT_METRIC) -> str | None:
+    """Why the run counts in no statistic (`failed`, `diverged`, `no test accuracy`), or None: THE rule."""
+    if replicate.status != FINISHED:
+        return replicate.status.lower()
+    if replicate.value(metric) is None or not math.isfinite(replicate.value(metric)):  # type: ignore[arg-type]
+        return f"no {metric.replace('_', ' ')}"
+    return None
+
+
+def excluded_text(replicates: Iterable[Replicate], metric: str = VERDICT_METRIC, with_setting: bool = False) -> str:
+    """`seed 2 (failed), seed 3 (diverged)`: the runs left out and why; empty when none is."""
+    parts = []
+    for replicate in replicates:
+        why = excluded_because(replicate, metric)
+        if why is not None:
+            where = f"{replicate.setting} " if with_setting and replicate.seed is not None else ""
+            parts.append(f"{where}{replicate.label} ({why})")
+    return ", ".join(parts)
+
+
+def setting_label(keys: Sequence[str], values: Sequence[Any]) -> str:
+    """`optimizer=adam,train.batch_size=64`: a setting's name; `all` when only the seed varied."""
+    return ",".join(f"{key}={value}" for key, value in zip(keys, values, strict=True)) or "all"
+
+
+def metric_name(metric: str, stat: str, label: str) -> str:
+    """The MLflow metric of one setting's aggregate: `test_accuracy_mean/optimizer:adam train.epochs:5`.
+    MLflow's UI groups charts by the part before "/", and metric names may not hold "=" or ","."""
+    safe = label.replace("=", ":").replace(",", " ")
+    safe = "".join(c if c.isalnum() or c in "_-. /:" else "_" for c in safe)
+    return f"{metric}_{stat}/{safe}"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """The replicates of one setting; `counted` are the ones the rule lets into the statistics."""
+
+    label: str
+    replicates: tuple[Replicate, ...]
+    metric: str = VERDICT_METRIC
+
+    @property
+    def counted(self) -> list[Replicate]:
+        return [r for r in self.replicates if excluded_because(r, self.metric) is None]
+
+    @property
+    def n(self) -> int:
+        return len(self.counted)
+
+    @property
+    def values(self) -> Mapping[str, Any]:
+        return self.replicates[0].values
+
+    @property
+    def excluded(self) -> str:
+        return excluded_text(self.replicates, self.metric)
+
+    def values_of(self, metric: str) -> list[float]:
+        """The counted runs' values of `metric` (runs without it skipped)."""
+        return [value for r in self.counted if (value := r.value(metric)) is not None]
+
+    @cached_property
+    def summaries(self) -> dict[str, stats.Summary]:
+        """Per metric the Summary over the counted runs; a metric no counted run has is absent."""
+        metrics = dict.fromkeys(key for r in self.counted for key in r.metrics)
+        return {m: stats.summarize(values) for m in metrics if (values := self.values_of(m))}
+
+    @property
+    def still_improving(self) -> bool:
+        """Its best epoch was its last epoch on most counted seeds: training stopped while it still improved."""
+        pairs = [(r.value("best_epoch"), r.value("stopped_epoch")) for r in self.counted]
+        pairs = [(best, last) for best, last in pairs if best is not None and last is not None]
+        return bool(pairs) and 2 * sum(best >= last for best, last in pairs) > len(pairs)
+
+    def bands(self, metric: str) -> list[stats.Summary]:
+        """Mean ± std per epoch of `metric` over the counted runs' histories."""
+        return epoch_bands([r.history[metric] for r in self.counted if r.history and metric in r.history])
+
+
+def group(replicates: Iterable[Replicate], metric: str = VERDICT_METRIC) -> list[Setting]:
+    """The replicates grouped by setting, in first-seen order."""
+    members: dict[str, list[Replicate]] = {}
+    for replicate in replicates:
+        members.setdefault(replicate.setting, []).append(replicate)
+    return [Setting(label, tuple(runs), metric) for label, runs in members.items()]
+
+
+def epoch_bands(histories: Sequence[Sequence[float]]) -> list[stats.Summary]:
+    """Per epoch, the Summary over the runs that reached it (EarlyStopping ends runs at different epochs)."""
+    longest = max((len(history) for history in histories), default=0)
+    return [stats.summarize([h[epoch] for h in histories if len(h) > epoch]) for epoch in range(longest)]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Settings compared on `metric`: the best one and each other's Difference to it.
+
+    `replicated`: some setting has more than one run. Without replicates no setting is named best; the run
+    to keep is the one with the highest SELECT_METRIC (what a sweeper maximizes)."""
+
+    settings: list[Setting]
+    best: str | None
+    differences: list[stats.Difference]
+    metric: str = VERDICT_METRIC
+    correction: str | None = None
+    replicated: bool = True
+
+    @property
+    def best_resolved(self) -> bool:
+        return stats.best_is_resolved(self.differences)
+
+    def setting(self, label: str | None) -> Setting | None:
+        return next((s for s in self.settings if s.label == label), None)
+
+    @property
+    def replicates(self) -> list[Replicate]:
+        return [r for s in self.settings for r in s.replicates]
+
+    def best_run(self) -> Replicate | None:
+        """The run to keep: the best setting's counted run with the highest best validation accuracy."""
+        if self.replicated:
+            best = self.setting(self.best)
+            candidates = best.counted if best else []
+        else:
+            candidates = [r for s in self.settings for r in s.counted]
+        if not candidates:
+            return None
+        return max(candidates, key=lambda r: _or_lowest(r.value(SELECT_METRIC)))
+
+    def best_values(self) -> list[float]:
+        """The compared metric's values of the best run's setting (what the model registry records)."""
+        run = self.best_run()
+        return self.setting(run.setting).values_of(self.metric) if run else []  # type: ignore[union-attr]
+
+    def still_improving(self) -> list[Setting]:
+        return [s for s in self.settings if s.still_improving]
+
+    def verdict_lines(self) -> list[str]:
+        """The verdict block: the best setting, whether that is resolved, one line per other setting."""
+        what = self.metric.replace("_", " ")
+        if not self.replicated:
+            return self._unreplicated_lines(what)
+        if self.best is None:
+            return [f"No finished run to compare on {what}."]
+        if not self.differences:
+            return [f"Only one setting ({self.best}): nothing to compare."]
+        if self.best_resolved:
+            head = f"Best on {what}: **{self.best}**, ahead of every other setting by a resolved difference."
+        else:
+            head = f"Highest mean {what}: {self.best}, but not resolved against every other setting (see below)."
+        lines = [head, "", *(f"- {stats.verdict_line(d)}" for d in self.differences)]
+        if self.correction == HOLM:
+            lines += ["", f"p-values Holm-adjusted over the {len(self.differences)} comparisons with the best."]
+        return lines
+
+    def _unreplicated_lines(self, what: str) -> list[str]:
+        best = self.best_run()
+        if best is None:
+            return [f"No finished run to compare on {what}."]
+        name = best.name or best.setting
+        head = f"Highest best validation accuracy: {name} ({_percent(best.value(SELECT_METRIC))} %"
+        head += f", {what} {_percent(best.value(self.metric))} %)."
+        if len(self.settings) < 2:
+            return [head]
+        return [
+            f"{head} With one run per setting (n = 1) no difference between settings can be resolved, so it is"
+            f" not a winner: run more seeds ({MORE_SEEDS}) to compare settings."
+        ]
+
+    def improving_lines(self) -> list[str]:
+        """One line per setting that was still improving when training stopped (empty when none was)."""
+        return [
+            f"- {s.label}: best epoch = last epoch on {sum(_at_last_epoch(r) for r in s.counted)} of {s.n}"
+            " seeds: still improving when training stopped (more epochs or a larger learning rate may change"
+            " its rank)."
+            for s in self.still_improving()
+        ]
+
+
+def compare(
+    replicates: Iterable[Replicate],
+    metric: str = VERDICT_METRIC,
+    correction: str | None = None,
+    replicated: bool | None = None,
+) -> Comparison:
+    """Group and compare. `correction="holm"` adjusts the p-values of the pairs against the best for
+    multiple comparisons (a pair is resolved when its adjusted p < 0.05). `replicated` defaults to whether
+    some setting has more than one counted run."""
+    if correction not in (None, HOLM):
+        raise ValueError(f"correction={correction!r}: allowed are None and {HOLM!r}")
+    settings = group(replicates, metric)
+    best, differences = stats.compare_to_best({s.label: s.values_of(metric) for s in settings})
+    if correction == HOLM:
+        differences = _holm(differences)
+    if replicated is None:
+        replicated = any(s.n > 1 for s in settings)
+    return Comparison(settings, best, differences, metric, correction, replicated)
+
+
+def _holm(differences: list[stats.Difference]) -> list[stats.Difference]:
+    tested = [i for i, d in enumerate(differences) if not math.isnan(d.p_value)]
+    adjusted = stats.holm([differences[i].p_value for i in tested])
+    result = list(differences)
+    for i, p_value in zip(tested, adjusted, strict=True):
+        result[i] = dataclasses.replace(result[i], p_adjusted=p_value, resolved=p_value < stats.ALPHA)
+    return result
+
+
+def _at_last_epoch(replicate: Replicate) -> bool:
+    best, last = replicate.value("best_epoch"), replicate.value("stopped_epoch")
+    return best is not None and last is not None and best >= last
+
+
+def _or_lowest(value: float | None) -> float:
+    return value if value is not None else -math.inf
+
+
+def _percent(value: float | None) -> str:
+    return f"{value * 100:.2f}" if value is not None else "n/a"
+
+
+def aggregate_metrics(comparison: Comparison) -> dict[str, float]:
+    """The per-setting metrics of a parent run, for MlflowClient.log_batch: `<metric>_mean/<label>` and
+    `_n`, plus `_std`, `_ci_low`, `_ci_high` where n >= 2 (MLflow gets no nan), and MEAN_METRICS' means."""
+    metrics: dict[str, float] = {}
+    for setting in comparison.settings:
+        for metric in SPREAD_METRICS:
+            s = setting.summaries.get(metric)
+            if s is None:
+                continue
+            metrics[metric_name(metric, "mean", setting.label)] = s.mean
+            metrics[metric_name(metric, "n", setting.label)] = float(s.n)
+            if s.n >= 2:
+                for stat in ("std", "ci_low", "ci_high"):
+                    metrics[metric_name(metric, stat, setting.label)] = getattr(s, stat)
+        for metric in MEAN_METRICS:
+            if metric in setting.summaries:
+                metrics[metric_name(metric, "mean", setting.label)] = setting.summaries[metric].mean
+    return metrics
+
+
+def log_aggregates(client: Any, run_id: str, comparison: Comparison) -> None:
+    """Log aggregate_metrics to `run_id` in batches (MLflow takes at most 1000 metrics per call)."""
+    from mlflow.entities import Metric
+
+    metrics = [Metric(key, value, 0, 0) for key, value in aggregate_metrics(comparison).items()]
+    for start in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
+
+
+def from_mlflow_run(run: Any, keys: Sequence[str], seed_key: str = stats.SEED_KEY, tag_prefix: str = "") -> Replicate:
+    """A finished or failed MLflow Run as a Replicate of the setting its `keys` define. A key's value is
+    its param, else its tag `<tag_prefix><key>` (keys that do not shape training are logged as tags)."""
+    params, tags = run.data.params, run.data.tags
+    values = {key: params.get(key, tags.get(f"{tag_prefix}{key}", "")) for key in keys}
+    status = run.info.status
+    if status == FINISHED and tags.get("diverged") == "true":
+        status = DIVERGED
+    seed = params.get(seed_key)
+    return Replicate(
+        setting=setting_label(list(keys), list(values.values())),
+        seed=int(seed) if seed is not None and str(seed).lstrip("-").isdigit() else None,
+        status=status,
+        metrics={name: run.data.metrics.get(name) for name in RUN_METRICS} | dict(run.data.metrics),
+        run_id=run.info.run_id,
+        name=run.info.run_name or "",
+        values=values,
+    )
