@@ -1,7 +1,7 @@
 """Every matplotlib figure of the project: data in, a PNG out, nothing else.
 
 One colour per optimizer everywhere (these PNGs and the offline DVC plots, .dvc/plots/*.json): the
-fixed order OPTIMIZER_ORDER picks from matplotlib's tab10. Figures are at most PAGE_WIDTH inches wide
+fixed mapping OPTIMIZER_COLOURS. Figures are at most PAGE_WIDTH inches wide
 (about 1100 px at 110 dpi), so a report page or `make plots`' page shows them without cutting them off.
 """
 
@@ -15,20 +15,26 @@ from typing import Any
 from src.files import save_figure_atomic
 from src.stats import Summary
 
-# tab10's colours in order; the first ten optimizers of OPTIMIZER_ORDER get one each, in this order.
-TAB10 = (
-    "#1f77b4",
-    "#ff7f0e",
-    "#2ca02c",
-    "#d62728",
-    "#9467bd",
-    "#8c564b",
-    "#e377c2",
-    "#7f7f7f",
-    "#bcbd22",
-    "#17becf",
-)
-OPTIMIZER_ORDER = ("adam", "adagrad", "rmsprop", "sgd", "momentum", "nesterov", "adamw", "nadam", "adadelta", "lion")
+# One colour per optimizer of conf/optimizer/: matplotlib's tab10 for the first ten, then tab20's light
+# shades. .dvc/plots/*.json repeat this mapping as a vega-lite colour scale (tests/test_plots.py checks it).
+OPTIMIZER_COLOURS = {
+    "adam": "#1f77b4",
+    "adagrad": "#ff7f0e",
+    "rmsprop": "#2ca02c",
+    "sgd": "#d62728",
+    "momentum": "#9467bd",
+    "nesterov": "#8c564b",
+    "adamw": "#e377c2",
+    "nadam": "#7f7f7f",
+    "adadelta": "#bcbd22",
+    "lion": "#17becf",
+    "adamax": "#aec7e8",
+    "ftrl": "#ffbb78",
+    "lamb": "#98df8a",
+    "muon": "#ff9896",
+    "adafactor": "#c5b0d5",
+    "schedule_free_adamw": "#c49c94",
+}
 OTHER_COLOUR = "#555555"
 PAGE_WIDTH = 10.0  # inches
 
@@ -37,9 +43,7 @@ def optimizer_colour(name: str) -> str:
     """The colour of an optimizer (`adam`, or a setting label `optimizer=adam,...`) in every picture."""
     if "optimizer=" in name:
         name = name.split("optimizer=", 1)[1].split(",", 1)[0]
-    if name in OPTIMIZER_ORDER:
-        return TAB10[OPTIMIZER_ORDER.index(name)]
-    return OTHER_COLOUR
+    return OPTIMIZER_COLOURS.get(name, OTHER_COLOUR)
 
 
 @dataclass
@@ -140,5 +144,98 @@ def confusion_grid(matrices: Sequence[tuple[str, Any]], path: Path, columns: int
             draw_confusion(counts, title, cell_axes)
         else:
             cell_axes.axis("off")
+    save_figure_atomic(figure, path, dpi=110)
+    pyplot.close(figure)
+
+
+@dataclass
+class LrCurve:
+    """One optimizer's tuning trials: final validation accuracy per learning rate (None: diverged)."""
+
+    optimizer: str
+    learning_rates: Sequence[float]
+    values: Sequence[float | None]
+    default_lr: float
+    best_lr: float | None
+
+
+def lr_sensitivity(panels: Sequence[tuple[str, Sequence[LrCurve]]], path: Path) -> None:
+    """Final validation accuracy against learning rate (log x), one line per optimizer, one panel per
+    workload: a hollow square marks Keras' default learning rate, a star the tuned one, an x at the bottom
+    a trial that diverged."""
+    pyplot = _pyplot()
+    figure, axes_row = pyplot.subplots(
+        1, len(panels), figsize=(min(PAGE_WIDTH, 5.5 * len(panels)), 4.2), squeeze=False, layout="constrained"
+    )
+    for (title, curves), axes in zip(panels, axes_row[0], strict=True):
+        for curve in curves:
+            colour = optimizer_colour(curve.optimizer)
+            points = [(lr, v) for lr, v in zip(curve.learning_rates, curve.values, strict=True) if v is not None]
+            axes.plot(*zip(*points, strict=True), marker="o", markersize=3, color=colour, label=curve.optimizer)
+            failed = [lr for lr, v in zip(curve.learning_rates, curve.values, strict=True) if v is None]
+            axes.plot(failed, [0.0] * len(failed), "x", color=colour, markersize=7)
+            marks = dict(points)
+            if curve.default_lr in marks:
+                axes.plot(curve.default_lr, marks[curve.default_lr], "s", mfc="none", mec=colour, markersize=10)
+            if curve.best_lr in marks:
+                axes.plot(curve.best_lr, marks[curve.best_lr], "*", color=colour, markersize=13)
+        axes.set_xscale("log")
+        axes.set_ylim(-0.03, 1.0)
+        axes.set_title(title, fontsize=10)
+        axes.set_xlabel("learning rate (log scale)")
+        axes.set_ylabel("final validation accuracy")
+        axes.grid(alpha=0.3, which="both")
+        axes.legend(title="□ Keras default, ★ tuned, x diverged", title_fontsize=8, fontsize=8, loc="lower left")
+    save_figure_atomic(figure, path, dpi=110)
+    pyplot.close(figure)
+
+
+@dataclass
+class BudgetCurve:
+    """Expected best validation accuracy of k tuning trials (k = budgets) with its bootstrap band."""
+
+    optimizer: str
+    budgets: Sequence[int]
+    expected: Sequence[float]
+    low: Sequence[float]
+    high: Sequence[float]
+
+
+def budget_curves(panels: Sequence[tuple[str, Sequence[BudgetCurve]]], path: Path) -> None:
+    """Expected best validation accuracy against the number of tuning trials, one line and 95 % band per
+    optimizer, one panel per workload (Dodge et al. 2019)."""
+    from matplotlib.ticker import MaxNLocator
+
+    pyplot = _pyplot()
+    figure, axes_row = pyplot.subplots(
+        1, len(panels), figsize=(min(PAGE_WIDTH, 5.5 * len(panels)), 4.2), squeeze=False, layout="constrained"
+    )
+    for (title, curves), axes in zip(panels, axes_row[0], strict=True):
+        for curve in curves:
+            colour = optimizer_colour(curve.optimizer)
+            axes.plot(curve.budgets, curve.expected, marker="o", markersize=3, color=colour, label=curve.optimizer)
+            axes.fill_between(curve.budgets, curve.low, curve.high, color=colour, alpha=0.15, linewidth=0)
+        axes.set_title(title, fontsize=10)
+        axes.set_xlabel("tuning budget: learning rates tried (k)")
+        axes.set_ylabel("expected best validation accuracy")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.grid(alpha=0.3)
+        axes.legend(title="optimizer (band: 95 % bootstrap)", title_fontsize=8, fontsize=8, loc="lower right")
+    save_figure_atomic(figure, path, dpi=110)
+    pyplot.close(figure)
+
+
+def performance_profile(taus: Sequence[float], fractions: dict[str, Sequence[float]], title: str, path: Path) -> None:
+    """Dolan-Moré profile: per optimizer, the fraction of workloads within a factor τ of the best."""
+    pyplot = _pyplot()
+    figure, axes = pyplot.subplots(figsize=(6.5, 4.2), layout="constrained")
+    for optimizer, values in fractions.items():
+        axes.step(taus, values, where="post", color=optimizer_colour(optimizer), label=optimizer)
+    axes.set_ylim(-0.03, 1.03)
+    axes.set_xlabel("τ: within this factor of the best optimizer's epochs to target")
+    axes.set_ylabel("fraction of workloads")
+    axes.set_title(title, fontsize=10)
+    axes.grid(alpha=0.3)
+    axes.legend(title="optimizer", fontsize=8)
     save_figure_atomic(figure, path, dpi=110)
     pyplot.close(figure)
