@@ -2,7 +2,7 @@
 
 Two of Keras' callbacks are subclassed, keeping their parameters, because a crash must never leave a
 half-written file that a later run accepts:
-- `ModelCheckpoint` saves to a temp file and renames it (Keras writes in place);
+- `ModelCheckpoint` saves through `src.files.write_atomic` (Keras writes in place);
 - `BackupAndRestore` commits each backup with one atomic rename of its metadata, keeps the logs of every
   completed epoch (a resumed run knows its whole history) and restores the state of EarlyStopping and
   ModelCheckpoint from them (Keras resets both, so a resumed run would forget its best epoch).
@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from src import update_rules
-from src.files import write_text_atomic
+from src.files import write_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -144,23 +143,22 @@ class StopOnDivergence(keras.callbacks.Callback):
 
 
 class ModelCheckpoint(keras.callbacks.ModelCheckpoint):
-    """keras.callbacks.ModelCheckpoint that writes a temp file and renames it over the checkpoint."""
+    """keras.callbacks.ModelCheckpoint whose saves go through `write_atomic` (Keras writes in place)."""
 
     def _save_model(self, epoch: int, batch: int | None, logs: dict | None) -> None:
         self._final_path = Path(super()._get_file_path(epoch, batch, logs))
-        temp = self._temp_path()
-        temp.unlink(missing_ok=True)  # left by a crash: must not be mistaken for this epoch's save
-        super()._save_model(epoch, batch, logs)  # saves to _get_file_path(), i.e. the temp file
-        if temp.exists():
-            os.replace(temp, self._final_path)
+
+        def save(temp: Path) -> None:  # Keras saves nothing if the monitored value did not improve
+            self._temp_path = temp
+            super(ModelCheckpoint, self)._save_model(epoch, batch, logs)
+
+        write_atomic(self._final_path, save)
 
     def _get_file_path(self, epoch: int, batch: int | None, logs: dict | None) -> str:
-        return str(self._temp_path())
+        return str(self._temp_path)  # what Keras' _save_model saves to
 
-    def _temp_path(self) -> Path:
-        # Keras picks the format from the suffix, so the temp name keeps it (.keras or .weights.h5)
-        suffix = ".weights.h5" if self._final_path.name.endswith(".weights.h5") else self._final_path.suffix
-        return self._final_path.with_name(f".tmp-{self._final_path.name.removesuffix(suffix)}{suffix}")
+    def _should_save_model(self, epoch: int, batch: int | None, logs: dict | None, filepath: str) -> bool:
+        return super()._should_save_model(epoch, batch, logs, str(self._final_path))  # its messages name the checkpoint
 
 
 def _float_logs(logs: dict | None) -> dict[str, float]:
@@ -231,9 +229,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         backup_dir = Path(self.backup_dir)
         backup_dir.mkdir(parents=True, exist_ok=True)
         name = f"epoch-{self._current_epoch:05d}.weights.h5"
-        temp = backup_dir / f".tmp-{name}"
-        self.model.save_weights(str(temp), overwrite=True)
-        os.replace(temp, backup_dir / name)
+        write_atomic(backup_dir / name, lambda temp: self.model.save_weights(str(temp), overwrite=True))
         newest = {"file": name, "epoch": self._current_epoch}
         kept = [newest, *self._kept[:1]] if self.double_checkpoint else [newest]
         metadata = {

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from src.errors import DataError
+from src.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -97,17 +98,8 @@ def load_verified(path: Path) -> Arrays:
 
 
 def write_npz_atomic(arrays: Arrays, path: Path) -> None:
-    """Write Keras' layout to a temp file beside `path`, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.savez_compressed(stream, **{name: arrays[name] for name in ARRAY_SHAPES})
-        os.chmod(temp_name, 0o644)  # mkstemp makes it owner-only
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    """Keras' layout (only its four arrays), written atomically: readers never see half a file."""
+    write_atomic(path, lambda temp: np.savez_compressed(temp, **{name: arrays[name] for name in ARRAY_SHAPES}))
 
 
 def _from_keras(cache_dir: Path) -> Arrays:

@@ -1,25 +1,126 @@
-"""Small file helpers shared by the stages: atomic writes and Markdown tables."""
+"""Small file helpers shared by the stages: atomic writes, an inter-process lock, Markdown tables.
+
+Every file the project writes goes through `write_atomic` (or its text, bytes and figure forms):
+
+1. the content is written to a fresh temp folder `.tmp-<random>/` beside the target, under the target's
+   own name (Keras, matplotlib and NumPy pick the format from the suffix; `.weights.h5` has two), so two
+   writers of one file never share a temp file;
+2. the file is flushed and fsynced: its bytes are on disk before its name is;
+3. `os.replace` renames it over the target (atomic on POSIX: a reader sees the old file or the new one);
+4. the target's folder is fsynced, so the rename itself survives a power loss.
+
+After a crash the target is either its old content or its new content, never a mix. A kill in the
+middle of step 1 can leave a `.tmp-*` folder behind: nothing reads it, and it can be deleted.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+TEMP_PREFIX = ".tmp-"  # resume.carry_outputs skips these
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temp file beside `path`, then rename: a reader never sees half a file."""
+
+def write_atomic(path: Path, write: Callable[[Path], Any], mode: int | None = None) -> bool:
+    """Call `write(temp)`, then make what it wrote `path`, atomically and durably (module docstring).
+
+    `temp` does not exist yet and ends with `path`'s name, suffixes included. If `write` creates no file
+    (Keras' ModelCheckpoint when the monitored value did not improve), `path` is left as it was and False
+    is returned. If `write` raises, the temp file is deleted and `path` is untouched. `mode` (e.g. 0o600
+    for a file that holds a secret) is set before the file gets its final name; by default a new file
+    gets the umask's permissions and a replaced one keeps its own.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(text)
-    os.replace(temp, path)
+    temp_dir = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=path.parent))  # mode 700: private until renamed
+    temp = temp_dir / path.name
+    try:
+        write(temp)
+        if not temp.exists():
+            return False
+        if mode is None and path.exists():
+            mode = path.stat().st_mode & 0o7777
+        if mode is not None:
+            os.chmod(temp, mode)
+        _fsync(temp)
+        os.replace(temp, path)
+        _fsync(path.parent)
+        return True
+    finally:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def write_bytes_atomic(path: Path, content: bytes, mode: int | None = None) -> None:
+    """`path` holds `content` in full or keeps its old content, even across a crash or a power loss."""
+
+    def write(temp: Path) -> None:
+        # O_EXCL: the file is created here with `mode` already set, before any byte of a secret is in it
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        with os.fdopen(os.open(temp, flags, 0o600 if mode is not None else 0o666), "wb") as stream:
+            stream.write(content)
+
+    write_atomic(path, write, mode)
+
+
+def write_text_atomic(path: Path, text: str, mode: int | None = None) -> None:
+    """`write_bytes_atomic` for text (UTF-8)."""
+    write_bytes_atomic(path, text.encode(), mode)
 
 
 def save_figure_atomic(figure: Any, path: Path, dpi: int = 120) -> None:
-    temp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # matplotlib picks the format from the suffix
-    figure.savefig(temp, dpi=dpi)
-    os.replace(temp, path)
+    """A matplotlib figure to `path` (format from its suffix), atomically."""
+    write_atomic(path, lambda temp: figure.savefig(temp, dpi=dpi))
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a folder's entry to disk (a folder's fsync makes a rename in it durable)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+@contextmanager
+def exclusive_lock(lock_path: Path, holder: str = "", on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive lock between processes on `lock_path` (created, and left in place, beside what it
+    guards). If another process holds it, `on_wait` is called once with that holder's `holder` text, then
+    this one waits for it.
+
+    An OS lock (flock, via filelock): the kernel releases it when its process ends, however it ends, so
+    a SIGKILLed holder never blocks the next process. The lock file itself is never deleted: a process
+    waiting on a deleted file would hold a lock nobody else sees.
+    """
+    from filelock import FileLock, Timeout
+
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(lock_path, thread_local=False)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if on_wait is not None:
+            on_wait(_read_holder(lock_path))
+        lock.acquire()
+    try:
+        # Written in place, not atomically: the lock lives on this inode, which must stay (and waiters
+        # open it without truncating it). At worst a waiter reads a half-written description.
+        lock_path.write_text(holder)
+        yield
+    finally:
+        lock_path.write_text("")  # the next waiter must not name a holder that has gone
+        lock.release()
+
+
+def _read_holder(lock_path: Path) -> str:
+    try:
+        return lock_path.read_text(errors="replace").strip()
+    except OSError:
+        return ""
 
 
 def markdown_table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:

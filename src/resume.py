@@ -12,21 +12,34 @@ Every run is tagged with it. Before a job trains:
 - else it starts fresh.
 
 `train.force=true` turns both off. The state folder is deleted once the run has ended FINISHED.
+
+One job at a time per config: a job holds an exclusive lock on `<hash>.lock` (beside the state folder)
+from before it looks for a finished or interrupted run until its run has ended. An identical job started
+meanwhile logs one line naming the running one and waits; it then finds that run FINISHED and reuses
+it. The lock is the kernel's (flock): it goes with its process, so a SIGKILLed job never blocks the next
+one, which resumes from the backup instead (docs/reliability.md).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from src.config import training_tree
-from src.files import write_text_atomic
+from src.files import exclusive_lock, write_text_atomic
+
+log = logging.getLogger(__name__)
 
 
 def keras_backend_name() -> str:
@@ -58,6 +71,10 @@ class JobState:
     folder: Path
 
     @property
+    def config_hash(self) -> str:
+        return self.folder.name
+
+    @property
     def backup_dir(self) -> Path:
         return self.folder / "backup"
 
@@ -75,6 +92,27 @@ class JobState:
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+    @property
+    def lock_path(self) -> Path:
+        """Beside the folder, not in it: `clear` deletes the folder, and a lock file must never be deleted."""
+        return self.folder.with_name(f"{self.folder.name}.lock")
+
+    @contextmanager
+    def exclusive(self, output_dir: Path) -> Iterator[None]:
+        """Hold this config's state for this job alone; if another job holds it, say which and wait."""
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        holder = f"pid {os.getpid()} on {socket.gethostname()} since {started}, outputs in {output_dir}"
+
+        def announce(running: str) -> None:
+            log.warning(
+                "another job is training this config (config_hash %s: %s); waiting for it to end",
+                self.config_hash,
+                running or "holder unknown",
+            )
+
+        with exclusive_lock(self.lock_path, holder, announce):
+            yield
 
 
 def carry_outputs(previous_output_dir: Path, output_dir: Path) -> None:

@@ -10,7 +10,6 @@ import gc
 import json
 import logging
 import math
-import os
 import signal
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from omegaconf import DictConfig
 from src import data, resume, tracking
 from src.config import CONFIG_DIR, validate
 from src.errors import ConfigError, exit_on_user_error
-from src.files import write_text_atomic
+from src.files import write_atomic, write_text_atomic
 from src.tracking.job import config_tags, log_datasets
 
 log = logging.getLogger(__name__)
@@ -120,19 +119,28 @@ def train(cfg: DictConfig, data_path: Path) -> float:
     """Train, evaluate and log one job; return its best validation accuracy.
 
     Skips a config that already has a FINISHED run and resumes an interrupted one (see src/resume.py).
+    The job holds its config's lock throughout: an identical job started meanwhile waits, then skips.
     """
+    data_sha256 = data.sha256_file(data_path)
+    experiment_id = tracking.use_experiment(cfg.mlflow)
+    _check_writable("train.state_dir", Path(cfg.train.state_dir))  # where the lock file goes
+    state = resume.JobState(Path(cfg.train.state_dir) / resume.config_hash(cfg, data_sha256))
+    with state.exclusive(Path(HydraConfig.get().runtime.output_dir)):
+        if cfg.train.skip_finished and not cfg.train.force:
+            finished = tracking.find_finished_run(experiment_id, state.config_hash)
+            if finished is not None:
+                return _reuse_finished(finished)
+        return _fit_and_log(cfg, data_path, data_sha256, experiment_id, state)
+
+
+def _fit_and_log(
+    cfg: DictConfig, data_path: Path, data_sha256: str, experiment_id: str, state: resume.JobState
+) -> float:
+    """The job proper, under its config's lock: resume or start the run, fit, evaluate, log."""
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
-    data_sha256 = data.sha256_file(data_path)
-    config_hash = resume.config_hash(cfg, data_sha256)
-    experiment_id = tracking.use_experiment(cfg.mlflow)
+    config_hash = state.config_hash
     force = bool(cfg.train.force)
-    if cfg.train.skip_finished and not force:
-        finished = tracking.find_finished_run(experiment_id, config_hash)
-        if finished is not None:
-            return _reuse_finished(finished)
-
-    state = resume.JobState(Path(cfg.train.state_dir) / config_hash)
     resume_run_id = _resumable_run(cfg, state, experiment_id, output_dir) if cfg.train.resume and not force else None
     if resume_run_id is None:
         state.clear()  # a stale backup (finished, deleted or foreign run) must not leak into a fresh start
@@ -171,7 +179,7 @@ def train(cfg: DictConfig, data_path: Path) -> float:
     tags = {
         "config_hash": config_hash,
         "data_sha256": data_sha256,
-        "hydra_overrides": " ".join(hydra_cfg.overrides.task),
+        "hydra_overrides": tracking.mask_uri(" ".join(hydra_cfg.overrides.task)),  # no password in MLflow
         "job_num": str(hydra_cfg.job.get("num", 0)),
         "keras_backend": keras.backend.backend(),  # tensorflow, or jax with KERAS_BACKEND=jax
         "output_dir": str(output_dir),
@@ -229,7 +237,7 @@ def train(cfg: DictConfig, data_path: Path) -> float:
             }
             mlflow.log_metrics(results)
             log.info("results: %s", json.dumps(results))
-            _save_keras_atomic(model, output_dir / "checkpoints" / "last.keras")
+            write_atomic(output_dir / "checkpoints" / "last.keras", model.save)  # Keras wants the .keras suffix
             _write_json(output_dir / "history.json", full_history)
             divergence = {"diverged": diverged_at is not None, "diverged_epoch": diverged_at}
             _write_json(output_dir / "metrics.json", _finite_or_null({**results, **divergence}))
@@ -257,13 +265,6 @@ def _merge_history(restored: list[dict[str, float]], history: dict[str, list[flo
     """The whole run's per-epoch history: epochs restored from a backup, then this fit's epochs."""
     keys = list(history) or list(restored[0] if restored else [])
     return {key: [epoch[key] for epoch in restored if key in epoch] + list(history.get(key, [])) for key in keys}
-
-
-def _save_keras_atomic(model: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.stem}.tmp.keras")  # Keras insists on the .keras suffix
-    model.save(temp)
-    os.replace(temp, path)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")

@@ -1,0 +1,124 @@
+"""Several processes at once: a new SQLite store, one config's resume state, two identical commands.
+
+Real processes throughout (the kernel's locks are what is under test). Each `python -m src.train` pays for
+a TensorFlow import, so the command line is started only where it is what is under test.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from src import resume
+from src.config import PROJECT_ROOT
+from tests.conftest import all_runs, store_args
+
+pytestmark = pytest.mark.slow
+
+ENVIRONMENT = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+ENVIRONMENT.pop("MLFLOW_TRACKING_URI", None)
+ENVIRONMENT.pop("HYDRA_FULL_ERROR", None)
+WAITING = "another job is training this config"
+
+
+def _python(code: str, *args: str, **popen: object) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", code, *args], env=ENVIRONMENT, text=True, **popen)
+
+
+HOLD_THE_LOCK = """
+import sys, time
+from pathlib import Path
+from src.resume import JobState
+with JobState(Path(sys.argv[1])).exclusive(Path("/runs/first")):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_second_job_waits_naming_the_first_and_a_sigkilled_holder_blocks_no_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "resume" / "0123456789abcdef"
+    holder = _python(HOLD_THE_LOCK, str(folder), stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        threading.Timer(2.0, holder.kill).start()  # SIGKILL: the holder cannot release anything itself
+        started = time.monotonic()
+        with caplog.at_level("WARNING", logger="src.resume"), resume.JobState(folder).exclusive(tmp_path / "second"):
+            waited = time.monotonic() - started
+    finally:
+        holder.kill()
+        holder.wait()
+    assert holder.returncode == -signal.SIGKILL
+    assert 1.5 < waited < 60, waited  # it waited for the holder, and the kill released it
+    [message] = [record.getMessage() for record in caplog.records if WAITING in record.getMessage()]
+    assert f"pid {holder.pid} " in message and "outputs in /runs/first" in message and "0123456789abcdef" in message
+
+
+OPEN_THE_STORE = """
+import sys
+from omegaconf import OmegaConf
+from src.tracking import use_experiment
+cfg = OmegaConf.create({"tracking_uri": sys.argv[1], "experiment_name": "race", "artifact_location": None})
+print(use_experiment(cfg))
+"""
+
+
+def test_processes_opening_a_new_sqlite_store_at_once_all_get_the_same_experiment(tmp_path: Path) -> None:
+    """Without the lock, MLflow's schema creation collides ("table ... already exists"): 3 of 4 failed."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    processes = [_python(OPEN_THE_STORE, uri, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(4)]
+    results = [process.communicate(timeout=300) for process in processes]
+    assert [process.returncode for process in processes] == [0] * 4, [err[-2000:] for _, err in results]
+    assert len({out.strip() for out, _ in results}) == 1  # one experiment, created once
+
+
+TINY = ("data.limit=500", "train.epochs=2", "data.fetch_if_missing=false", "train.verbose=2")
+
+
+def _two_identical_commands(folder: Path, mnist_dir: Path) -> list[str]:
+    """Start `python -m src.train ...` twice at once, as two terminals or two queue workers would (same
+    output folder too: Hydra's default is per second); return each one's output once both ended."""
+    command = [sys.executable, "-m", "src.train", *TINY, *store_args(folder, mnist_dir)]
+    logs = [folder / f"twin{index}.log" for index in (1, 2)]
+    processes = []
+    for log in logs:
+        with log.open("w") as stream:
+            processes.append(
+                subprocess.Popen(command, cwd=folder, env=ENVIRONMENT, stdout=stream, stderr=subprocess.STDOUT)
+            )
+    codes = [process.wait(timeout=900) for process in processes]
+    outputs = [log.read_text() for log in logs]
+    assert codes == [0, 0], [output[-3000:] for output in outputs]
+    return outputs
+
+
+def _check_one_finished_run_and_one_twin_that_waited_then_reused_it(folder: Path, outputs: list[str]) -> None:
+    assert not any("Traceback" in output for output in outputs), [output[-3000:] for output in outputs]
+    [run] = all_runs(folder)  # the second job never created a run of its own
+    assert run.info.status == "FINISHED"
+    [waited] = [output for output in outputs if WAITING in output]
+    [trained] = [output for output in outputs if output is not waited]
+    assert f"skipped: run {run.info.run_name} ({run.info.run_id})" in waited
+    assert f"MLflow run {run.info.run_name} ({run.info.run_id}) started" in trained
+    assert not any((folder / "state").glob("*/")), "the finished run's state was not cleared"
+
+
+def test_two_identical_commands_at_once_on_a_new_store(tmp_path: Path, mnist_dir: Path) -> None:
+    outputs = _two_identical_commands(tmp_path, mnist_dir)
+    _check_one_finished_run_and_one_twin_that_waited_then_reused_it(tmp_path, outputs)
+
+
+def test_two_identical_commands_at_once_on_an_existing_store(tmp_path: Path, mnist_dir: Path) -> None:
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")  # the store an earlier command left
+    client.create_experiment("mnist-optimizers", artifact_location=str(tmp_path / "mlartifacts"))
+    outputs = _two_identical_commands(tmp_path, mnist_dir)
+    _check_one_finished_run_and_one_twin_that_waited_then_reused_it(tmp_path, outputs)
