@@ -128,13 +128,22 @@ def artifact_location(mlflow_cfg: DictConfig) -> str | None:
 
 def _prepare_sqlite(database: Path) -> None:
     """Create the folder and switch the database to write-ahead logging, so that parallel sweep jobs
-    (joblib launcher) read while another writes; MLflow already waits up to 20 s for a write lock."""
+    (joblib launcher) read while another writes; MLflow already waits up to 20 s for a write lock.
+
+    MLflow creates a new store's tables on its first connection, and two processes doing it at once
+    collide ("table ... already exists"): the first connection is made under a lock, `<db>-lock`."""
     import sqlite3
+
+    from mlflow import MlflowClient
+
+    from src.files import exclusive_lock
 
     try:
         database.parent.mkdir(parents=True, exist_ok=True)
-        with sqlite3.connect(database, timeout=20) as connection:
-            connection.execute("PRAGMA journal_mode=WAL")
+        with exclusive_lock(database.with_name(f"{database.name}-lock")):
+            with sqlite3.connect(database, timeout=20) as connection:
+                connection.execute("PRAGMA journal_mode=WAL")
+            MlflowClient(f"sqlite:///{database}").search_experiments(max_results=1)  # creates the tables
     except (OSError, sqlite3.Error) as error:
         raise ConfigError(f"mlflow.tracking_uri: cannot open the SQLite store {database} ({error})") from None
 
