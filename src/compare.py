@@ -148,19 +148,27 @@ def learning_rates(comparison: rep.Comparison) -> str:
     return ", ".join(f"{s.values['optimizer']} {s.values.get('learning_rate')}" for s in comparison.settings)
 
 
-def verdict_lines(comparison: rep.Comparison) -> list[str]:
-    """The verdict as printed and written: what is compared, the verdict, who was still improving, `make fair`."""
+EXPLAINED = (
+    "Each optimizer against the one with the highest mean test accuracy: the difference of means with its 95 %"
+    " confidence interval, resolved when Welch's t-test gives p < 0.05 (the interval excludes 0)."
+)
+
+
+def verdict_lines(comparison: rep.Comparison, explain: bool = False) -> list[str]:
+    """The verdict as printed and written: what is compared, the verdict (with how to read it in the report),
+    the optimizers still improving when training stopped, and where the tuned comparison is."""
     lines = [
         f"Compared at each optimizer's learning rate in conf/optimizer/ (Keras' defaults unless edited:"
         f" {learning_rates(comparison)}): this ranks those settings, not the optimizers at their best.",
         "",
         *comparison.verdict_lines(),
     ]
+    if explain:
+        lines += ["", EXPLAINED]
     improving = comparison.improving_lines()
     if improving:
         lines += ["", "Still improving when training stopped (best epoch = last epoch on most seeds):", *improving]
-    lines += ["", "For each optimizer at its own tuned learning rate (equal tuning budget): `make fair`."]
-    return lines
+    return [*lines, "", "For each optimizer at its own tuned learning rate (equal tuning budget): `make fair`."]
 
 
 def plot(comparison: rep.Comparison, reports_dir: Path) -> None:
@@ -222,10 +230,7 @@ def compare(
         markdown_table(*tables.settings_table(comparison, keys)),
         "## Verdict",
         "",
-        *lines,
-        "",
-        "Each optimizer against the one with the highest mean test accuracy: the difference of means with"
-        " its 95 % confidence interval, resolved when Welch's t-test gives p < 0.05 (the interval excludes 0).",
+        *verdict_lines(comparison, explain=True),
         "",
         "## Per seed",
         "",

@@ -127,9 +127,8 @@ class Setting:
     @property
     def still_improving(self) -> bool:
         """Its best epoch was its last epoch on most counted seeds: training stopped while it still improved."""
-        pairs = [(r.value("best_epoch"), r.value("stopped_epoch")) for r in self.counted]
-        pairs = [(best, last) for best, last in pairs if best is not None and last is not None]
-        return bool(pairs) and 2 * sum(best >= last for best, last in pairs) > len(pairs)
+        known = [r for r in self.counted if None not in (r.value("best_epoch"), r.value("stopped_epoch"))]
+        return bool(known) and 2 * sum(map(_at_last_epoch, known)) > len(known)
 
     def bands(self, metric: str) -> list[stats.Summary]:
         """Mean ± std per epoch of `metric` over the counted runs' histories."""
@@ -230,8 +229,7 @@ class Comparison:
         """One line per setting that was still improving when training stopped (empty when none was)."""
         return [
             f"- {s.label}: best epoch = last epoch on {sum(_at_last_epoch(r) for r in s.counted)} of {s.n}"
-            " seeds: still improving when training stopped (more epochs or a larger learning rate may change"
-            " its rank)."
+            " seeds (more epochs or a larger learning rate may change its rank)"
             for s in self.still_improving()
         ]
 
