@@ -24,7 +24,7 @@ SERVER_STORE ?= sqlite:///$(SERVER_DIR)/mlflow.db
 SWEEP ?= optimizer=adam,adagrad,rmsprop
 
 .DEFAULT_GOAL := help
-.PHONY: help install run sweep hw3 bench test test-fast ui server db db-stop db-rm plots screenshots lint format lock clean serve
+.PHONY: help install run fair sweep hw3 bench test test-fast ui server db db-stop db-rm plots screenshots lint format lock clean serve
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -41,6 +41,10 @@ run: install ## the DVC pipeline: fetch MNIST, train + score each optimizer x se
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 	@echo "Report: reports/comparison.md (+ curves.png, confusion_grid.png); HTML plots (offline): make plots"
 	@echo "Browse the runs: make ui  (then open http://$(HOST):$(PORT))"
+
+fair: install ## the fair comparison: each optimizer's learning rate tuned (equal budget), judged over seeds (dvc repro fair/dvc.yaml, ~15 min)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro fair/dvc.yaml
+	@echo "Report: reports/fair/fair.md (+ lr_sensitivity.png, curves.png, budget.png); how to read it: docs/fair.md"
 
 sweep: install ## a Hydra sweep outside DVC (SWEEP="optimizer=adam,adagrad,rmsprop" by default)
 	$(BIN)/python -m src.train -m $(SWEEP)

@@ -1,0 +1,105 @@
+"""The protocol's two training phases for one optimizer x workload, and the rule between them.
+
+- tune: one trial per learning rate of the grid, all with the same seed and epochs (an equal budget);
+- select: the learning rate whose trial ends with the highest validation accuracy. A diverged trial is a
+  reported outcome ("diverged at lr 1"), never the winner; when every trial diverged there is none;
+- judge: every judge seed at the selected learning rate and at Keras' default one (the one-shot row),
+  so the report can say how much of a gap was the default. When they coincide, the runs are shared.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig
+
+from src import resume
+from src.errors import ConfigError
+from src.fair import trials as trial_runs
+from src.fair.protocol import (
+    Protocol,
+    default_learning_rate,
+    judge_trials,
+    lr_text,
+    tune_trials,
+)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The tuning phase's outcome: the chosen learning rate (None when every trial diverged), each
+    learning rate's final validation accuracy (None when diverged) and the rates that diverged."""
+
+    optimizer: str
+    workload: str
+    best_lr: float | None
+    scores: dict[float, float | None] = field(default_factory=dict)
+    diverged: list[float] = field(default_factory=list)
+
+    def diverged_text(self) -> str:
+        """`diverged at lr 0.3, 1`; empty when none did."""
+        return f"diverged at lr {', '.join(map(lr_text, self.diverged))}" if self.diverged else ""
+
+
+def select(records: Sequence[dict[str, Any]]) -> tuple[float | None, dict[float, float | None], list[float]]:
+    """(best learning rate, {lr: final val accuracy or None}, diverged rates) of one optimizer's tuning
+    records. Only finished, finite trials compete; ties go to the smaller learning rate."""
+    scores: dict[float, float | None] = {}
+    diverged = []
+    for record in sorted(records, key=lambda r: r["learning_rate"]):
+        value = record["metrics"].get("final_val_accuracy")
+        usable = record["status"] == trial_runs.FINISHED and value is not None and math.isfinite(value)
+        scores[record["learning_rate"]] = value if usable else None
+        if record["status"] == trial_runs.DIVERGED:
+            diverged.append(record["learning_rate"])
+    ranked = [(value, lr) for lr, value in scores.items() if value is not None]
+    best = max(ranked, key=lambda pair: (pair[0], -pair[1]))[1] if ranked else None
+    return best, scores, diverged
+
+
+def tune(protocol: Protocol, base: DictConfig, optimizer: str, workload: str) -> list[dict[str, Any]]:
+    """Train the grid's trials that are not trained yet; return every trial's record."""
+    context = trial_runs.open_context(base, optimizer, workload)
+    print(f"tune {optimizer} on {workload}: {len(protocol.lr_grid)} learning rates, seed {protocol.tune_seed}")
+    return trial_runs.train_trials(tune_trials(protocol, optimizer, workload), base, context, protocol.trials_dir)
+
+
+def tuned(protocol: Protocol, base: DictConfig, optimizer: str, workload: str, data_sha256: str) -> Selection:
+    """The Selection from the tuning records of the current grid and config; a ConfigError naming the
+    command to run when one is missing (the judge stage runs after the tune stage)."""
+    records = []
+    for trial in tune_trials(protocol, optimizer, workload):
+        config_hash = resume.config_hash(trial_runs.trial_config(base, trial), data_sha256)
+        record = trial_runs.read_record(trial.folder(protocol.trials_dir), config_hash)
+        if record is None:
+            raise ConfigError(
+                f"no finished tuning trial {trial.name} of {optimizer} on {workload} for this config: run"
+                f" `python -m src.fair tune {optimizer} {workload}` (or `dvc repro fair/dvc.yaml`) first"
+            )
+        records.append(record)
+    best, scores, diverged = select(records)
+    return Selection(optimizer, workload, best, scores, diverged)
+
+
+def judge(protocol: Protocol, base: DictConfig, optimizer: str, workload: str) -> list[dict[str, Any]]:
+    """Train every judge seed at the tuned and the default learning rate (what is not trained yet)."""
+    context = trial_runs.open_context(base, optimizer, workload)
+    selection = tuned(protocol, base, optimizer, workload, context.data_sha256)
+    default = default_learning_rate(base)
+    rates = [rate for rate in (selection.best_lr, default) if rate is not None]
+    chosen = "none (every trial diverged)" if selection.best_lr is None else lr_text(selection.best_lr)
+    print(f"judge {optimizer} on {workload}: tuned lr {chosen}, default lr {lr_text(default)}", end="")
+    print(f"; {selection.diverged_text()}" if selection.diverged else "", flush=True)
+    trials = judge_trials(protocol, optimizer, workload, rates)
+    return trial_runs.train_trials(trials, base, context, protocol.trials_dir)
+
+
+def run_all(protocol: Protocol, bases: Mapping[tuple[str, str], DictConfig]) -> None:
+    """Tune, then judge, every optimizer x workload in this process (one TensorFlow import in all)."""
+    for workload in protocol.workloads:
+        for optimizer in protocol.optimizers:
+            tune(protocol, bases[(optimizer, workload)], optimizer, workload)
+            judge(protocol, bases[(optimizer, workload)], optimizer, workload)

@@ -1,0 +1,235 @@
+"""The fair protocol's settings (conf/fair/), checked before anything trains, and the runs they imply.
+
+The protocol is the `fair` config group composed onto the training config (conf/config.yaml): overrides
+that start with `fair.` shape the protocol, any other one (`data.limit=300`, `mlflow.tracking_uri=...`)
+every run of it. Each optimizer x workload gets its own training config, in which the protocol fixes what
+an equal budget needs: its epochs and batch size, and no callback that ends a run early or changes its
+learning rate (EarlyStopping, ReduceLROnPlateau); only the divergence guards stay (TerminateOnNaN,
+StopOnDivergence), and nothing writes files a trial does not need (checkpoints, TensorBoard, backups).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from src.config import CONFIG_DIR, validate
+from src.errors import ConfigError
+from src.stats import seed_problem
+
+GROUP = "fair"
+DEFAULT_PRESET = "default"
+TUNE, JUDGE = "tune", "judge"
+# The callbacks a trial keeps: the divergence guards. Everything else would end runs early, change their
+# learning rate or write files (conf/callbacks/default.yaml).
+KEPT_CALLBACKS = ("terminate_on_nan", "stop_on_divergence")
+
+
+def _names(folder: str) -> list[str]:
+    return sorted(path.stem for path in (CONFIG_DIR / folder).glob("*.yaml"))
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The validated `fair` group (conf/fair/default.yaml explains every key)."""
+
+    optimizers: tuple[str, ...]
+    workloads: tuple[str, ...]
+    lr_grid: tuple[float, ...]
+    tune_seed: int
+    epochs: int
+    batch_size: int
+    judge_seeds: tuple[int, ...]
+    targets: Mapping[str, tuple[float, ...]]
+    bootstrap: int
+    experiment_name: str
+    trials_dir: Path
+    report_dir: Path
+
+
+def _fail(key: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"fair.{key}={value!r} is invalid: {allowed}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _name_list(key: str, value: Any, folder: str) -> tuple[str, ...]:
+    allowed = _names(folder)
+    what = f"a non-empty list of distinct names of conf/{folder}/*.yaml ({', '.join(allowed)})"
+    if not isinstance(value, list) or not value or len(set(map(str, value))) != len(value):
+        raise _fail(key, value, what)
+    for name in value:
+        if name not in allowed:
+            raise _fail(key, value, f"{name!r} has no conf/{folder}/{name}.yaml; use {what}")
+    return tuple(value)
+
+
+def read_protocol(fair: Mapping[str, Any]) -> Protocol:
+    """The Protocol of a composed `fair` group, or a one-line ConfigError naming the first bad key."""
+    optimizers = _name_list("optimizers", fair.get("optimizers"), "optimizer")
+    workloads = _name_list("workloads", fair.get("workloads"), "model")
+    grid = fair.get("lr_grid")
+    if not isinstance(grid, list) or not grid:
+        raise _fail("lr_grid", grid, "a non-empty list of learning rates > 0, e.g. [1.0e-04, 1.0e-03, 1.0e-02]")
+    for lr in grid:
+        if not _is_number(lr) or lr <= 0:
+            raise _fail("lr_grid", grid, f"{lr!r} is not a number > 0; every learning rate must be > 0")
+    if len({float(lr) for lr in grid}) != len(grid):
+        raise _fail("lr_grid", grid, "a learning rate is listed twice; list each once")
+    seeds = fair.get("judge_seeds")
+    problem = seed_problem(seeds) if isinstance(seeds, list) else "is not a list"
+    if problem or len(seeds) < 2:
+        why = problem or "holds fewer than 2 seeds (one seed resolves nothing)"
+        raise _fail("judge_seeds", seeds, f"{why}; use at least 2 distinct integers >= 0, e.g. [1, 2, 3, 4, 5]")
+    for key, minimum in (("tune_seed", 0), ("epochs", 1), ("batch_size", 1), ("bootstrap", 1)):
+        if not _is_int(fair.get(key)) or fair.get(key) < minimum:
+            raise _fail(key, fair.get(key), f"use an integer >= {minimum}")
+    targets = fair.get("targets")
+    if not isinstance(targets, Mapping):
+        raise _fail("targets", targets, "a mapping workload -> list of validation accuracies in (0, 1]")
+    chosen: dict[str, tuple[float, ...]] = {}
+    for workload in workloads:
+        values = targets.get(workload)
+        if not isinstance(values, list) or not values:
+            raise _fail(f"targets.{workload}", values, "a non-empty list of validation accuracies in (0, 1]")
+        for value in values:
+            if not _is_number(value) or not 0 < value <= 1:
+                raise _fail(f"targets.{workload}", values, f"{value!r} is outside (0, 1]; targets are accuracies")
+        chosen[workload] = tuple(float(v) for v in values)
+    name = fair.get("experiment_name")
+    if not isinstance(name, str) or not name.strip():
+        raise _fail("experiment_name", name, "use a non-empty MLflow experiment name")
+    return Protocol(
+        optimizers=optimizers,
+        workloads=workloads,
+        lr_grid=tuple(sorted(float(lr) for lr in grid)),
+        tune_seed=int(fair["tune_seed"]),
+        epochs=int(fair["epochs"]),
+        batch_size=int(fair["batch_size"]),
+        judge_seeds=tuple(seeds),
+        targets=chosen,
+        bootstrap=int(fair["bootstrap"]),
+        experiment_name=name,
+        trials_dir=Path(str(fair["trials_dir"])),
+        report_dir=Path(str(fair["report_dir"])),
+    )
+
+
+def with_group(overrides: Sequence[str]) -> list[str]:
+    """The overrides with the `fair` group added (`+fair=default`, or the preset a `fair=<name>` asks for).
+
+    `optimizer=` and `model=` are refused: the protocol itself chooses them from fair.optimizers and
+    fair.workloads, so such an override would be silently ignored."""
+    result, preset = [], DEFAULT_PRESET
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key in ("optimizer", "model"):
+            plural = "optimizers" if key == "optimizer" else "workloads"
+            raise ConfigError(f"{override!r}: the protocol picks the {key}; use fair.{plural}=[...] instead")
+        if key == GROUP:
+            preset = override.split("=", 1)[1]
+            continue
+        result.append(override)
+    return [f"+{GROUP}={preset}", *result]
+
+
+def compose(overrides: Sequence[str], optimizer: str | None = None, workload: str | None = None) -> DictConfig:
+    """conf/config.yaml + the fair group + `overrides` (+ the optimizer and model when given)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+
+    extra = [f"optimizer={optimizer}"] * bool(optimizer) + [f"model={workload}"] * bool(workload)
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return hydra_compose(config_name="config", overrides=[*with_group(overrides), *extra])
+    except HydraException as error:
+        raise ConfigError(f"src.fair: {error}".splitlines()[0]) from None
+
+
+def load(overrides: Sequence[str]) -> tuple[Protocol, dict[tuple[str, str], DictConfig]]:
+    """The protocol and every optimizer x workload's training config, all validated: a bad value stops
+    the protocol before its first trial."""
+    settings = read_protocol(OmegaConf.to_container(compose(overrides)[GROUP], resolve=True))
+    bases = {
+        (optimizer, workload): training_config(settings, overrides, optimizer, workload)
+        for workload in settings.workloads
+        for optimizer in settings.optimizers
+    }
+    return settings, bases
+
+
+def training_config(protocol: Protocol, overrides: Sequence[str], optimizer: str, workload: str) -> DictConfig:
+    """One optimizer x workload's training config: the protocol's budget, only the divergence guards, no
+    `fair` group (it does not shape a run), validated like any training config."""
+    cfg = compose(overrides, optimizer, workload)
+    with open_dict(cfg):
+        del cfg[GROUP]
+        cfg.train.epochs = protocol.epochs
+        cfg.train.batch_size = protocol.batch_size
+        cfg.callbacks = {name: cfg.callbacks[name] for name in KEPT_CALLBACKS if name in cfg.callbacks}
+        cfg.mlflow.experiment_name = protocol.experiment_name
+    validate(cfg)
+    return cfg
+
+
+def default_learning_rate(cfg: DictConfig) -> float:
+    """Keras' default learning rate of the optimizer: conf/optimizer/*.yaml keeps Keras' defaults."""
+    return float(cfg.optimizer.learning_rate)
+
+
+def lr_text(lr: float) -> str:
+    """`0.001`, `3e-05`, `1`: how a learning rate is named in folders, tags and tables."""
+    return f"{lr:g}"
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One run of the protocol: a tuning trial or a judged run (one learning rate, one seed)."""
+
+    phase: str
+    workload: str
+    optimizer: str
+    learning_rate: float
+    seed: int
+
+    def folder(self, trials_dir: Path) -> Path:
+        """`<trials_dir>/<workload>/<optimizer>/<phase>/lr<lr>-seed<seed>`: one folder per trial."""
+        return phase_dir(trials_dir, self.workload, self.optimizer, self.phase) / self.name
+
+    @property
+    def name(self) -> str:
+        return f"lr{lr_text(self.learning_rate)}-seed{self.seed}"
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.phase} {self.optimizer} lr={lr_text(self.learning_rate)} seed={self.seed} ({self.workload})"
+
+
+def phase_dir(trials_dir: Path, workload: str, optimizer: str, phase: str) -> Path:
+    """The folder of one optimizer x workload's phase: a DVC stage's output (fair/dvc.yaml)."""
+    return trials_dir / workload / optimizer / phase
+
+
+def tune_trials(protocol: Protocol, optimizer: str, workload: str) -> list[Trial]:
+    return [Trial(TUNE, workload, optimizer, lr, protocol.tune_seed) for lr in protocol.lr_grid]
+
+
+def judge_trials(protocol: Protocol, optimizer: str, workload: str, learning_rates: Sequence[float]) -> list[Trial]:
+    """Seed-major, so consecutive runs share a seed and so a data split (src.data caches one)."""
+    return [
+        Trial(JUDGE, workload, optimizer, lr, seed)
+        for seed in protocol.judge_seeds
+        for lr in dict.fromkeys(learning_rates)
+    ]

@@ -1,0 +1,237 @@
+"""The files of reports/fair/: fair.md, the CSVs, DVC metrics and plot data, and the figures."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from src import plots, replicate_tables, stats
+from src.fair import protocol as fair
+from src.fair.report import (
+    COMPARED,
+    WorkloadResult,
+    epochs_to_target,
+    gain,
+    profile_costs,
+    ranking_lines,
+    summary_table,
+)
+from src.files import markdown_table, write_text_atomic
+
+TAUS = [1 + step / 20 for step in range(61)]  # τ from 1 to 4 for the performance profile
+SUMMARY_HEADER = (
+    *("workload", "optimizer", "default_lr", "default_test_accuracy_mean", "tuned_lr", "n"),
+    *(
+        "tuned_test_accuracy_mean",
+        "tuned_test_accuracy_std",
+        "ci_low",
+        "ci_high",
+        "gain",
+        "gain_ci_low",
+        "gain_ci_high",
+    ),
+)
+RUN_HEADER = ("workload", "optimizer", "lr_choice", "learning_rate", "seed", "test_accuracy", "final_val_accuracy")
+TRIAL_HEADER = ("workload", "optimizer", "learning_rate", "final_val_accuracy", "status", "run_id")
+
+
+def _csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = [",".join(header)]
+    lines += [",".join(replicate_tables.number(value) if value is not None else "" for value in row) for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def protocol_lines(settings: fair.Protocol, train_seconds: float) -> list[str]:
+    grid = ", ".join(map(fair.lr_text, settings.lr_grid))
+    seeds = ", ".join(map(str, settings.judge_seeds))
+    return [
+        f"Tuning: every optimizer tried each of the {len(settings.lr_grid)} learning rates {grid}, for"
+        f" {settings.epochs} epochs at batch {settings.batch_size} with seed {settings.tune_seed} (the same"
+        " budget for all); the learning rate with the highest final validation accuracy was selected. The test"
+        " set is not touched in tuning. A diverged trial is reported, never selected.",
+        f"Judging: each optimizer at its tuned learning rate and at Keras' default one (the one-shot row), with"
+        f" seeds {seeds}, the same epochs and batch size, no early stopping; test accuracy of the final weights"
+        " on the 10000 test images. The one-shot row is trained here, at the protocol's budget, not copied from"
+        " `make run` (other epochs and batch size). When the tuned rate is the default one the runs are shared.",
+        "Verdicts: each optimizer against the one with the highest mean tuned test accuracy, Welch's t-test with"
+        " the p-values Holm-corrected over those comparisons (resolved: adjusted p < 0.05). mean ± std over"
+        " seeds (sample std); 95 % CI: Student's t interval of the mean. Gain from tuning: tuned minus default"
+        " mean, with Welch's 95 % interval.",
+        f"Training time (sum of the runs' train_seconds, tuning and judging): {train_seconds:.0f} s.",
+    ]
+
+
+def markdown(settings: fair.Protocol, results: Sequence[WorkloadResult], train_seconds: float) -> str:
+    text = ["# A fair comparison of optimizers on MNIST", "", *protocol_lines(settings, train_seconds), ""]
+    for workload in results:
+        text += [f"## {workload.workload}", "", markdown_table(*summary_table(workload)), ""]
+        text += ["### Verdict (tuned)", "", *workload.tuned.verdict_lines(), ""]
+        text += ["### One-shot verdict (Keras' default learning rates)", "", *workload.default.verdict_lines(), ""]
+        text += ["### Ranking by mean test accuracy", "", *ranking_lines(workload), ""]
+        diverged = [
+            f"- {r.optimizer}: {r.selection.diverged_text()}" for r in workload.optimizers if r.selection.diverged
+        ]
+        text += ["### Tuning trials that diverged", "", *(diverged or ["- none"]), ""]
+    text += [
+        "## Figures",
+        "",
+        "![final validation accuracy against learning rate](lr_sensitivity.png)",
+        "",
+        "![validation accuracy per epoch at each optimizer's tuned learning rate, mean ± 1 std](curves.png)",
+        "",
+        "![expected best validation accuracy against the tuning budget](budget.png)",
+        "",
+    ]
+    if len(results) > 1:
+        text += ["![performance profile over the workloads](profile.png)", ""]
+    return "\n".join(text)
+
+
+def run_rows(results: Sequence[WorkloadResult]) -> list[list[Any]]:
+    """runs.csv: every judged run (tuned and default learning rate), fractions not %."""
+    rows = []
+    for workload in results:
+        for result in workload.optimizers:
+            for role, runs in (("tuned", result.tuned), ("default", result.default)):
+                for run in runs:
+                    epochs = [epochs_to_target([run], t)[0] for t in workload.targets]
+                    metrics = [run.value(m) for m in ("test_accuracy", "final_val_accuracy", "train_seconds")]
+                    lr = run.values["learning_rate"]
+                    rows.append([workload.workload, result.optimizer, role, lr, run.seed, *metrics, *epochs])
+                    rows[-1] += [run.status, run.run_id]
+    return rows
+
+
+def trial_rows(results: Sequence[WorkloadResult]) -> list[list[Any]]:
+    """trials.csv and lr_sensitivity.json: every tuning trial."""
+    return [
+        [w.workload, r.optimizer, t["learning_rate"], t["metrics"].get("final_val_accuracy"), t["status"], t["run_id"]]
+        for w in results
+        for r in w.optimizers
+        for t in r.trials
+    ]
+
+
+def summary_rows(workload: WorkloadResult) -> list[list[Any]]:
+    rows = []
+    for result in workload.optimizers:
+        tuned, default = workload.tuned.setting(result.optimizer), workload.default.setting(result.optimizer)
+        t = tuned.summaries.get(COMPARED) if tuned else None
+        d = default.summaries.get(COMPARED) if default else None
+        g = gain(result)
+        row: list[Any] = [workload.workload, result.optimizer, result.default_lr, d.mean if d else None]
+        row += [result.selection.best_lr, t.n if t else 0]
+        row += [t.mean, t.std, t.ci_low, t.ci_high] if t else [None] * 4
+        row += [g.diff, g.ci_low, g.ci_high] if g else [None] * 3
+        rows.append(row)
+    return rows
+
+
+def metrics_json(results: Sequence[WorkloadResult]) -> dict[str, Any]:
+    """DVC metrics: per optimizer the tuned learning rate, tuned test accuracy and the gain from tuning."""
+    metrics: dict[str, Any] = {}
+    for workload in results:
+        for row in summary_rows(workload):
+            entry = {"lr": row[4], "acc": _round(row[6]), "gain": _round(row[10])}
+            key = row[1] if len(results) == 1 else f"{row[0]}/{row[1]}"
+            metrics[key] = entry
+    return metrics
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 5)
+
+
+def write(
+    settings: fair.Protocol, results: Sequence[WorkloadResult], curves: Mapping[str, Mapping[str, Any]]
+) -> list[Path]:
+    """Every report file; returns their paths (the MLflow parent's artifacts)."""
+    folder = settings.report_dir
+    seconds = {t["run_id"]: t["metrics"].get("train_seconds") for w in results for r in w.optimizers for t in r.trials}
+    for w in results:
+        for r in w.optimizers:
+            seconds |= {run.run_id: run.value("train_seconds") for run in [*r.tuned, *r.default]}
+    train_seconds = sum(value or 0.0 for value in seconds.values())
+    targets = [f"epochs_to_target_{i + 1}" for i in range(max(len(w.targets) for w in results))]
+    files = {
+        "fair.md": markdown(settings, results, train_seconds),
+        "summary.csv": _csv(SUMMARY_HEADER, [row for w in results for row in summary_rows(w)]),
+        "runs.csv": _csv([*RUN_HEADER, "train_seconds", *targets, "status", "run_id"], run_rows(results)),
+        "trials.csv": _csv(TRIAL_HEADER, trial_rows(results)),
+    }
+    for name, text in files.items():
+        write_text_atomic(folder / name, text)
+    write_json(folder / "metrics.json", metrics_json(results))
+    write_json(
+        folder / "lr_sensitivity.json",
+        [
+            {"workload": w, "optimizer": o, "learning_rate": lr, "final_val_accuracy": v if v is not None else 0.0}
+            | {"status": status}
+            for w, o, lr, v, status, _ in trial_rows(results)
+        ],
+    )
+    write_json(
+        folder / "budget.json",
+        [
+            {"workload": w, "optimizer": o, "trials": k, "expected_best_val_accuracy": e, "low": lo, "high": hi}
+            for w, per in curves.items()
+            for o, c in per.items()
+            for k, e, lo, hi in zip(c["budget"], c["expected"], c["low"], c["high"], strict=True)
+        ],
+    )
+    draw(settings, results, curves)
+    names = [*files, "metrics.json", "lr_sensitivity.json", "budget.json"]
+    names += ["lr_sensitivity.png", "curves.png", "budget.png"] + (["profile.png"] if len(results) > 1 else [])
+    return [folder / name for name in names]
+
+
+def write_json(path: Path, payload: Any) -> None:
+    write_text_atomic(path, json.dumps(payload, indent=1) + "\n")
+
+
+def draw(settings: fair.Protocol, results: Sequence[WorkloadResult], curves: Mapping[str, Mapping[str, Any]]) -> None:
+    folder = settings.report_dir
+    panels = [
+        (
+            f"{w.workload}: tuning trials ({settings.epochs} epochs, seed {settings.tune_seed})",
+            [
+                plots.LrCurve(
+                    r.optimizer,
+                    list(r.selection.scores),
+                    list(r.selection.scores.values()),
+                    r.default_lr,
+                    r.selection.best_lr,
+                )
+                for r in w.optimizers
+                for best in [r.selection.best_lr]
+            ],
+        )
+        for w in results
+    ]
+    plots.lr_sensitivity(panels, folder / "lr_sensitivity.png")
+    band_panels = []
+    for w in results:
+        for metric in ("val_accuracy", "val_loss") if len(results) == 1 else ("val_accuracy",):
+            bands = []
+            for setting in w.tuned.settings:
+                summaries = setting.bands(metric)
+                lr = fair.lr_text(setting.values["learning_rate"])
+                label = f"{setting.label} (lr {lr}, n={setting.n})"
+                bands.append(plots.Band(label, setting.label, range(1, len(summaries) + 1), summaries))
+            title = f"{w.workload}: {metric.replace('_', ' ')} at the tuned learning rate"
+            band_panels.append(plots.Panel(title, "epoch", metric.replace("_", " "), bands))
+    plots.bands_figure(band_panels, folder / "curves.png", "mean over the judge seeds ± 1 std", "optimizer")
+    budget_panels = [
+        (
+            f"{workload}: expected best of k learning rates from the grid",
+            [plots.BudgetCurve(o, c["budget"], c["expected"], c["low"], c["high"]) for o, c in per.items()],
+        )
+        for workload, per in curves.items()
+    ]
+    plots.budget_curves(budget_panels, folder / "budget.png")
+    if len(results) > 1:
+        fractions = stats.performance_profile(profile_costs(results), TAUS)
+        title = "Performance profile: epochs to each workload's last target (median over seeds)"
+        plots.performance_profile(TAUS, fractions, title, folder / "profile.png")

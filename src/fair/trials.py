@@ -1,0 +1,252 @@
+"""Train the protocol's runs in this process, each once: one MLflow run and one record file per trial.
+
+A trial is lean next to `src.train`'s job, because the protocol trains a hundred of them and the time
+outside `fit` is its overhead: the data split is read once per seed, the model is built and fitted with the
+divergence guards only, and its MLflow run gets its params, tags and every epoch's metrics in one batch at
+the end (no TensorBoard, no checkpoints, no logged MLflow model). What each phase logs:
+
+- tune: params, tags (phase, optimizer, workload, learning_rate, seed), per-epoch metrics, final
+  validation metrics. The test set is never evaluated: tuning selects on validation only;
+- judge: the same, plus test_loss/test_accuracy of the final weights and the trained model as a
+  `.keras` file artifact (`model/model.keras`; load it with `keras.saving.load_model`).
+
+A trial's folder holds `trial.json` once its run ended FINISHED: the trial's config hash (src/resume.py:
+the resolved training config, the MNIST file's sha256, the Keras backend), its metrics and history. A
+folder with the current hash is kept; any other is trained again. So an interrupted protocol resumes
+without retraining finished trials, and a wider grid trains only the new learning rates.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import zip_longest
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from src import resume
+from src.fair.protocol import JUDGE, Trial, lr_text
+from src.files import write_text_atomic
+
+log = logging.getLogger(__name__)
+RECORD = "trial.json"
+FINISHED, DIVERGED = "FINISHED", "diverged"
+
+
+def trial_config(base: DictConfig, trial: Trial) -> DictConfig:
+    """The training config of one trial: the optimizer x workload's config at this learning rate and seed."""
+    cfg = base.copy()
+    cfg.optimizer.learning_rate = trial.learning_rate
+    cfg.train.seed = trial.seed
+    return cfg
+
+
+def read_record(folder: Path, config_hash: str | None = None) -> dict[str, Any] | None:
+    """The finished trial recorded in `folder` (of `config_hash`, when given), or None."""
+    path = folder / RECORD
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    if config_hash is not None and record.get("config_hash") != config_hash:
+        return None
+    return record
+
+
+def _finite(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def first_epoch_reaching(val_accuracy: Sequence[float | None], target: float) -> int | None:
+    """The 1-based epoch whose validation accuracy first reached `target`; None when none did."""
+    for epoch, value in enumerate(val_accuracy, start=1):
+        if value is not None and value >= target:
+            return epoch
+    return None
+
+
+@dataclass
+class Context:
+    """What every trial of a stage shares: the data file, its hash and the MLflow experiment."""
+
+    data_path: Path
+    data_sha256: str
+    experiment_id: str
+    choices: Mapping[str, str]
+
+
+def open_context(cfg: DictConfig, optimizer: str, workload: str) -> Context:
+    """The verified MNIST file (fetched if the config allows) and the protocol's MLflow experiment."""
+    from src import data, tracking
+
+    tracking.check_reachable(str(cfg.mlflow.tracking_uri))
+    _, data_path = data.load_for_training(
+        cfg.data.dir, cfg.data.sources, cfg.data.local_path, cfg.data.cache_dir, cfg.data.fetch_if_missing
+    )
+    experiment_id = tracking.use_experiment(cfg.mlflow)
+    choices = {"optimizer": optimizer, "model": workload, "data": "mnist"}
+    return Context(data_path, data.sha256_file(data_path), experiment_id, choices)
+
+
+def plan(trials: Sequence[Trial], hashes: Mapping[Trial, str], trials_dir: Path) -> list[Trial]:
+    """The trials to train (no finished record of their config hash); empties their folders and removes
+    the folders in their phases that no listed trial owns (a rate dropped from the grid, an old tuned rate)."""
+    owned = {trial.folder(trials_dir) for trial in trials}
+    for phase_dir in {folder.parent for folder in owned}:
+        for old in phase_dir.iterdir() if phase_dir.is_dir() else []:
+            if old.is_dir() and old not in owned:
+                shutil.rmtree(old)
+    to_train = [trial for trial in trials if read_record(trial.folder(trials_dir), hashes[trial]) is None]
+    for trial in to_train:
+        shutil.rmtree(trial.folder(trials_dir), ignore_errors=True)
+    return to_train
+
+
+def train_trials(
+    trials: Sequence[Trial], base: DictConfig, context: Context, trials_dir: Path, on_done: Callable | None = None
+) -> list[dict[str, Any]]:
+    """Train every trial of `trials` that has no finished record of its current config; return all records.
+
+    A trial that diverges is recorded like any other (status `diverged`); an exception in one trial (a
+    FAILED run) stops the stage, and the finished trials before it stay recorded."""
+    configs = {trial: trial_config(base, trial) for trial in trials}
+    hashes = {trial: resume.config_hash(configs[trial], context.data_sha256) for trial in trials}
+    to_train = plan(trials, hashes, trials_dir)
+    print(f"{len(to_train)} to train, {len(trials) - len(to_train)} kept from earlier runs", flush=True)
+    for trial in to_train:
+        record = train_one(trial, configs[trial], context, hashes[trial])
+        write_text_atomic(trial.folder(trials_dir) / RECORD, json.dumps(record, indent=1) + "\n")
+        if on_done:
+            on_done(record)
+    return [read_record(trial.folder(trials_dir)) for trial in trials]  # type: ignore[misc]
+
+
+def train_one(trial: Trial, cfg: DictConfig, context: Context, config_hash: str) -> dict[str, Any]:
+    """Fit one trial, log its MLflow run (ended FINISHED, or FAILED/KILLED on an exception) and return
+    its record."""
+    import keras
+    from hydra.utils import instantiate
+    from mlflow import MlflowClient
+
+    from src import data
+    from src.callbacks import EpochStats, StopOnDivergence, diverged_epoch, from_config
+    from src.tracking import config_params
+    from src.train import summarize_history
+
+    keras.utils.set_random_seed(trial.seed)
+    splits = data.split_for_training(context.data_path, cfg.data.val_split, cfg.data.limit, trial.seed)
+    model = instantiate(cfg.model)
+    guards = from_config(cfg.callbacks)
+    model.compile(
+        optimizer=instantiate(cfg.optimizer),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        steps_per_execution=cfg.train.steps_per_execution,
+    )
+    tags = {
+        "phase": trial.phase,
+        "optimizer": trial.optimizer,
+        "workload": trial.workload,
+        "learning_rate": lr_text(trial.learning_rate),
+        "seed": str(trial.seed),
+        "config_hash": config_hash,
+        "data_sha256": context.data_sha256,
+        "keras_backend": keras.backend.backend(),
+    }
+    client = MlflowClient()
+    run_id = client.create_run(context.experiment_id, run_name=trial.run_name, tags=tags).info.run_id
+    try:
+        started = time.perf_counter()
+        history = model.fit(
+            splits.x_train,
+            splits.y_train,
+            batch_size=cfg.train.batch_size,
+            validation_batch_size=cfg.train.get("validation_batch_size"),
+            epochs=cfg.train.epochs,
+            validation_data=(splits.x_val, splits.y_val),
+            callbacks=[EpochStats(), *guards],
+            verbose=0,
+        ).history
+        train_seconds = time.perf_counter() - started
+        limit = next((c.limit for c in guards if isinstance(c, StopOnDivergence)), math.inf)  # set in fit
+        diverged_at = diverged_epoch(history.get("loss", []), limit)
+        if diverged_at is None and not all(math.isfinite(v) for v in history["val_accuracy"]):
+            diverged_at = len(history["val_accuracy"])
+        metrics = {
+            **summarize_history(history),
+            "final_val_accuracy": history["val_accuracy"][-1],
+            "final_val_loss": history["val_loss"][-1],
+            "train_seconds": train_seconds,
+        }
+        if trial.phase == JUDGE:
+            batch = cfg.train.get("validation_batch_size") or cfg.train.batch_size
+            test_loss, test_accuracy = model.evaluate(splits.x_test, splits.y_test, batch_size=batch, verbose=0)
+            metrics |= {"test_loss": float(test_loss), "test_accuracy": float(test_accuracy)}
+        _log_run(client, run_id, config_params(cfg, context.choices), history, metrics, diverged_at)
+        if trial.phase == JUDGE:
+            _log_model(client, run_id, model)
+    except KeyboardInterrupt:
+        client.set_terminated(run_id, "KILLED")
+        raise
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    finally:
+        keras.backend.clear_session()
+    client.set_terminated(run_id, FINISHED)
+    if diverged_at:
+        log.warning("%s diverged in epoch %d", trial.run_name, diverged_at)
+    print(f"{trial.run_name}: val accuracy {metrics['final_val_accuracy']:.4f} ({train_seconds:.1f} s)", flush=True)
+    return {
+        "config_hash": config_hash,
+        "phase": trial.phase,
+        "workload": trial.workload,
+        "optimizer": trial.optimizer,
+        "learning_rate": trial.learning_rate,
+        "seed": trial.seed,
+        "status": DIVERGED if diverged_at else FINISHED,
+        "diverged_epoch": diverged_at,
+        "run_id": run_id,
+        "run_name": trial.run_name,
+        "metrics": {key: _finite(float(value)) for key, value in metrics.items()},
+        "history": {key: [_finite(float(v)) for v in values] for key, values in history.items()},
+    }
+
+
+def _log_run(
+    client: Any,
+    run_id: str,
+    params: Mapping[str, str],
+    history: Mapping[str, Sequence[float]],
+    metrics: Mapping[str, float],
+    diverged_at: int | None,
+) -> None:
+    """Params, per-epoch metrics (step = epoch, 0-based as src.train logs them), final metrics and the
+    divergence tags, in as few store round trips as MLflow allows (100 params, 1000 metrics a call)."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    now = int(time.time() * 1000)
+    values = [Metric(key, float(v), now, step) for key, series in history.items() for step, v in enumerate(series)]
+    values += [Metric(key, float(value), now, 0) for key, value in metrics.items()]
+    values = [metric for metric in values if math.isfinite(metric.value)]  # MLflow refuses nan in some stores
+    tags = [RunTag("diverged", "true" if diverged_at else "false")]
+    tags += [RunTag("diverged_epoch", str(diverged_at))] if diverged_at else []
+    params_list = [Param(key, value[:6000]) for key, value in params.items()]
+    param_chunks = [params_list[i : i + 100] for i in range(0, len(params_list), 100)]
+    metric_chunks = [values[i : i + 1000] for i in range(0, len(values), 1000)]
+    for index, (some_params, some_metrics) in enumerate(zip_longest(param_chunks, metric_chunks, fillvalue=[])):
+        client.log_batch(run_id, metrics=some_metrics, params=some_params, tags=tags if index == 0 else [])
+
+
+def _log_model(client: Any, run_id: str, model: Any) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.keras"
+        model.save(path)
+        client.log_artifact(run_id, str(path), "model")

@@ -1,0 +1,189 @@
+"""The fair protocol (src/fair/) for real: a small protocol end to end in this process (400 MNIST images,
+2 optimizers x 3 learning rates, 2 seeds, 2 epochs) into a SQLite store in tmp_path, its report checked
+against the runs in MLflow; then resuming, a wider grid, and the bad input that stops it before training."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from src.fair import phases
+from src.fair.report import epochs_cell
+from tests.conftest import run_main
+
+OPTIMIZERS = ("sgd", "adam")
+GRID = (0.01, 0.1, 1000.0)  # 1000 diverges for both; sgd's default (0.01) is on the grid, adam's (0.001) not
+SEEDS = (1, 2)
+
+
+def overrides(folder: Path, mnist_dir: Path, grid: tuple[float, ...] = GRID) -> list[str]:
+    return [
+        f"mlflow.tracking_uri=sqlite:///{folder}/mlflow.db",
+        f"data.dir={mnist_dir}",
+        "data.fetch_if_missing=false",
+        "data.limit=400",
+        f"fair.trials_dir={folder}/trials",
+        f"fair.report_dir={folder}/report",
+        f"fair.optimizers=[{','.join(OPTIMIZERS)}]",
+        f"fair.lr_grid=[{','.join(map(str, grid))}]",
+        f"fair.judge_seeds=[{','.join(map(str, SEEDS))}]",
+        "fair.epochs=2",
+        "fair.targets.mlp=[0.3,0.999]",  # the first is reached, the second never (400 images, 2 epochs)
+        "fair.bootstrap=50",
+    ]
+
+
+def runs(folder: Path) -> list:
+    client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "fair-comparison"]
+    return client.search_runs([experiment.experiment_id], max_results=1000)
+
+
+@pytest.fixture(scope="module")
+def protocol(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
+    """The small protocol, run once: `python -m src.fair <overrides>` in this process."""
+    folder = tmp_path_factory.mktemp("fair")
+    result = run_main("src.fair.__main__", *overrides(folder, mnist_dir), cwd=folder)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (folder / "first.log").write_text(result.stdout)
+    return folder
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+@pytest.mark.slow
+def test_every_run_is_a_tagged_child_of_one_finished_parent(protocol: Path) -> None:
+    found = runs(protocol)
+    parents = [r for r in found if r.data.tags.get("phase") == "report"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = [r for r in found if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    tune = [r for r in children if r.data.tags["phase"] == "tune"]
+    judge = [r for r in children if r.data.tags["phase"] == "judge"]
+    assert len(tune) == len(OPTIMIZERS) * len(GRID)
+    assert len(children) == len(found) - 1 == len(tune) + len(judge)
+    for run in children:
+        assert {"optimizer", "workload", "learning_rate", "seed"} <= set(run.data.tags)
+        assert run.info.status == "FINISHED"
+    # tuning never touches the test set; judged runs are scored on it and keep their model, nobody logs TensorBoard
+    assert not any("test_accuracy" in r.data.metrics for r in tune)
+    assert all("test_accuracy" in r.data.metrics for r in judge)
+    client = MlflowClient(f"sqlite:///{protocol}/mlflow.db")
+    assert [a.path for a in client.list_artifacts(judge[0].info.run_id)] == ["model"]
+    assert client.list_artifacts(tune[0].info.run_id) == []
+    parent_files = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert {"fair.md", "summary.csv", "lr_sensitivity.png", "curves.png", "budget.png"} <= parent_files
+    # sgd's default learning rate won or not: its default-lr runs are judged with both seeds either way
+    sgd_default = [r for r in judge if r.data.tags["optimizer"] == "sgd" and r.data.tags["learning_rate"] == "0.01"]
+    assert sorted(r.data.tags["seed"] for r in sgd_default) == ["1", "2"]
+    assert all("default" in r.data.tags["lr_choice"] for r in sgd_default)
+
+
+@pytest.mark.slow
+def test_the_report_matches_the_runs_in_mlflow(protocol: Path) -> None:
+    found = [r for r in runs(protocol) if r.data.tags.get("phase") in ("tune", "judge")]
+    summary = {row["optimizer"]: row for row in read_csv(protocol / "report" / "summary.csv")}
+    assert set(summary) == set(OPTIMIZERS)
+    for optimizer in OPTIMIZERS:
+        tune = [r for r in found if r.data.tags["phase"] == "tune" and r.data.tags["optimizer"] == optimizer]
+        usable = [r for r in tune if r.data.tags["diverged"] == "false"]
+        best = max(usable, key=lambda r: r.data.metrics["final_val_accuracy"])  # selected on validation only
+        assert float(summary[optimizer]["tuned_lr"]) == pytest.approx(float(best.data.tags["learning_rate"]))
+        judged = [r for r in found if r.data.tags["phase"] == "judge" and r.data.tags["optimizer"] == optimizer]
+        for lr, column in (
+            (best.data.tags["learning_rate"], "tuned_test_accuracy_mean"),
+            (summary[optimizer]["default_lr"], "default_test_accuracy_mean"),
+        ):
+            values = [
+                r.data.metrics["test_accuracy"] for r in judged if float(r.data.tags["learning_rate"]) == float(lr)
+            ]
+            assert len(values) == len(SEEDS)
+            assert float(summary[optimizer][column]) == pytest.approx(statistics.mean(values), abs=1e-5)
+        tuned = [
+            r.data.metrics["test_accuracy"]
+            for r in judged
+            if r.data.tags["learning_rate"] == best.data.tags["learning_rate"]
+        ]
+        assert float(summary[optimizer]["tuned_test_accuracy_std"]) == pytest.approx(statistics.stdev(tuned), abs=1e-5)
+
+
+@pytest.mark.slow
+def test_diverged_trials_are_reported_never_selected(protocol: Path) -> None:
+    trials = read_csv(protocol / "report" / "trials.csv")
+    diverged = {(row["optimizer"], float(row["learning_rate"])) for row in trials if row["status"] == "diverged"}
+    assert ("sgd", 1000.0) in diverged
+    summary = read_csv(protocol / "report" / "summary.csv")
+    assert all(float(row["tuned_lr"]) != 1000.0 for row in summary)
+    report = (protocol / "report" / "fair.md").read_text()
+    assert "diverged at lr 1000" in report
+    assert "Holm" in report
+    assert "not reached (2 of 2)" in report  # the 99.9 % target, counted and shown
+    metrics = json.loads((protocol / "report" / "metrics.json").read_text())
+    assert set(metrics) == set(OPTIMIZERS)
+
+
+@pytest.mark.slow
+def test_rerunning_trains_nothing_and_a_wider_grid_trains_only_its_new_rates(protocol: Path, mnist_dir: Path) -> None:
+    before = {r.info.run_id for r in runs(protocol) if r.data.tags.get("phase") != "report"}
+    again = run_main("src.fair.__main__", *overrides(protocol, mnist_dir), cwd=protocol)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {r.info.run_id for r in runs(protocol) if r.data.tags.get("phase") != "report"} == before
+    assert "0 to train" in again.stdout and "1 to train" not in again.stdout
+    # a trial killed before it ended leaves no record: that one trial is trained again, nothing else
+    killed = protocol / "trials" / "mlp" / "adam" / "tune" / "lr0.1-seed0" / "trial.json"
+    killed.unlink()
+    wider = run_main("src.fair.__main__", *overrides(protocol, mnist_dir, (*GRID, 0.03)), cwd=protocol)
+    assert wider.returncode == 0, wider.stderr[-3000:]
+    new = [r for r in runs(protocol) if r.info.run_id not in before and r.data.tags.get("phase") == "tune"]
+    assert sorted((r.data.tags["optimizer"], r.data.tags["learning_rate"]) for r in new) == [
+        ("adam", "0.03"),
+        ("adam", "0.1"),
+        ("sgd", "0.03"),
+    ]
+
+
+def test_selection_skips_diverged_trials_and_breaks_ties_towards_the_smaller_rate() -> None:
+    def record(lr: float, value: float | None, status: str = "FINISHED") -> dict:
+        return {"learning_rate": lr, "status": status, "metrics": {"final_val_accuracy": value}}
+
+    best, scores, diverged = phases.select([record(1.0, 0.99, "diverged"), record(0.1, 0.9), record(0.01, 0.9)])
+    assert (best, diverged) == (0.01, [1.0])
+    assert scores == {0.01: 0.9, 0.1: 0.9, 1.0: None}
+    assert phases.select([record(1.0, None, "diverged")])[0] is None
+
+
+def test_epochs_to_target_counts_the_runs_that_never_reach_it() -> None:
+    assert epochs_cell([2, 3, None]) == "2.5 ± 0.7 (1 of 3 not reached)"
+    assert epochs_cell([None, None]) == "not reached (2 of 2)"
+    assert epochs_cell([4]) == "4.0"
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("fair.optimizers=[]", "fair.optimizers=[]"),
+        ("fair.optimizers=[adam,adamm]", "'adamm' has no conf/optimizer/adamm.yaml"),
+        ("fair.lr_grid=[]", "fair.lr_grid=[]"),
+        ("fair.lr_grid=[0.1,0]", "0 is not a number > 0"),
+        ("fair.judge_seeds=[1]", "fewer than 2 seeds"),
+        ("fair.targets.mlp=[0.9,1.5]", "1.5 is outside (0, 1]"),
+        ("fair.targets.mlp=[0]", "0 is outside (0, 1]"),
+        ("fair.workloads=[rnn]", "'rnn' has no conf/model/rnn.yaml"),
+        ("optimizer=sgd", "use fair.optimizers"),
+    ],
+)
+def test_bad_input_stops_with_one_line_before_any_run(tmp_path: Path, override: str, named: str) -> None:
+    result = run_main(
+        "src.fair.__main__", f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db", override, cwd=tmp_path
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and named in lines[0], result.stderr
+    assert not (tmp_path / "mlflow.db").exists()
