@@ -187,3 +187,70 @@ def test_bad_input_stops_with_one_line_before_any_run(tmp_path: Path, override: 
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and named in lines[0], result.stderr
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def _project_copy(root: Path, mnist_dir: Path) -> None:
+    """The project's files (as git sees them) in a fresh git repo at `root`, with a tiny protocol."""
+    import re
+    import shutil
+    import subprocess
+
+    from src.config import PROJECT_ROOT
+
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for name in listed:
+        if (
+            (PROJECT_ROOT / name).is_file()
+            and not name.startswith(("reports/", "runs/"))
+            and not name.endswith(".lock")
+        ):
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(PROJECT_ROOT / name, root / name)
+    preset = root / "conf" / "fair" / "default.yaml"
+    text = preset.read_text()
+    for key, value in (("optimizers", "[sgd]"), ("lr_grid", "[0.01, 0.1]"), ("judge_seeds", "[1, 2]"), ("epochs", "1")):
+        text = re.sub(rf"(?m)^{key}: [^#\n]*", f"{key}: {value} ", text)
+    preset.write_text(text.replace("mlp: [0.95, 0.97]", "mlp: [0.5]").replace("bootstrap: 1000", "bootstrap: 20"))
+    data_config = root / "conf" / "data" / "mnist.yaml"
+    data_config.write_text(re.sub(r"(?m)^limit: null", "limit: 400", data_config.read_text()))
+    (root / "data").mkdir(exist_ok=True)
+    shutil.copytree(mnist_dir / ".cache", root / "data" / ".cache")  # the fetch stage finds the mirror's wheel
+
+
+@pytest.mark.slow
+def test_dvc_pipeline_caches_each_optimizer_and_adding_one_runs_only_its_stages(
+    tmp_path: Path, mnist_dir: Path
+) -> None:
+    """`dvc repro fair/dvc.yaml` in a copy of the project: every stage once, then nothing, then only the new
+    optimizer's stages and the report."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    _project_copy(tmp_path, mnist_dir)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env |= {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+
+    def sh(*command: str) -> str:
+        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        return result.stdout
+
+    def stages(output: str) -> list[str]:
+        return re.findall(r"Running stage '(?:fair/dvc.yaml:)?([^']+)'", output)
+
+    sh("git", "init", "-q")
+    sh("git", "add", "-A")
+    sh("git", "commit", "-qm", "copy")
+    assert stages(sh("dvc", "repro", "fair/dvc.yaml")) == ["fetch", "tune@sgd-mlp", "judge@sgd-mlp", "report"]
+    assert "sgd" in (tmp_path / "reports" / "fair" / "fair.md").read_text()
+    assert "Data and pipelines are up to date" in sh("dvc", "repro", "fair/dvc.yaml")
+    preset = tmp_path / "conf" / "fair" / "default.yaml"
+    preset.write_text(re.sub(r"(?m)^optimizers: \[sgd\]", "optimizers: [sgd, adam]", preset.read_text()))
+    second = sh("dvc", "repro", "fair/dvc.yaml")
+    assert stages(second) == ["tune@adam-mlp", "judge@adam-mlp", "report"]
+    assert "| adam |" in (tmp_path / "reports" / "fair" / "fair.md").read_text()

@@ -31,7 +31,14 @@ def main(argv: list[str] | None = None) -> None:
         print(__doc__)
         return
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    signal.signal(signal.SIGTERM, _interrupt)  # a killed stage ends its run KILLED, like Ctrl-C
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # a killed stage ends its run KILLED, like Ctrl-C
+    try:
+        _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: list[str]) -> None:
     with exit_on_user_error():
         from src.fair import phases, protocol
 
@@ -40,21 +47,16 @@ def main(argv: list[str] | None = None) -> None:
         overrides = args[1 + len(names) :] if stage else args
         if stage in ("tune", "judge") and (len(names) != 2 or "=" in "".join(names)):
             raise ConfigError(f"usage: python -m src.fair {stage} <optimizer> <workload> [overrides]")
-        settings, bases = protocol.load(overrides)  # every check before any training
-        if stage in ("tune", "judge"):
-            optimizer, workload = names
-            if (optimizer, workload) not in bases:
-                raise ConfigError(
-                    f"{stage} {optimizer} {workload}: not in the protocol; fair.optimizers="
-                    f"{list(settings.optimizers)} and fair.workloads={list(settings.workloads)} are"
-                )
-            getattr(phases, stage)(settings, bases[(optimizer, workload)], optimizer, workload)
+        pair = (names[0], names[1]) if names else None
+        settings, bases = protocol.load(overrides, only=pair)  # every check before any training
+        if pair is not None:
+            getattr(phases, stage)(settings, bases[pair], *pair)
             return
         if stage is None:
             phases.run_all(settings, bases)
         from src.fair import report  # only the report stage needs it (and plotting, replicates)
 
-        report.main(settings, overrides, bases)
+        report.main(settings, bases)
 
 
 if __name__ == "__main__":

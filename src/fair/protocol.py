@@ -158,16 +158,19 @@ def compose(overrides: Sequence[str], optimizer: str | None = None, workload: st
         raise ConfigError(f"src.fair: {error}".splitlines()[0]) from None
 
 
-def load(overrides: Sequence[str]) -> tuple[Protocol, dict[tuple[str, str], DictConfig]]:
-    """The protocol and every optimizer x workload's training config, all validated: a bad value stops
-    the protocol before its first trial."""
+def load(
+    overrides: Sequence[str], only: tuple[str, str] | None = None
+) -> tuple[Protocol, dict[tuple[str, str], DictConfig]]:
+    """The protocol and its optimizer x workload training configs, all validated: a bad value stops the
+    protocol before its first trial. `only` (optimizer, workload): that pair's config alone (a DVC stage)."""
     settings = read_protocol(OmegaConf.to_container(compose(overrides)[GROUP], resolve=True))
-    bases = {
-        (optimizer, workload): training_config(settings, overrides, optimizer, workload)
-        for workload in settings.workloads
-        for optimizer in settings.optimizers
-    }
-    return settings, bases
+    pairs = [(optimizer, workload) for workload in settings.workloads for optimizer in settings.optimizers]
+    if only is not None and only not in pairs:
+        raise ConfigError(
+            f"{' '.join(only)} is not in the protocol: fair.optimizers={list(settings.optimizers)},"
+            f" fair.workloads={list(settings.workloads)}"
+        )
+    return settings, {pair: training_config(settings, overrides, *pair) for pair in ([only] if only else pairs)}
 
 
 def training_config(protocol: Protocol, overrides: Sequence[str], optimizer: str, workload: str) -> DictConfig:

@@ -225,7 +225,7 @@ def write_json(path: Path, payload: Any) -> None:
     write_text_atomic(path, json.dumps(payload, indent=1) + "\n")
 
 
-def main(settings: fair.Protocol, overrides: Sequence[str], bases: Mapping[tuple[str, str], DictConfig]) -> None:
+def main(settings: fair.Protocol, bases: Mapping[tuple[str, str], DictConfig]) -> None:
     """Write reports/fair/ and the protocol's MLflow parent run; print the tables and verdicts."""
     from src.fair import report_files, report_mlflow
 

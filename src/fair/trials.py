@@ -140,6 +140,8 @@ def train_one(trial: Trial, cfg: DictConfig, context: Context, config_hash: str)
     from src.tracking import config_params
     from src.train import summarize_history
 
+    # Every trial builds a new model, so TensorFlow traces its train step anew: expected, not worth a warning
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     keras.utils.set_random_seed(trial.seed)
     splits = data.split_for_training(context.data_path, cfg.data.val_split, cfg.data.limit, trial.seed)
     model = instantiate(cfg.model)
