@@ -185,7 +185,7 @@ def lr_sensitivity(panels: Sequence[tuple[str, Sequence[LrCurve]]], path: Path) 
         axes.set_xlabel("learning rate (log scale)")
         axes.set_ylabel("final validation accuracy")
         axes.grid(alpha=0.3, which="both")
-        axes.legend(title="□ Keras default, ★ tuned, x diverged", title_fontsize=8, fontsize=8, loc="lower left")
+        axes.legend(title="□ Keras default, ★ tuned, x diverged", title_fontsize=8, fontsize=8, loc="best")
     save_figure_atomic(figure, path, dpi=110)
     pyplot.close(figure)
 
