@@ -237,3 +237,20 @@ def main(settings: fair.Protocol, bases: Mapping[tuple[str, str], DictConfig]) -
         from src.tracking.links import children_url
 
         print(f"MLflow: parent run {parent_run_id}; its runs (make ui): {children_url(parent_run_id)}")
+
+
+def cli() -> None:
+    """`python -m src.fair.report [overrides]`: the DVC stage `report` (trains nothing)."""
+    import sys
+
+    from src.fair.stage import command
+
+    def body() -> None:
+        settings, bases = fair.load(sys.argv[1:])
+        main(settings, bases)
+
+    command(body)
+
+
+if __name__ == "__main__":
+    cli()
