@@ -18,8 +18,10 @@ from src.config import PROJECT_ROOT
 pytestmark = pytest.mark.slow
 
 
-def sh(*command: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+def sh(*command: str, cwd: Path, check: bool = True, columns: int | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    if columns:
+        env["COLUMNS"] = str(columns)  # the terminal width DVC's tables fit
     env |= {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     env.pop("MLFLOW_TRACKING_URI", None)
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
@@ -46,6 +48,7 @@ def trained_runs(project: Path) -> dict[str, str]:
 
 
 OPTIMIZERS = ["adam", "rmsprop"]
+LEARNING_RATE = "conf/optimizer/rmsprop.yaml:learning_rate"
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +96,7 @@ def test_reports_metrics_and_plots_hold_every_optimizer_and_seed(project: Path) 
     assert [row.split("|")[2].strip() for row in table[1:]] == ["2", "2"]  # n
     assert "optimizer=rmsprop vs optimizer=adam" in text or "optimizer=adam vs optimizer=rmsprop" in text
     csv_rows = (reports / "comparison.csv").read_text().splitlines()
-    assert csv_rows[0].startswith("optimizer,n,test_accuracy_mean,test_accuracy_std,test_accuracy_ci_low")
+    assert csv_rows[0].startswith("setting,optimizer,n,excluded,test_accuracy_mean,test_accuracy_std,test_accuracy_ci")
     assert len(csv_rows) == 3 and len((reports / "comparison_seeds.csv").read_text().splitlines()) == 5
     for image in ("curves.png", "confusion_grid.png"):
         assert (reports / image).read_bytes()[:4] == b"\x89PNG"
@@ -102,13 +105,16 @@ def test_reports_metrics_and_plots_hold_every_optimizer_and_seed(project: Path) 
     predictions = (reports / "eval" / "rmsprop" / "predictions.csv").read_text().splitlines()
     assert predictions[0] == "seed,actual,predicted" and len(predictions) == 2 * 10000 + 1
 
+    # DVC's metrics: what a user compares between experiments, one row per optimizer
     shown = json.loads(sh("dvc", "metrics", "show", "--json", cwd=project).stdout)
     metrics = next(iter(shown.values()))["data"]
-    summary = metrics["reports/metrics.json"]["data"]
-    assert set(summary) == set(OPTIMIZERS)
-    assert summary["adam"]["n"] == 2 and 0 < summary["adam"]["test_accuracy_mean"] <= 1
-    assert summary["adam"]["test_accuracy_std"] >= 0
-    scores = metrics["reports/eval/adam/metrics.json"]["data"]
+    assert sorted(metrics) == [f"reports/metrics/{o}.json" for o in OPTIMIZERS]
+    adam = metrics["reports/metrics/adam.json"]["data"]
+    assert set(adam) == {"n", "test_mean", "test_std", "val_mean", "val_std", "epochs", "seconds"}
+    assert adam["n"] == 2 and 0 < adam["test_mean"] <= 1 and adam["test_std"] >= 0
+    table = sh("dvc", "metrics", "show", cwd=project, columns=120).stdout.splitlines()
+    assert len(table) == 1 + len(OPTIMIZERS) and max(map(len, table)) <= 120, table
+    scores = json.loads((reports / "eval" / "adam" / "scores.json").read_text())  # a plain file, not a metric
     assert 0 < scores["seed1"]["test_accuracy"] <= 1 and "precision" in scores
     sh("dvc", "plots", "show", "-o", str(project / "plots_html"), cwd=project)
     assert (project / "plots_html" / "index.html").is_file()
@@ -139,6 +145,8 @@ def test_dvc_runs_are_grouped_under_one_compare_parent_in_mlflow(project: Path) 
 def test_second_repro_does_nothing_and_one_edit_reruns_only_its_stages(project: Path) -> None:
     again = sh("dvc", "repro", cwd=project)
     assert stages_run(again.stdout) == []
+    sh("git", "add", "-A", cwd=project)  # what a user commits after a repro: dvc.lock, reports/
+    sh("git", "commit", "-qm", "first repro", cwd=project)
     before = trained_runs(project)
     rmsprop = project / "conf" / "optimizer" / "rmsprop.yaml"
     rmsprop.write_text(re.sub(r"(?m)^learning_rate: 0.001", "learning_rate: 0.002", rmsprop.read_text()))
@@ -151,6 +159,14 @@ def test_second_repro_does_nothing_and_one_edit_reruns_only_its_stages(project: 
         k: v for k, v in before.items() if k.startswith("adam")
     }
     assert all(after[k] != before[k] for k in ("rmsprop/seed1", "rmsprop/seed2"))
+    diff = sh("dvc", "metrics", "diff", cwd=project, columns=120).stdout.splitlines()
+    assert diff[0].split() == ["Path", "Metric", "HEAD", "workspace", "Change"]
+    assert all("rmsprop.json" in line for line in diff[1:]) and max(map(len, diff)) <= 120, diff
+    # what the README suggests for a 120-column terminal: the changed test means and params, not the hashes
+    drop = "runs|reports/eval|.*(_std|seconds|epochs|val_mean)"
+    changed = sh("dvc", "exp", "show", "--only-changed", "--no-pager", "--drop", drop, cwd=project, columns=120).stdout
+    header = changed.splitlines()[1].split()
+    assert header == ["Experiment", "Created", "reports/metrics/rmsprop.json:test_mean", LEARNING_RATE], changed
 
 
 def test_adding_a_seed_trains_only_that_seed(project: Path) -> None:
@@ -164,7 +180,7 @@ def test_adding_a_seed_trains_only_that_seed(project: Path) -> None:
     after = trained_runs(project)
     assert {k: after[k] for k in before} == before and len(after) == 6
     assert checkpoint.read_bytes() == checkpoint_bytes
-    assert json.loads((project / "reports" / "metrics.json").read_text())["adam"]["n"] == 3
+    assert json.loads((project / "reports" / "metrics" / "adam.json").read_text())["n"] == 3
     assert stages_run(sh("dvc", "repro", cwd=project).stdout) == []
 
 
