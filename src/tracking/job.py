@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from src.config import flatten, shapes_training
-from src.tracking.store import masked_config, retry_duplicate_insert
+from src.tracking.store import mask_uri, masked_config, retry_duplicate_insert
 
 if TYPE_CHECKING:
     from mlflow import ActiveRun
@@ -90,11 +90,11 @@ def job_run_name(task_overrides: Sequence[str], choices: Mapping[str, str]) -> s
     optimizer plus the command-line overrides."""
     swept = current_sweep().get("swept")
     if swept:
-        return ",".join(o for o in task_overrides if override_key(o) in swept)
+        return mask_uri(",".join(o for o in task_overrides if override_key(o) in swept))
     shown = [o for o in task_overrides if shapes_training(override_key(o))]
     if not any(override_key(o) == "optimizer" for o in shown):
         shown.insert(0, f"optimizer={choices.get('optimizer')}")
-    return ",".join(shown)
+    return mask_uri(",".join(shown))
 
 
 def find_finished_run(experiment_id: str, config_hash: str) -> Run | None:
@@ -327,8 +327,28 @@ def log_job_files(cfg: DictConfig, output_dir: Path) -> None:
     if tensorboard.get("enabled") and Path(tensorboard.log_dir).is_dir():
         mlflow.log_artifacts(tensorboard.log_dir, "tensorboard")
     mlflow.log_text(OmegaConf.to_yaml(masked_config(cfg)), "config/config.yaml")
-    if (output_dir / ".hydra").is_dir():  # Hydra's own record: config, hydra.yaml, overrides.yaml
-        mlflow.log_artifacts(str(output_dir / ".hydra"), "config/hydra")
-    for name in ("history.json", "metrics.json", *(p.name for p in output_dir.glob("*.log"))):
+    # Hydra's own record (config.yaml, hydra.yaml, overrides.yaml) and the log file hold the command line
+    # as typed, a password in a URI included: they go up as masked copies (the local files stay as they are).
+    hydra_record = output_dir / ".hydra"
+    if hydra_record.is_dir():
+        log_masked_copies(sorted(hydra_record.iterdir()), "config/hydra")
+    log_masked_copies(sorted(output_dir.glob("*.log")), None)
+    for name in ("history.json", "metrics.json"):
         if (output_dir / name).is_file():
             mlflow.log_artifact(str(output_dir / name))
+
+
+def log_masked_copies(files: Sequence[Path], artifact_path: str | None) -> None:
+    """Log text files to the active run with every URI's password masked (`mask_uri`)."""
+    import tempfile
+
+    import mlflow
+
+    files = [path for path in files if path.is_file()]
+    if not files:
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        for path in files:
+            text = path.read_text(encoding="utf-8", errors="replace")
+            Path(folder, path.name).write_text(mask_uri(text), encoding="utf-8")
+        mlflow.log_artifacts(folder, artifact_path)

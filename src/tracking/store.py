@@ -22,13 +22,39 @@ from src.errors import ConfigError
 T = TypeVar("T")
 
 
-def mask_uri(uri: str) -> str:
-    """`scheme://user:secret@host/...` -> `scheme://user:***@host/...`: safe to print, log or store."""
-    parsed = urlparse(uri)
-    if parsed.password is None:
-        return uri
-    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
-    return parsed._replace(netloc=netloc).geturl()
+# The password of a `scheme://user:password@host` anywhere in a text. Greedy up to the last `@` before a
+# `/` or a blank, as urllib splits it: a raw `@` inside the password is masked too, not half shown. Hydra
+# writes a job's overrides back escaped (`postgresql\://user\:password@host\:5432/db`): `\:` counts as `:`.
+_URI_PASSWORD = re.compile(r"(?P<user>\b[A-Za-z][A-Za-z0-9+.-]*\\?://[^\s/:@]*:)(?P<password>[^\s/]+)(?=@)")
+
+
+def mask_uri(text: str) -> str:
+    """`scheme://user:secret@host/...` -> `scheme://user:***@host/...`, for every URI in `text` (one URI,
+    an override `key=postgresql://...`, a YAML file, a log line): safe to print, log or store. The one
+    masking rule of the project; everything it writes into MLflow or prints passes through it."""
+    return _URI_PASSWORD.sub(r"\g<user>***", text)
+
+
+def mask_log_records() -> None:
+    """Mask every log record of this process from now on (Hydra's launchers log each job's overrides,
+    `mlflow.tracking_uri=postgresql://user:password@...` included). A record factory, not a handler
+    filter: Hydra replaces the handlers when each job starts."""
+    import logging
+
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "masks_secrets", False):
+        return
+
+    def masked_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        message = record.getMessage()
+        masked = mask_uri(message)
+        if masked != message:
+            record.msg, record.args = masked, ()
+        return record
+
+    masked_record.masks_secrets = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(masked_record)
 
 
 # `host:port[/path]` with no scheme: MLflow would take it for a local folder and quietly write there.
@@ -161,6 +187,7 @@ def use_experiment(mlflow_cfg: DictConfig) -> str:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
+    mask_log_records()  # before a launcher logs the jobs' overrides (the sweep calls this first)
     tracking_uri = str(mlflow_cfg.tracking_uri)
     check_reachable(tracking_uri)
     database = sqlite_path(tracking_uri)
@@ -238,8 +265,14 @@ def _refused_login(tracking_uri: str) -> Iterator[None]:
 
 
 def masked_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config as a dict, with any password in the tracking URI masked."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    if "mlflow" in resolved:
-        resolved["mlflow"]["tracking_uri"] = mask_uri(str(resolved["mlflow"]["tracking_uri"]))
-    return resolved
+    """The resolved config as a dict, with the password of every URI in any string value masked (the
+    tracking URI, an artifact location, a user's tag)."""
+
+    def masked(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: masked(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [masked(item) for item in value]
+        return mask_uri(value) if isinstance(value, str) else value
+
+    return masked(OmegaConf.to_container(cfg, resolve=True))

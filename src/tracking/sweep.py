@@ -108,11 +108,11 @@ class MlflowSweepCallback(Callback):
         overridden = {override_key(o) for o in task_overrides}
         params = (config.hydra.sweeper.get("params") or {}).items()
         named += [f"{key}={value}" for key, value in params if key not in overridden]
-        run_name = " ".join(dict.fromkeys(named)) or "multirun"
+        run_name = mask_uri(" ".join(dict.fromkeys(named)) or "multirun")
         tags = {
             MLFLOW_RUN_NAME: run_name,
             "sweep": "parent",
-            "hydra_overrides": " ".join(task_overrides),
+            "hydra_overrides": mask_uri(" ".join(task_overrides)),  # a password in a URI never reaches MLflow
             "sweep_dir": str(config.hydra.sweep.dir),
             "sweep_jobs": str(job_count),
         }
