@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,11 +72,10 @@ def load_seed(name: str, seed: int, runs_dir: Path, scores: dict[int, dict[str, 
     }
 
 
-def differing_settings(settings: Sequence[dict[str, Any]]) -> list[str]:
+def differing_settings(settings: Sequence[Mapping[str, Any]]) -> list[str]:
     """Settings every optimizer has but not with the same value (e.g. learning_rate after `dvc exp run -S`).
     Keys only some optimizers have (amsgrad, rho, ...) are left out: the optimizer column says it all."""
-    shared = set.intersection(*(set(s) for s in settings))
-    shared.discard("optimizer._target_")
+    shared = set.intersection(*(set(s) for s in settings)) - {"optimizer", "optimizer._target_"}
     return sorted(key for key in shared if len({repr(s[key]) for s in settings}) > 1)
 
 
@@ -86,10 +85,8 @@ def load_replicates(names: Sequence[str], seeds: Sequence[int], runs_dir: Path, 
     for name in names:
         scores = seed_scores(_read_json(eval_dir / name / "scores.json"))
         loaded[name] = [load_seed(name, seed, runs_dir, scores) for seed in seeds]
-    differing = differing_settings([seeds_of[0]["settings"] for seeds_of in loaded.values()])
     result = []
     for name, seeds_of in loaded.items():
-        values = {"optimizer": name, **{key: seeds_of[0]["settings"][key] for key in differing}}
         for seed, files in zip(seeds, seeds_of, strict=True):
             diverged = files["training"].get("diverged") or files["scores"].get("diverged")
             metrics = {m: files["training"].get(m) for m in rep.RUN_METRICS} | {
@@ -103,7 +100,7 @@ def load_replicates(names: Sequence[str], seeds: Sequence[int], runs_dir: Path, 
                     metrics=metrics,
                     run_id=files["run"].get("run_id", ""),
                     name=f"{name}/seed{seed}",
-                    values=values | {"learning_rate": files["settings"].get("optimizer.learning_rate")},
+                    values={"optimizer": name, **files["settings"]},
                     history=files["history"],
                 )
             )
@@ -112,7 +109,7 @@ def load_replicates(names: Sequence[str], seeds: Sequence[int], runs_dir: Path, 
 
 def table_keys(comparison: rep.Comparison) -> list[str]:
     """The columns naming a setting: the optimizer, then the settings that differ between optimizers."""
-    return [key for key in comparison.settings[0].values if key != "learning_rate"]
+    return ["optimizer", *differing_settings([setting.values for setting in comparison.settings])]
 
 
 def dvc_metrics(setting: rep.Setting) -> dict[str, Any]:
@@ -145,7 +142,7 @@ def curve_points(comparison: rep.Comparison) -> list[dict[str, Any]]:
 
 
 def learning_rates(comparison: rep.Comparison) -> str:
-    return ", ".join(f"{s.values['optimizer']} {s.values.get('learning_rate')}" for s in comparison.settings)
+    return ", ".join(f"{s.values['optimizer']} {s.values.get('optimizer.learning_rate')}" for s in comparison.settings)
 
 
 EXPLAINED = (
