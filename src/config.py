@@ -20,8 +20,18 @@ from src.errors import ConfigError
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PROJECT_ROOT / "conf"
 
-# `${project_root:}` in conf/ makes default paths absolute, independent of the cwd and Hydra's output dir.
-OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
+
+def project_root() -> str:
+    """`${project_root:}` in conf/: default paths are absolute, independent of the cwd and Hydra's output dir.
+
+    A named function, not a lambda: Hydra ships the driver's resolvers to Ray workers (Singleton state), a
+    lambda with the driver's PROJECT_ROOT inside, a named function by name, so that on another node it
+    resolves to the copy of the project that node runs (src/cluster.py).
+    """
+    return str(PROJECT_ROOT)
+
+
+OmegaConf.register_new_resolver("project_root", project_root, replace=True)
 
 # What model.fit logs every epoch, and so what a callback may `monitor`.
 LOGGED_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
