@@ -73,11 +73,14 @@ ADMIN_PASSWORD_FILE ?=
 SERVER_WORKERS ?= 1
 
 server: export SERVER_STORE := $(SERVER_STORE)
+# Off loopback, AUTH=1 or ALLOW_ANONYMOUS=1 (a trusted network) is required; `:=`: an exported one does not count.
+ALLOW_ANONYMOUS :=
 server: install ## team tracking server on http://$(HOST):$(SERVER_PORT) (SERVER_STORE=postgresql://..., AUTH=1: logins)
 	@# not echoed: SERVER_STORE may hold a password (make db's keeps it in a pgpass file instead)
 	@PGPASSFILE="$${PGPASSFILE:-$(DB_DIR)/pgpass}" $(BIN)/python -m src.server serve \
 		--server-dir "$(SERVER_DIR)" --host $(HOST) --port $(SERVER_PORT) --workers $(SERVER_WORKERS) \
-		$(if $(AUTH),--auth) $(if $(ADMIN_PASSWORD_FILE),--admin-password-file "$(ADMIN_PASSWORD_FILE)")
+		$(if $(AUTH),--auth) $(if $(ALLOW_ANONYMOUS),--allow-anonymous) \
+		$(if $(ADMIN_PASSWORD_FILE),--admin-password-file "$(ADMIN_PASSWORD_FILE)")
 
 db: install ## start PostgreSQL in $(DB_DIR) on 127.0.0.1 (created on first use); prints the SERVER_STORE to use
 	$(BIN)/python -m src.server db-start "$(DB_DIR)"

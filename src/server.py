@@ -12,7 +12,11 @@ the same functions, so what they exercise is what a user starts.
 - `python -m src.server serve ...` checks the run store, then replaces itself with `mlflow server`;
   with `--auth` it runs MLflow's own access control (`--app-name basic-auth`) with a config file it
   writes into the server dir. The admin password comes from MLFLOW_AUTH_ADMIN_PASSWORD or a file
-  outside git (`--admin-password-file`), never from a default.
+  outside git (`--admin-password-file`), never from a default. On any address but loopback it refuses
+  to start without `--auth` unless told `--allow-anonymous` (a trusted network), and then warns.
+
+Files that may hold a secret (pgpass, basic_auth.ini, the Flask key, postgres.log) are created mode 600
+before anything is written into them. See docs/security.md for what is and is not protected.
 
 PostgreSQL refuses to run as root: as root, every PostgreSQL binary runs as the `postgres` user
 (`runuser`), and the cluster's folders are handed to it.
@@ -167,9 +171,7 @@ class Cluster:
 
     def _write_pgpass(self, password: str, port: int) -> None:
         """libpq's password file: host:port:database:user:password, refused by libpq unless mode 600."""
-        self.pgpass.touch(mode=0o600)
-        self.pgpass.chmod(0o600)
-        self.pgpass.write_text(f"127.0.0.1:{port}:{DB_NAME}:{DB_USER}:{password}\n")
+        write_text_atomic(self.pgpass, f"127.0.0.1:{port}:{DB_NAME}:{DB_USER}:{password}\n", mode=0o600)
 
     def _create_role_and_database(self) -> None:
         """The `mlflow` role and database, over the private socket (trusted) as the superuser."""
@@ -202,6 +204,9 @@ def wait_healthy(
     with its log's tail if it dies or takes longer than `timeout` seconds."""
     import urllib.request
 
+    from src.tracking.store import bypass_proxy_for_loopback
+
+    bypass_proxy_for_loopback()  # behind an http_proxy, a loopback health check would go through the proxy
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -241,8 +246,8 @@ def write_auth_config(server_dir: Path, database_uri: str, default_permission: s
         "auth_cache_ttl_seconds": os.environ.get("MLFLOW_AUTH_CACHE_TTL_SECONDS", "60"),
     }
     path = server_dir / "basic_auth.ini"
-    write_text_atomic(path, "[mlflow]\n" + "".join(f"{key} = {value}\n" for key, value in settings.items()))
-    path.chmod(0o600)  # database_uri may hold a password
+    text = "[mlflow]\n" + "".join(f"{key} = {value}\n" for key, value in settings.items())
+    write_text_atomic(path, text, mode=0o600)  # database_uri may hold a password: 600 before it is written
     return path
 
 
@@ -253,8 +258,7 @@ def _secret_key(server_dir: Path) -> str:
         return os.environ["MLFLOW_FLASK_SERVER_SECRET_KEY"]
     path = server_dir / "flask_secret_key"
     if not path.exists():
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_urlsafe(32))
+        write_text_atomic(path, secrets.token_urlsafe(32), mode=0o600)
     return path.read_text().strip()
 
 
@@ -269,10 +273,33 @@ def _admin_password(password_file: str | None) -> str | None:
     return None
 
 
+def check_exposure(host: str, auth: bool, allow_anonymous: bool) -> None:
+    """Refuse an anonymous server that others can reach: without `--auth`, anyone who reaches the address
+    may read, change and delete every run. Loopback, or auth on, passes; `allow_anonymous` (a network the
+    user trusts) passes with a warning. Runs before any process or file is created."""
+    from src.tracking.store import is_loopback
+
+    if auth or is_loopback(host):
+        return
+    if not allow_anonymous:
+        raise ConfigError(
+            f"HOST={host} without AUTH=1 would let anyone who reaches this machine read, change and delete "
+            "every run: add AUTH=1 (logins and permissions), or ALLOW_ANONYMOUS=1 (--allow-anonymous) on a "
+            "network you trust, or keep the default HOST=127.0.0.1"
+        )
+    print(
+        f"warning: HOST={host} without AUTH=1: anyone who reaches this machine may read, change and delete "
+        "every run (ALLOW_ANONYMOUS=1)",
+        file=sys.stderr,
+    )
+
+
 def serve(arguments: argparse.Namespace) -> None:
-    """Check the run store, then exec `mlflow server` (same process: a signal to it stops the server)."""
+    """Check the address and the run store, then exec `mlflow server` (same process: a signal to it stops
+    the server)."""
     from src.tracking.store import check_reachable
 
+    check_exposure(arguments.host, arguments.auth, arguments.allow_anonymous)
     if not arguments.store:
         raise ConfigError("SERVER_STORE is not set: export SERVER_STORE=sqlite:///... or postgresql://... (or --store)")
     check_reachable(arguments.store, key="SERVER_STORE")
@@ -315,10 +342,15 @@ def main(argv: list[str] | None = None) -> None:
         help="run store URI: sqlite:///... or postgresql://... (default: $SERVER_STORE: a password stays out of ps)",
     )
     server.add_argument("--server-dir", required=True, help="artifacts/ and the auth files go here")
-    server.add_argument("--host", default="127.0.0.1")
+    server.add_argument("--host", default="127.0.0.1", help="anything but loopback needs --auth or --allow-anonymous")
     server.add_argument("--port", type=int, default=5001)
     server.add_argument("--workers", type=int, default=1)
     server.add_argument("--auth", action="store_true", help="MLflow's basic-auth app: users and permissions")
+    server.add_argument(
+        "--allow-anonymous",
+        action="store_true",
+        help="serve a non-loopback host without --auth (a trusted network only: anyone there may delete runs)",
+    )
     server.add_argument("--auth-store", help="the users' database (default: sqlite in the server dir)")
     server.add_argument("--admin-password-file", help="a file outside git holding the admin's password")
     arguments = parser.parse_args(argv)
