@@ -1,10 +1,10 @@
 """Small file helpers shared by the stages: atomic writes, an inter-process lock, Markdown tables.
 
-Every file the project writes goes through `write_atomic` (or its text, bytes and figure forms):
+Every file the project keeps is written through `write_atomic` (or its text, bytes and figure forms):
 
-1. the content is written to a fresh temp folder `.tmp-<random>/` beside the target, under the target's
-   own name (Keras, matplotlib and NumPy pick the format from the suffix; `.weights.h5` has two), so two
-   writers of one file never share a temp file;
+1. the content is written into a fresh temp folder `.tmp-<random>/` (mode 700) beside the target, under
+   the target's own name (Keras, matplotlib and NumPy pick the format from the suffix; `.weights.h5` has
+   two), so two writers of one file never share a temp file;
 2. the file is flushed and fsynced: its bytes are on disk before its name is;
 3. `os.replace` renames it over the target (atomic on POSIX: a reader sees the old file or the new one);
 4. the target's folder is fsynced, so the rename itself survives a power loss.
