@@ -102,7 +102,7 @@ def bands_figure(panels: Sequence[Panel], path: Path, suptitle: str = "", legend
         if panel.log_y:
             axes.set_yscale("log")
         if panel.integer_x:
-            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         if panel.bands:
             axes.legend(title=legend_title or None, fontsize=8)
     if suptitle:
@@ -218,7 +218,7 @@ def budget_curves(panels: Sequence[tuple[str, Sequence[BudgetCurve]]], path: Pat
         axes.set_title(title, fontsize=10)
         axes.set_xlabel("tuning budget: learning rates tried (k)")
         axes.set_ylabel("expected best validation accuracy")
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         axes.grid(alpha=0.3)
         axes.legend(title="optimizer (band: 95 % bootstrap)", title_fontsize=8, fontsize=8, loc="lower right")
     save_figure_atomic(figure, path, dpi=110)
