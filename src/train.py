@@ -184,7 +184,7 @@ def _fit_and_log(
         "keras_backend": keras.backend.backend(),  # tensorflow, or jax with KERAS_BACKEND=jax
         "output_dir": str(output_dir),
         **config_tags(cfg),  # what does not shape training: paths, URIs, mlflow.*, verbosity
-        **{str(key): str(value) for key, value in (cfg.mlflow.get("tags") or {}).items()},
+        **{str(key): tracking.mask_uri(str(value)) for key, value in (cfg.mlflow.get("tags") or {}).items()},
     }
     params = tracking.config_params(cfg, choices)
     with tracking.job_run(experiment_id, run_name, params, tags, resume_run_id=resume_run_id) as run:

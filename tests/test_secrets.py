@@ -106,6 +106,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Iterator
             "data.fetch_if_missing=false",
             f"data.dir={mnist_dir}",
             f"mlflow.tracking_uri={uri}",
+            f"++mlflow.tags.backup_store=postgresql://backup:{cluster.password}@127.0.0.1:1/b",  # a user's own tag
             f"mlflow.artifact_location={work / 'artifacts'}",
             f"mlflow.experiment_name={EXPERIMENT}",
             f"hydra.sweep.dir={work / 'multirun'}",
@@ -137,6 +138,8 @@ def test_the_sweep_ran_and_its_record_shows_the_password_masked(sweep: Sweep) ->
     assert len(found) == 3 and {run.info.status for run in found} == {"FINISHED"}
     masked = ":***@127.0.0.1"  # a job's overrides as Hydra escapes them: postgresql\://mlflow\:***@127.0.0.1\:...
     assert all(masked in run.data.tags["hydra_overrides"] for run in found)
+    children = [run for run in found if "mlflow.parentRunId" in run.data.tags]
+    assert {run.data.tags["backup_store"] for run in children} == {"postgresql://backup:***@127.0.0.1:1/b"}
     overrides = list(sweep.artifacts.rglob("config/hydra/overrides.yaml"))
     assert len(overrides) == 2 and all(masked in path.read_text() for path in overrides)
 
