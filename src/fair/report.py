@@ -129,15 +129,32 @@ def _mean_std(setting: replicates.Setting | None) -> str:
     return stats.format_mean_std(summary) if summary else "n/a"
 
 
+def _counted_values(runs: Sequence[replicates.Replicate]) -> list[float]:
+    """The compared metric of the runs that count (src/replicates.py's rule)."""
+    return [value for setting in replicates.group(runs) for value in setting.values_of(COMPARED)]
+
+
 def gain(result: OptimizerResult) -> stats.Difference | None:
     """Tuned minus default test accuracy (Welch), None when there is nothing tuned to compare."""
-    tuned = [v for r in result.tuned if replicates.excluded_because(r) is None and (v := r.value(COMPARED)) is not None]
-    default = [
-        v for r in result.default if replicates.excluded_because(r) is None and (v := r.value(COMPARED)) is not None
-    ]
+    tuned, default = _counted_values(result.tuned), _counted_values(result.default)
     if not tuned or not default:
         return None
     return stats.welch(tuned, default, f"{result.optimizer} tuned", f"{result.optimizer} default")
+
+
+def at_grid_edge(result: OptimizerResult) -> bool:
+    """The tuned rate is the grid's smallest or largest: the best rate may lie beyond the grid."""
+    rates = list(result.selection.scores)
+    return result.selection.best_lr is not None and result.selection.best_lr in (min(rates), max(rates))
+
+
+def edge_lines(workload: WorkloadResult) -> list[str]:
+    return [
+        f"- {r.optimizer}: its tuned rate {fair.lr_text(r.selection.best_lr)} is at the edge of the grid, so"  # type: ignore[arg-type]
+        " its best rate may lie beyond it: widen `fair.lr_grid` (only the new rates are trained)"
+        for r in workload.optimizers
+        if at_grid_edge(r)
+    ]
 
 
 def gain_cell(result: OptimizerResult) -> str:
@@ -164,7 +181,8 @@ def summary_table(workload: WorkloadResult) -> tuple[list[str], list[list[str]]]
         counted = tuned.counted if tuned else []
         row = [label, fair.lr_text(result.default_lr), _mean_std(workload.default.setting(label))]
         best = result.selection.best_lr
-        row += ["none (all diverged)" if best is None else fair.lr_text(best), str(len(counted))]
+        tuned_lr = "none (all diverged)" if best is None else fair.lr_text(best)
+        row += [tuned_lr + (" (grid edge)" if at_grid_edge(result) else ""), str(len(counted))]
         row += [_mean_std(tuned), interval, gain_cell(result)]
         row += [epochs_cell(epochs_to_target(counted, target)) for target in workload.targets]
         row += [tuned.excluded if tuned else "", result.selection.diverged_text()]

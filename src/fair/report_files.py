@@ -12,6 +12,7 @@ from src.fair import protocol as fair
 from src.fair.report import (
     COMPARED,
     WorkloadResult,
+    edge_lines,
     epochs_to_target,
     gain,
     profile_costs,
@@ -74,6 +75,8 @@ def markdown(settings: fair.Protocol, results: Sequence[WorkloadResult], train_s
             f"- {r.optimizer}: {r.selection.diverged_text()}" for r in workload.optimizers if r.selection.diverged
         ]
         text += ["### Tuning trials that diverged", "", *(diverged or ["- none"]), ""]
+        if edge_lines(workload):
+            text += ["### Tuned at the edge of the grid", "", *edge_lines(workload), ""]
     text += [
         "## Figures",
         "",
