@@ -304,8 +304,10 @@ def serve(arguments: argparse.Namespace) -> None:
         raise ConfigError("SERVER_STORE is not set: export SERVER_STORE=sqlite:///... or postgresql://... (or --store)")
     check_reachable(arguments.store, key="SERVER_STORE")
     server_dir = Path(arguments.server_dir)
+    # New: private to its owner (mode 700); it holds every artifact, the SQLite stores and the auth files.
+    server_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     artifacts = server_dir / "artifacts"
-    artifacts.mkdir(parents=True, exist_ok=True)
+    artifacts.mkdir(exist_ok=True)
     command = [str(Path(sys.executable).parent / "mlflow"), "server", "--artifacts-destination", str(artifacts)]
     command += ["--host", arguments.host, "--port", str(arguments.port), "--workers", str(arguments.workers)]
     # The store through the environment, not the command line: a password in it stays out of `ps`.

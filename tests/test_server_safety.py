@@ -58,6 +58,7 @@ def test_loopback_starts_without_a_word(host: str, tmp_path: Path, no_exec: None
         serve(tmp_path, host)
     assert started.value.args[0][started.value.args[0].index("--host") + 1] == host
     assert capsys.readouterr().err == ""
+    assert stat.S_IMODE((tmp_path / "server").stat().st_mode) == 0o700  # a new server dir is private
 
 
 def test_an_open_host_starts_with_auth_or_an_explicit_opt_in_that_warns(
