@@ -65,10 +65,15 @@ def test_log_records_are_masked_whoever_logs_them(caplog: pytest.LogCaptureFixtu
     previous = logging.getLogRecordFactory()
     try:
         mask_log_records()
-        mask_log_records()  # twice: installed once
+        installed = logging.getLogRecordFactory()
+        mask_log_records()  # a second call (every job calls it) installs nothing more
+        assert logging.getLogRecordFactory() is installed
         with caplog.at_level(logging.INFO):
             logging.getLogger("hydra.launcher").info("\t#%d : %s", 0, "x=postgresql://ana:s3cret@db/m")
         assert caplog.messages == ["\t#0 : x=postgresql://ana:***@db/m"]
+        # a malformed call still makes its record (logging, not the factory, reports the mistake)
+        record = installed("other", logging.INFO, __file__, 1, "%d", ("not a number",), None)
+        assert record.msg == "%d"
     finally:
         logging.setLogRecordFactory(previous)
 

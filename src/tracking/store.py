@@ -47,7 +47,10 @@ def mask_log_records() -> None:
 
     def masked_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = previous(*args, **kwargs)
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed call: logging reports it when a handler formats the record
+            return record
         masked = mask_uri(message)
         if masked != message:
             record.msg, record.args = masked, ()
