@@ -24,12 +24,20 @@ SERVER_STORE ?= sqlite:///$(SERVER_DIR)/mlflow.db
 SWEEP ?= optimizer=adam,adagrad,rmsprop
 
 .DEFAULT_GOAL := help
+FORCE:
 .PHONY: help install run fair sweep hw3 bench test test-fast ui server db db-stop db-rm plots screenshots lint format lock clean serve
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml requirements.lock
+# EXTRAS of the last install; rewritten only when it differs, which makes the stamp out of date
+# (`EXTRAS=dev make install` on a .venv installed with other extras installs again).
+EXTRAS_USED := $(VENV)/.extras
+$(EXTRAS_USED): FORCE
+	@mkdir -p $(VENV)
+	@test "$$(cat $@ 2>/dev/null)" = "$(EXTRAS)" || echo "$(EXTRAS)" > $@
+
+$(STAMP): pyproject.toml requirements.lock $(EXTRAS_USED)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[$(EXTRAS)]"
@@ -53,11 +61,11 @@ hw3: install ## homework Q4: adam/adagrad/rmsprop x seeds 1-5 (batch 1000, 198 s
 	$(BIN)/python -m src.train -m experiment=hw3_q4
 	$(BIN)/python -m src.homework
 
-test: install ## run the whole test suite
-	$(BIN)/python -m pytest
+test: install ## run the whole test suite (prints the 15 slowest tests)
+	$(BIN)/python -m pytest --durations=15
 
-test-fast: install ## run the tests that train nothing
-	$(BIN)/python -m pytest -m "not slow"
+test-fast: install ## run the tests that train nothing and start no process (under a minute)
+	$(BIN)/python -m pytest -m "not slow" --durations=5
 
 ui: install ## MLflow UI for the project's store on http://$(HOST):$(PORT) (HOST=0.0.0.0 to share)
 	$(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host $(HOST) --port $(PORT)
