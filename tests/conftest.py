@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import importlib
 import io
+import logging
 import os
 import shutil
 import subprocess
@@ -123,6 +124,11 @@ class Completed:
     stderr: str
 
 
+def _all_handlers() -> list[logging.Handler]:
+    """Every live handler, those attached to no logger too (absl's PythonHandler sits inside another)."""
+    return [handler for handler in (ref() for ref in logging._handlerList) if handler is not None]
+
+
 def run_main(module: str, *arguments: str, cwd: Path, env: dict[str, str] | None = None) -> Completed:
     """Call `<module>.main()` in this process with `arguments` as its command line, from `cwd`; return its
     exit code and what it printed. The environment, the working directory and MLflow's tracking URI are
@@ -130,19 +136,30 @@ def run_main(module: str, *arguments: str, cwd: Path, env: dict[str, str] | None
     the environment)."""
     import mlflow
     from hydra.core.global_hydra import GlobalHydra
-    from mlflow.tracking._tracking_service import utils as tracking_uri
+    from mlflow.tracking._tracking_service import utils
 
     entry = importlib.import_module(module).main
     saved_environment, saved_argv, saved_cwd = dict(os.environ), sys.argv, os.getcwd()
-    saved_uri = tracking_uri._tracking_uri  # None when never set (mlflow.set_tracking_uri(None) unsets it)
+    saved_uri = utils._tracking_uri  # None when never set (mlflow.set_tracking_uri(None) unsets it)
     environment = _clean_environment(env)
     stdout, stderr = io.StringIO(), io.StringIO()
+    # Hydra configures logging (dictConfig), which closes every handler of the process; absl's handler
+    # then closes its stream unless it is the current sys.stdout/sys.stderr. A handler writing to the
+    # real streams writes to ours meanwhile, so that pytest's own capture file is never closed.
+    root = logging.getLogger()
+    saved_root = (root.level, root.handlers[:])
+    streams = {id(sys.stdout): stdout, id(sys.stderr): stderr}
+    settable = [h for h in _all_handlers() if not isinstance(getattr(type(h), "stream", None), property)]
+    moved = [handler for handler in settable if id(getattr(handler, "stream", None)) in streams]
+    saved_streams = [handler.stream for handler in moved]
     returncode = 0
     try:
         os.environ.clear()
         os.environ.update(environment)
         os.chdir(cwd)
         sys.argv = [module.replace(".", "/") + ".py", *arguments]
+        for handler in moved:
+            handler.stream = streams[id(handler.stream)]
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
             try:
                 entry()
@@ -154,6 +171,13 @@ def run_main(module: str, *arguments: str, cwd: Path, env: dict[str, str] | None
                 traceback.print_exc()  # what Python prints for an uncaught exception
                 returncode = 1
     finally:
+        for handler, stream in zip(moved, saved_streams, strict=True):
+            handler.stream = stream
+        for handler in root.handlers:
+            if handler not in saved_root[1]:
+                handler.close()  # Hydra's, to the job's log file and to our stdout
+        root.setLevel(saved_root[0])
+        root.handlers[:] = saved_root[1]
         while mlflow.active_run() is not None:
             mlflow.end_run("KILLED")
         mlflow.set_tracking_uri(saved_uri)
@@ -168,6 +192,22 @@ def run_main(module: str, *arguments: str, cwd: Path, env: dict[str, str] | None
 # ------------------------------------------------------------------------------------------------
 # MLflow stores in tmp_path
 # ------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def tracking_uri(uri: str) -> Iterator[str]:
+    """MLflow's current tracking URI set to `uri` inside the block, then put back exactly as it was (unset
+    if it was: a test that "restores" MLflow's resolved default would point later code at ./mlflow.db)."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    saved = utils._tracking_uri
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield uri
+    finally:
+        mlflow.set_tracking_uri(saved)
+
 
 SMALL = ("data.limit=2000", "train.epochs=2", "data.fetch_if_missing=false")
 
@@ -213,6 +253,16 @@ class Sweep:
     def uri(self) -> str:
         return f"sqlite:///{self.folder}/mlflow.db"
 
+    def copy_store(self, folder: Path) -> str:
+        """A copy of the sweep's store in `folder` (SQLite's backup: whole, write-ahead log included), for a
+        test that writes: registers, tags, adds runs. Its runs' artifacts stay in the sweep's folder."""
+        import sqlite3
+
+        folder.mkdir(parents=True, exist_ok=True)
+        with sqlite3.connect(self.folder / "mlflow.db") as source, sqlite3.connect(folder / "mlflow.db") as copy:
+            source.backup(copy)
+        return f"sqlite:///{folder}/mlflow.db"
+
 
 @pytest.fixture(scope="session")
 def optimizer_sweep(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Sweep:
@@ -236,7 +286,9 @@ def optimizer_sweep(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -
 NOT_CHECKED = {".venv", ".git", ".pytest_cache", ".ruff_cache", "__pycache__", ".dvc/tmp"}
 # Source that people edit while a long run goes on; the code under test writes outputs, never these.
 EDITED_BY_PEOPLE = {"Makefile", "pyproject.toml", "README.md", "requirements.lock", "dvc.yaml", "params.yaml"}
+EDITED_BY_PEOPLE |= {".gitignore", ".dvc/config", ".ci/run"}
 SOURCE = {"src": {".py"}, "tests": {".py"}, "conf": {".yaml"}, "docs": {".md", ".py"}, "benchmarks": {".py", ".md"}}
+SOURCE[".dvc"] = {".json", ".html"}  # plot templates
 _BEFORE = pytest.StashKey[dict[str, tuple[int, int] | None]]()
 _PROBLEM = pytest.StashKey[str]()
 

@@ -17,7 +17,7 @@ import pytest
 
 from src.config import PROJECT_ROOT, registered_model_name_problem
 from src.server import free_port, stop_group, wait_healthy
-from tests.conftest import run_cli, store_args
+from tests.conftest import Sweep, run_main, tracking_uri
 
 NAMES = ["mnist-optimizers", "a b", "model.v2", "x..", "", "  ", "a/b", "a:b", ".", "..", "../x", "a@b", "it's"]
 
@@ -34,7 +34,7 @@ def test_a_name_mlflow_rejects_is_rejected_before_anything_runs(tmp_path: Path) 
     assert registered_model_name_problem("mnist-optimizers") is None
     assert registered_model_name_problem("a@b")  # would break models:/<name>@champion
 
-    result = run_cli("src.train", "mlflow.registered_model_name=team/best", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    result = run_main("src.train", "mlflow.registered_model_name=team/best", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
     assert result.returncode == 1
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("error: invalid config: mlflow.registered_model_name='team/best' is invalid")
@@ -42,7 +42,7 @@ def test_a_name_mlflow_rejects_is_rejected_before_anything_runs(tmp_path: Path) 
 
 
 def test_serve_without_a_champion_or_with_a_taken_port_says_what_to_do(tmp_path: Path) -> None:
-    missing = run_cli(
+    missing = run_main(
         "src.serve",
         "--port",
         str(free_port()),
@@ -58,7 +58,7 @@ def test_serve_without_a_champion_or_with_a_taken_port_says_what_to_do(tmp_path:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        busy = run_cli("src.serve", "--port", str(port), cwd=tmp_path)
+        busy = run_main("src.serve", "--port", str(port), cwd=tmp_path)
     assert busy.returncode == 1
     [line] = busy.stderr.strip().splitlines()
     assert line.startswith(f"error: port {port} on 127.0.0.1 is not available") and "SERVE_PORT=" in line
@@ -67,23 +67,19 @@ def test_serve_without_a_champion_or_with_a_taken_port_says_what_to_do(tmp_path:
 @pytest.fixture
 def store(tmp_path: Path):
     """A fresh SQLite store as the current tracking URI (what register_best uses), restored afterwards."""
-    import mlflow
-
-    previous = mlflow.get_tracking_uri()
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    mlflow.set_tracking_uri(uri)
-    yield uri
-    mlflow.set_tracking_uri(previous)
+    with tracking_uri(f"sqlite:///{tmp_path}/mlflow.db") as uri:
+        yield uri
 
 
-def _logged_runs(count: int) -> list[str]:
+def _logged_runs(count: int, artifacts: Path) -> list[str]:
     """`count` runs, each with the logged model of src.train (an untrained MLP: the registry does not care)."""
     import mlflow
 
     from src.models import mlp
     from src.tracking import log_keras_model
 
-    mlflow.set_experiment("registry-test")
+    # An experiment created without an artifact location keeps its artifacts in ./mlruns: the checkout.
+    mlflow.set_experiment(experiment_id=mlflow.create_experiment("registry-test", artifact_location=artifacts.as_uri()))
     model = mlp()
     run_ids = []
     for index in range(count):
@@ -95,14 +91,14 @@ def _logged_runs(count: int) -> list[str]:
 
 
 @pytest.mark.slow
-def test_champion_moves_only_on_a_resolved_improvement(store: str, mnist_dir: Path, capfd) -> None:
+def test_champion_moves_only_on_a_resolved_improvement(store: str, mnist_dir: Path, tmp_path: Path, capfd) -> None:
     import mlflow
     from mlflow import MlflowClient
 
     from src import data
     from src.registry import champion, register_best
 
-    first, unresolved, better, one_seed = _logged_runs(4)
+    first, unresolved, better, one_seed = _logged_runs(4, tmp_path / "artifacts")
     client = MlflowClient()
 
     message = register_best(first, [0.950, 0.952, 0.951])
@@ -142,35 +138,19 @@ def test_champion_moves_only_on_a_resolved_improvement(store: str, mnist_dir: Pa
 
 
 @pytest.mark.slow
-def test_make_serve_answers_with_the_champions_classes(tmp_path: Path, mnist_dir: Path) -> None:
+def test_make_serve_answers_with_the_champions_classes(optimizer_sweep: Sweep, tmp_path: Path, mnist_dir: Path) -> None:
     import keras
-    import mlflow
-    from mlflow import MlflowClient
 
     from src import data
     from src.registry import register_best
 
-    trained = run_cli(
-        "src.train",
-        "data.limit=2000",
-        "train.epochs=1",
-        "data.fetch_if_missing=false",
-        *store_args(tmp_path, mnist_dir),
-        cwd=tmp_path,
-    )
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    [run] = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("mnist-optimizers").experiment_id])
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
+    run = optimizer_sweep.children[0]  # adam, trained by the shared sweep; registered in a copy of its store
+    with tracking_uri(optimizer_sweep.copy_store(tmp_path)) as uri:
         assert "champion" in register_best(run.info.run_id, [run.data.metrics["test_accuracy"]])
-    finally:
-        mlflow.set_tracking_uri(previous)
 
     images = data.read_npz(mnist_dir / data.FILE_NAME)["x_test"][:10]
-    keras_model = keras.saving.load_model(tmp_path / "outputs" / "checkpoints" / "last.keras", safe_mode=True)
-    expected = np.argmax(keras_model.predict(images, verbose=0), axis=1)
+    last = Path(run.data.tags["output_dir"]) / "checkpoints" / "last.keras"
+    expected = np.argmax(keras.saving.load_model(last, safe_mode=True).predict(images, verbose=0), axis=1)
 
     port = free_port()
     environment = {
@@ -203,7 +183,7 @@ def test_make_serve_answers_with_the_champions_classes(tmp_path: Path, mnist_dir
         status, answer = _post(f"{url}/invocations", {"inputs": images[:2].tolist()})  # still serving
         assert status == 200 and len(answer["predictions"]) == 2
 
-        again = run_cli("src.serve", "--port", str(port), cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+        again = run_main("src.serve", "--port", str(port), cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
         assert again.returncode == 1 and "is not available" in again.stderr
         log_text = log_path.read_text()
         assert f"Serving mnist-optimizers version 1 (run {run.info.run_id}" in log_text

@@ -1,6 +1,6 @@
 """What a training run records in MLflow beyond its metrics: the data it used (dataset inputs), settings as
 params and locations as tags, and whether it diverged. Read back through MlflowClient from a real SQLite
-store after a real sweep; the pieces are checked in process first."""
+store after a real sweep; the pieces are checked first, without training."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from src.data import compose_config, sha256_file
 from src.errors import ConfigError
 from src.tracking.job import DATASET_NAME, dataset_digest
 from src.train import summarize_history
-from tests.conftest import SMALL, all_runs, run_cli, split_parent, store_args
+from tests.conftest import SMALL, all_runs, run_main, split_parent, store_args
 
 SELECTION = {"data.limit": None, "data.val_split": 0.1, "train.seed": 42}
 
@@ -53,6 +53,26 @@ def test_summarize_history_never_picks_a_nan_epoch() -> None:
     assert summary == {"best_val_accuracy": 0.2, "best_epoch": 2, "stopped_epoch": 3}
 
 
+def _guarded_model() -> tuple[keras.Model, StopOnDivergence]:
+    """A three-class softmax regression with the guard at its defaults, set up as fit() sets it up."""
+    model = keras.Sequential([keras.Input(shape=(4,)), keras.layers.Dense(3, activation="softmax")])
+    model.stop_training = False  # what fit() sets before the first batch
+    guard = StopOnDivergence()
+    guard.set_model(model)
+    guard.on_train_begin()
+    return model, guard
+
+
+@pytest.mark.parametrize(("loss", "stops"), [(7.8e4, True), (math.nan, True), (math.inf, True), (1.1, False)])
+def test_stop_on_divergence_stops_past_its_limit_and_only_then(loss: float, stops: bool) -> None:
+    model, guard = _guarded_model()
+    assert guard.limit == pytest.approx(100 * math.log(3))  # baseline: guessing 1 of 3 classes
+    guard.on_train_batch_end(0, {"loss": keras.ops.convert_to_tensor(loss)})  # a tensor, as fit() gives it
+    assert model.stop_training is stops
+    guard.on_train_batch_end(1, {})  # a call without a loss changes nothing
+    assert model.stop_training is stops
+
+
 def _fit(learning_rate: float, epochs: int = 4) -> tuple[StopOnDivergence, list[float]]:
     """A three-class softmax regression on random points, with the guard at its defaults."""
     keras.utils.set_random_seed(0)
@@ -65,9 +85,9 @@ def _fit(learning_rate: float, epochs: int = 4) -> tuple[StopOnDivergence, list[
     return guard, history.history["loss"]
 
 
-def test_stop_on_divergence_stops_an_exploding_loss_and_only_that() -> None:
+@pytest.mark.slow
+def test_stop_on_divergence_stops_an_exploding_fit_and_only_that() -> None:
     guard, losses = _fit(1e6)  # finite (~7.8e4), so TerminateOnNaN would let it train on
-    assert guard.limit == pytest.approx(100 * math.log(3))  # baseline: guessing 1 of 3 classes
     assert len(losses) == 1 and math.isfinite(losses[0]) and losses[0] > guard.limit
     assert diverged_epoch(losses, guard.limit) == 1
     guard, losses = _fit(0.01)
@@ -94,7 +114,7 @@ def test_both_divergence_callbacks_are_on_by_default() -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# Slow: one real sweep, read back through MlflowClient
+# Slow: one real sweep (src.train's entry point, in process), read back through MlflowClient
 # ------------------------------------------------------------------------------------------------
 
 # sgd at 1e10 makes the loss NaN in epoch 1 (TerminateOnNaN); at 1e6 it explodes to ~1e29 but stays finite
@@ -105,7 +125,7 @@ LEARNING_RATES = ("1e10", "1e6", "0.1")
 @pytest.fixture(scope="module")
 def diverging_sweep(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path):
     folder = tmp_path_factory.mktemp("diverging")
-    result = run_cli(
+    result = run_main(
         "src.train",
         "-m",
         "optimizer=sgd",

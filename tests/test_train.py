@@ -1,4 +1,8 @@
-"""What a user does: sweeps from the command line, read back from a real MLflow store (SQLite in tmp_path)."""
+"""What a user does: sweeps from the command line, read back from a real MLflow store (SQLite in tmp_path).
+
+The main sweep is conftest's `optimizer_sweep` (one real command line, shared with other modules); the
+other sweeps run src.train's entry point in process, the SIGTERM test a real process.
+"""
 
 from __future__ import annotations
 
@@ -16,24 +20,12 @@ import pytest
 from mlflow import MlflowClient
 
 from src.config import PROJECT_ROOT
-from tests.conftest import SMALL, all_runs, run_cli, split_parent, store_args
-
-pytestmark = pytest.mark.slow
+from tests.conftest import SMALL, Sweep, all_runs, run_main, split_parent, store_args, tracking_uri
 
 
-@pytest.fixture(scope="module")
-def optimizer_sweep(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path):
-    folder = tmp_path_factory.mktemp("sweep")
-    result = run_cli(
-        "src.train", "-m", "optimizer=adam,adagrad,rmsprop", *SMALL, *store_args(folder, mnist_dir), cwd=folder
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return folder, result
-
-
-def test_sweep_is_one_parent_with_three_finished_children(optimizer_sweep) -> None:
-    folder, result = optimizer_sweep
-    parent, children = split_parent(all_runs(folder))
+@pytest.mark.slow
+def test_sweep_is_one_parent_with_three_finished_children(optimizer_sweep: Sweep) -> None:
+    parent, children = optimizer_sweep.parent, optimizer_sweep.children
     assert parent.info.status == "FINISHED"
     assert parent.info.run_name == "optimizer=adam,adagrad,rmsprop"
     assert [c.info.status for c in children] == ["FINISHED"] * 3
@@ -44,14 +36,13 @@ def test_sweep_is_one_parent_with_three_finished_children(optimizer_sweep) -> No
         "keras.optimizers.RMSprop",
     ]
     assert [c.info.run_name for c in children] == ["optimizer=adam", "optimizer=adagrad", "optimizer=rmsprop"]
-    assert "Sweep summary" in result.stdout
+    assert "Sweep summary" in optimizer_sweep.stdout
 
 
-def test_children_hold_params_metrics_and_artifacts(optimizer_sweep) -> None:
-    folder, _ = optimizer_sweep
-    _, children = split_parent(all_runs(folder))
-    client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
-    for child in children:
+@pytest.mark.slow
+def test_children_hold_params_metrics_and_artifacts(optimizer_sweep: Sweep) -> None:
+    client = MlflowClient(optimizer_sweep.uri)
+    for child in optimizer_sweep.children:
         params = child.data.params
         assert params["train.epochs"] == "2" and params["data.limit"] == "2000"
         assert params["callbacks.early_stopping.patience"] == "3" and "optimizer.epsilon" in params
@@ -71,18 +62,17 @@ def test_children_hold_params_metrics_and_artifacts(optimizer_sweep) -> None:
         assert "config/hydra/overrides.yaml" in configs
 
 
-def test_adam_learns_and_adagrad_lags(optimizer_sweep) -> None:
-    folder, _ = optimizer_sweep
-    _, children = split_parent(all_runs(folder))
-    accuracy = {c.data.params["optimizer"]: c.data.metrics["test_accuracy"] for c in children}
+@pytest.mark.slow
+def test_adam_learns_and_adagrad_lags(optimizer_sweep: Sweep) -> None:
+    accuracy = {c.data.params["optimizer"]: c.data.metrics["test_accuracy"] for c in optimizer_sweep.children}
     assert accuracy["adam"] > 0.8 and accuracy["adagrad"] < accuracy["adam"]
 
 
-def test_parent_summary_has_one_row_per_child_and_names_the_best(optimizer_sweep) -> None:
-    folder, _ = optimizer_sweep
-    parent, children = split_parent(all_runs(folder))
-    client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
-    local = client.download_artifacts(parent.info.run_id, "summary.csv", str(folder / "download"))
+@pytest.mark.slow
+def test_parent_summary_has_one_row_per_child_and_names_the_best(optimizer_sweep: Sweep, tmp_path: Path) -> None:
+    parent, children = optimizer_sweep.parent, optimizer_sweep.children
+    client = MlflowClient(optimizer_sweep.uri)
+    local = client.download_artifacts(parent.info.run_id, "summary.csv", str(tmp_path))
     rows = list(csv.DictReader(io.StringIO(Path(local).read_text())))
     assert [row["optimizer"] for row in rows] == ["adam", "adagrad", "rmsprop"]
     assert all(row["status"] == "FINISHED" and float(row["test_accuracy"]) > 0 for row in rows)
@@ -91,20 +81,21 @@ def test_parent_summary_has_one_row_per_child_and_names_the_best(optimizer_sweep
     assert parent.data.metrics["best_val_accuracy"] == best.data.metrics["best_val_accuracy"]
 
 
-def test_logged_model_and_checkpoint_load_back_and_predict_digits(optimizer_sweep, mnist_dir: Path) -> None:
+@pytest.mark.slow
+def test_logged_model_and_checkpoint_load_back_and_predict_digits(
+    optimizer_sweep: Sweep, mnist_dir: Path, tmp_path: Path
+) -> None:
     import keras
     import mlflow
 
     from src import data
 
-    folder, _ = optimizer_sweep
-    _, children = split_parent(all_runs(folder))
-    adam = children[0]
-    mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
+    adam = optimizer_sweep.children[0]
     arrays = data.read_npz(mnist_dir / "mnist.npz")
     images, labels = arrays["x_test"][:500], arrays["y_test"][:500]  # uint8 pixels, as in mnist.npz
     model_id = adam.outputs.model_outputs[0].model_id
-    model = mlflow.pyfunc.load_model(f"models:/{model_id}")
+    with tracking_uri(optimizer_sweep.uri):
+        model = mlflow.pyfunc.load_model(f"models:/{model_id}")
     signature = model.metadata.signature.to_dict()  # raw 28x28 images in, 10 probabilities out, any batch
     assert json.loads(signature["inputs"]) == [
         {"type": "tensor", "tensor-spec": {"dtype": "uint8", "shape": [-1, 28, 28]}}
@@ -114,14 +105,15 @@ def test_logged_model_and_checkpoint_load_back_and_predict_digits(optimizer_swee
     ]
     digits = np.argmax(np.asarray(model.predict(images)), axis=1)
     assert (digits == labels).mean() > 0.8
-    client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
-    best = client.download_artifacts(adam.info.run_id, "checkpoints/best.keras", str(folder / "ckpt"))
+    client = MlflowClient(optimizer_sweep.uri)
+    best = client.download_artifacts(adam.info.run_id, "checkpoints/best.keras", str(tmp_path))
     checkpoint = keras.saving.load_model(best, safe_mode=True)
     assert (np.argmax(checkpoint.predict(images, verbose=0), axis=1) == labels).mean() > 0.8
 
 
+@pytest.mark.slow
 def test_callback_sweep_gives_children_differing_in_that_setting(tmp_path: Path, mnist_dir: Path) -> None:
-    result = run_cli(
+    result = run_main(
         "src.train",
         "-m",
         "optimizer=sgd",
@@ -154,7 +146,7 @@ def test_callback_sweep_gives_children_differing_in_that_setting(tmp_path: Path,
     ids=["single", "one-bad-job-in-a-sweep", "monitor-never-logged", "argument-keras-rejects"],
 )
 def test_bad_value_fails_before_any_run_exists(tmp_path: Path, mnist_dir: Path, arguments: list[str]) -> None:
-    result = run_cli("src.train", *arguments, *SMALL, *store_args(tmp_path, mnist_dir), cwd=tmp_path)
+    result = run_main("src.train", *arguments, *SMALL, *store_args(tmp_path, mnist_dir), cwd=tmp_path)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -163,11 +155,12 @@ def test_bad_value_fails_before_any_run_exists(tmp_path: Path, mnist_dir: Path, 
     assert all_runs(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_a_failing_job_ends_failed_and_so_does_its_parent(tmp_path: Path, mnist_dir: Path) -> None:
     # A folder where the checkpoint file should go: every check passes, saving fails after epoch 1.
     blocker = tmp_path / "best.keras"
     blocker.mkdir()
-    result = run_cli(
+    result = run_main(
         "src.train",
         "-m",
         "optimizer=adam,sgd",
@@ -182,6 +175,7 @@ def test_a_failing_job_ends_failed_and_so_does_its_parent(tmp_path: Path, mnist_
     assert parent.info.status == "FAILED" and parent.data.tags["failed_jobs"] == "2"
 
 
+@pytest.mark.slow
 def test_sigterm_ends_the_running_child_and_the_parent_killed(tmp_path: Path, mnist_dir: Path) -> None:
     command = [sys.executable, "-m", "src.train", "-m", "optimizer=adam,rmsprop", "train.epochs=200"]
     command += ["data.limit=20000", "data.fetch_if_missing=false", *store_args(tmp_path, mnist_dir)]
