@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Mapping, Sequence
@@ -134,7 +135,11 @@ def check_resources(request: Mapping[str, float], address: str) -> None:
 
     if _nodes_that_fit(request):
         return
-    totals = {key: value for key, value in ray.cluster_resources().items() if not key.startswith("node:")}
+    totals = {
+        key: value
+        for key, value in ray.cluster_resources().items()
+        if not key.startswith("node:") and key not in ("memory", "object_store_memory")
+    }
     custom = {key: value for key, value in request.items() if key not in ("CPU", "GPU", "memory")}
     start = f" --resources='{_json(custom)}'" if custom else ""
     raise ConfigError(
@@ -170,10 +175,11 @@ def probe(remote: Mapping[str, Any], timeout: float) -> tuple[str, str]:
             f"hydra.launcher.preflight_timeout_s={timeout:g}: no node with {_json(job_request(remote))} took a "
             "probe task in time (all busy, or the runtime_env still building): free a node or raise it"
         ) from None
-    except RuntimeEnvSetupError as error:
-        raise ConfigError(
-            f"hydra.launcher.ray.init.runtime_env cannot be built on the cluster's nodes: {_one_line(error)}"
-        ) from None
+    except RuntimeEnvSetupError as error:  # its first line is generic; the cause is the last error line
+        causes = [line.strip() for line in str(error).splitlines() if re.match(r"\s*\w+(Error|Exception): ", line)]
+        cause = causes[-1][:300] if causes else _one_line(error)
+        where = "hydra.launcher.ray.init.runtime_env cannot be built on the cluster's nodes"
+        raise ConfigError(f"{where}: {cause}") from None
     except RayError as error:
         raise ConfigError(f"a probe task failed on the Ray cluster: {_one_line(error)}") from None
 

@@ -14,6 +14,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from src.cluster import preflight
 from src.config import validate
 from src.errors import ConfigError, exit_on_user_error
 from src.files import write_text_atomic
@@ -92,6 +93,7 @@ class MlflowSweepCallback(Callback):
 
         with exit_on_user_error():
             self.swept, job_count = validate_sweep(config)
+            preflight(config)  # a Ray cluster launcher: store, address, resources, runtime_env (src/cluster.py)
         if not self.swept:  # another sweeper (Optuna): it draws the values of its params
             self.swept = [override_key(key) for key in (config.hydra.sweeper.get("params") or {})]
         self.register = bool(config.mlflow.get("register", False))
@@ -146,6 +148,7 @@ class MlflowSweepCallback(Callback):
             [self.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=10000
         )
         children = sorted(children, key=lambda run: int(run.data.tags.get("job_num", 0)))
+        children = [_end_if_lost(client, child, status) for child in children]
         statuses = {child.info.status for child in children}
         failed = sum(child.info.status != "FINISHED" for child in children)
         if status == "FINISHED" and failed:
@@ -199,6 +202,16 @@ class MlflowSweepCallback(Callback):
         message = register_best(best.run_id, summary.comparison.best_values(), self.registered_model_name)
         if message:
             print(message)
+
+
+def _end_if_lost(client: Any, child: Any, sweep_status: str) -> Any:
+    """A child still RUNNING when its sweep ends lost its process (a Ray node died, a worker was killed):
+    end it FAILED (KILLED with a killed sweep), so that no run stays RUNNING; a rerun trains it again."""
+    if child.info.status != "RUNNING":
+        return child
+    client.set_tag(child.info.run_id, "lost", "still RUNNING when its sweep ended: its process or node was lost")
+    client.set_terminated(child.info.run_id, "KILLED" if sweep_status == "KILLED" else "FAILED")
+    return client.get_run(child.info.run_id)
 
 
 def _close_killed_parents(client: Any, experiment_id: str, hydra_overrides: str, new_parent_run_id: str) -> None:
