@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
+import psutil
 import pytest
 from mlflow import MlflowClient
 
@@ -77,44 +84,274 @@ def test_sweep_logs_to_a_tracking_server_and_reads_back_through_it(
     assert any((server_dir / "artifacts").rglob("best.keras"))  # stored by the server, not by the client
 
 
-@pytest.fixture
-def ray_head():
-    """A real Ray head node on 127.0.0.1, as `ray start --head` starts it on a cluster's head machine."""
-    ray = str(Path(sys.executable).parent / "ray")
+# ------------------------------------------------------------------------------------------------
+# A Ray cluster of three nodes on this machine, sharing nothing but the network: a head (no CPUs for jobs),
+# node A (the jobs' node, resource `trainer`) and, in the node-loss test, node B. Each node is a real
+# `ray start` from its own empty folder with its own --temp-dir; jobs log to a real tracking server.
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RayNode:
+    """A `ray start` node: its own session (process group), temp dir and working folder."""
+
+    group: int
+    temp_dir: Path
+    folder: Path
+
+    def raylet_pid(self) -> int:
+        for process in psutil.process_iter(["name", "cmdline"]):
+            command = " ".join(process.info["cmdline"] or [])
+            if process.info["name"] == "raylet" and f"{self.temp_dir}/" in command:
+                return process.pid
+        raise LookupError(f"no raylet of {self.temp_dir}")
+
+    def stop(self) -> None:
+        """SIGTERM to the node's process group, SIGKILL to what is left 5 s later (a raylet's helpers ignore
+        SIGTERM); then its temp dir goes."""
+        for signum, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.group, signum)
+                time.sleep(wait)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+@dataclass
+class RayCluster:
+    address: str
+    server_url: str
+    nodes: list[RayNode]
+    folder: Path
+
+    def start_node(self, name: str, resources: dict[str, int], cpus: int = 1, head: bool = False) -> RayNode:
+        """`ray start` from an empty folder, as on a new machine: no checkout, no MNIST, no store."""
+        folder = self.folder / name
+        folder.mkdir()
+        temp_dir = Path(tempfile.mkdtemp(prefix=f"ray-{name}-", dir="/tmp"))  # Ray's socket paths: < 108 bytes
+        command = [str(Path(sys.executable).parent / "ray"), "start", "--node-ip-address=127.0.0.1"]
+        command += [f"--temp-dir={temp_dir}", f"--num-cpus={cpus}", f"--resources={json.dumps(resources)}"]
+        if head:
+            port = int(self.address.rsplit(":", 1)[1])
+            command += ["--head", f"--port={port}", "--include-dashboard=false"]
+            command += [f"--ray-client-server-port={free_port()}"]
+        else:
+            command += [f"--address={self.address}"]
+        environment = {key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "MLFLOW"))}
+        environment["RAY_USAGE_STATS_ENABLED"] = "0"
+        process = subprocess.Popen(
+            command,
+            cwd=folder,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        node = RayNode(process.pid, temp_dir, folder)
+        self.nodes.append(node)
+        output, _ = process.communicate(timeout=180)
+        assert process.returncode == 0, output[-3000:]
+        return node
+
+
+@contextlib.contextmanager
+def tracking_server_at(folder: Path) -> Iterator[str]:
+    """`python -m src.server serve` (what `make server` runs): SQLite store, artifacts proxied, 127.0.0.1."""
     port = free_port()
-    environment = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    start = [ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2"]
-    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
-    start += ["--include-dashboard=false", f"--temp-dir={temp_dir}"]
-    # Started from its own folder: the workers' cwd is not the driver's, as on another machine.
-    started = subprocess.run(start, capture_output=True, text=True, env=environment, timeout=180, cwd=temp_dir)
-    assert started.returncode == 0, started.stderr[-3000:]
-    yield f"127.0.0.1:{port}"
-    subprocess.run([ray, "stop", "--force"], capture_output=True, env=environment, timeout=120)
-    shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def test_sweep_on_a_ray_cluster_gives_children_of_one_parent(ray_head: str, tmp_path: Path, mnist_dir: Path) -> None:
-    result = run_cli(
-        "src.train",
-        "-m",
-        "hydra/launcher=ray_cluster",
-        "optimizer=adam,sgd",
-        *SMALL,
-        *store_args(tmp_path, mnist_dir),
-        cwd=tmp_path,
-        env={"RAY_ADDRESS": ray_head, "RAY_USAGE_STATS_ENABLED": "0"},
+    command = [sys.executable, "-m", "src.server", "serve", f"--store=sqlite:///{folder}/mlflow.db"]
+    command += [f"--server-dir={folder}", f"--port={port}"]
+    folder.mkdir(parents=True, exist_ok=True)
+    log = (folder / "server.log").open("w")
+    process = subprocess.Popen(
+        command, cwd=Path(__file__).parent.parent, stdout=log, stderr=log, start_new_session=True
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "(_run_job pid=" in result.stdout + result.stderr  # the jobs ran as Ray tasks, in Ray workers
-    parent, children = split_parent(all_runs(tmp_path))
-    assert parent.info.status == "FINISHED"
-    assert sorted(c.data.params["optimizer"] for c in children) == ["adam", "sgd"]
-    assert [c.info.status for c in children] == ["FINISHED", "FINISHED"]
-    # No shared disk needed: the workers (started by `ray start`, not by the driver, so without its
-    # environment) learned their parent from the job config Ray shipped them, not from a file.
-    assert not list(tmp_path.rglob("mlflow_sweep.json"))
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, process, 120, folder / "server.log")
+        yield url
+    finally:
+        stop_group(process)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
+    """The head and node A (2 CPUs, trainer: 2, slot: 1), and a tracking server; all torn down, even on failure."""
+    folder = tmp_path_factory.mktemp("cluster")
+    with tracking_server_at(folder / "server") as url:
+        cluster = RayCluster(f"127.0.0.1:{free_port()}", url, [], folder)
+        try:
+            cluster.start_node("head", {}, cpus=0, head=True)
+            cluster.start_node("node-a", {"trainer": 2, "slot": 1}, cpus=2)
+            yield cluster
+        finally:
+            for node in cluster.nodes:
+                node.stop()
+
+
+def cluster_command(cluster: RayCluster, mnist_dir: Path, *overrides: str) -> tuple[list[str], dict[str, str]]:
+    """A sweep on the cluster as a user starts it: RAY_ADDRESS, MLFLOW_TRACKING_URI and no paths, so every
+    job's folders are its node's. MNIST comes from a local copy (no internet here), fetched by the node."""
+    command = [sys.executable, "-m", "src.train", "-m", "hydra/launcher=ray_cluster", "data.sources=[local]"]
+    command += [f"data.local_path={mnist_dir / data.FILE_NAME}", *overrides]
+    environment = {key: value for key, value in os.environ.items() if key not in ("HYDRA_FULL_ERROR", "PYTHONPATH")}
+    environment.update(RAY_ADDRESS=cluster.address, MLFLOW_TRACKING_URI=cluster.server_url, RAY_USAGE_STATS_ENABLED="0")
+    environment["PYTHONPATH"] = str(Path(__file__).parent.parent)
+    return command, environment
+
+
+def cluster_sweep(cluster: RayCluster, driver: Path, mnist_dir: Path, *overrides: str, timeout: float = 900):
+    driver.mkdir(exist_ok=True)
+    command, environment = cluster_command(cluster, mnist_dir, *overrides)
+    return subprocess.run(command, cwd=driver, env=environment, capture_output=True, text=True, timeout=timeout)
+
+
+def sweep_runs(url: str, experiment_name: str) -> tuple[MlflowClient, list, list]:
+    """(client, parents newest first, children) of an experiment on the server."""
+    client = MlflowClient(url)
+    experiment = client.get_experiment_by_name(experiment_name)
+    runs = client.search_runs([experiment.experiment_id], max_results=1000) if experiment else []
+    parents = sorted((r for r in runs if r.data.tags.get("sweep") == "parent"), key=lambda r: -r.info.start_time)
+    return client, parents, [r for r in runs if r.data.tags.get("sweep") != "parent"]
+
+
+def test_sweep_runs_on_another_node_that_was_never_set_up(
+    ray_cluster: RayCluster, tmp_path: Path, mnist_dir: Path
+) -> None:
+    driver = tmp_path / "driver"
+    started = time.monotonic()
+    result = cluster_sweep(
+        ray_cluster,
+        driver,
+        mnist_dir,
+        "optimizer=adam,sgd,rmsprop,adagrad",
+        "data.limit=500",
+        "train.epochs=2",
+        "hydra.launcher.ray.remote.resources={trainer: 1}",
+        "mlflow.experiment_name=multi-node",
+    )
+    wall = time.monotonic() - started
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    node_a = ray_cluster.nodes[1]
+    # The probe ran on node A, importing the project from the copy Ray shipped there (not this checkout).
+    assert f"runs the project from {node_a.temp_dir}/" in output
+
+    client, [parent], children = sweep_runs(ray_cluster.server_url, "multi-node")
+    assert parent.info.status == "FINISHED" and parent.data.tags["failed_jobs"] == "0"
+    assert sorted(c.data.params["optimizer"] for c in children) == ["adagrad", "adam", "rmsprop", "sgd"]
+    assert all(c.info.status == "FINISHED" for c in children)
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    for child in children:
+        # Trained on node A, in the folder Ray unpacked the project into, under the node's own temp dir: its
+        # outputs, its backups and MNIST (${project_root:} resolves there)
+        for tag in ("output_dir", "config.train.state_dir", "config.data.dir"):
+            assert child.data.tags[tag].startswith(f"{node_a.temp_dir}/"), (tag, child.data.tags[tag])
+        names = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"checkpoints", "tensorboard", "history.json", "metrics.json"} <= names
+        download = Path(client.download_artifacts(child.info.run_id, "", str(tmp_path / child.info.run_id)))
+        assert any(download.glob("checkpoints/*.keras"))
+        assert any(download.glob("tensorboard/**/events.out.tfevents.*"))
+    summary = client.download_artifacts(parent.info.run_id, "summary.md", str(tmp_path / "parent"))
+    text = Path(summary).read_text()
+    assert all(child.info.run_id in text for child in children)
+    # The node fetched MNIST itself (hash-checked) into its own copy of the project
+    assert list(node_a.temp_dir.rglob(f"data/{data.FILE_NAME}"))
+    # The driver's folder holds the sweep's summary and Hydra's record only: no job wrote into it
+    written = {p.name for p in driver.rglob("*") if p.is_file()}
+    assert written <= {"summary.md", "summary.csv", "summary_runs.csv", "multirun.yaml"}, written
+    train_seconds = sum(c.data.metrics["train_seconds"] for c in children)
+    print(f"4 jobs on node A (2 CPUs): {wall:.1f} s wall, {train_seconds:.1f} s of train_seconds")
+
+
+def test_a_lost_node_fails_its_job_and_a_rerun_trains_only_that_job(
+    ray_cluster: RayCluster, tmp_path: Path, mnist_dir: Path
+) -> None:
+    """Node B is lost (its raylet SIGKILLed) while its job trains: that job ends FAILED, the other finishes,
+    the parent says which; rerunning the same sweep trains the lost job only (no retry by Ray: the job's
+    backup was on node B, so it would start over anyway)."""
+    node_b = ray_cluster.start_node("node-b", {"slot": 1}, cpus=1)
+    overrides = [
+        "optimizer=adam,sgd",
+        "data.limit=500",
+        "train.epochs=60",  # long enough to be caught training
+        "callbacks.early_stopping.enabled=false",
+        "hydra.launcher.ray.remote.resources={slot: 1}",  # one job per node: one on A, one on B
+        "mlflow.experiment_name=node-loss",
+    ]
+    command, environment = cluster_command(ray_cluster, mnist_dir, *overrides)
+    driver = tmp_path / "driver"
+    driver.mkdir()
+    log = (tmp_path / "sweep.log").open("w")
+    sweep = subprocess.Popen(command, cwd=driver, env=environment, stdout=log, stderr=log, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        victim = None
+        while victim is None:
+            assert sweep.poll() is None and time.monotonic() < deadline, (tmp_path / "sweep.log").read_text()[-4000:]
+            time.sleep(0.5)
+            client, _, children = sweep_runs(ray_cluster.server_url, "node-loss")
+            on_b = [c for c in children if c.data.tags["output_dir"].startswith(f"{node_b.temp_dir}/")]
+            if on_b and client.get_metric_history(on_b[0].info.run_id, "loss"):  # it has trained an epoch
+                victim = on_b[0]
+                os.kill(node_b.raylet_pid(), signal.SIGKILL)
+        assert sweep.wait(timeout=600) != 0  # a job failed: the sweep says so
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(sweep.pid, signal.SIGKILL)
+    output = (tmp_path / "sweep.log").read_text()
+
+    client, [parent], children = sweep_runs(ray_cluster.server_url, "node-loss")
+    by_id = {c.info.run_id: c for c in children}
+    [survivor] = [c for c in children if c.info.run_id != victim.info.run_id]
+    assert by_id[victim.info.run_id].info.status == "FAILED" and "lost" in by_id[victim.info.run_id].data.tags
+    assert survivor.info.status == "FINISHED" and len(survivor.data.metrics) > 0
+    assert parent.info.status == "FAILED" and parent.data.tags["failed_jobs"] == "1"
+    summary = Path(client.download_artifacts(parent.info.run_id, "summary.md", str(tmp_path / "first"))).read_text()
+    assert victim.info.run_id in summary and survivor.info.run_id in summary and "failed" in summary.lower()
+    assert "did not finish on the Ray cluster" in output
+
+    rerun = cluster_sweep(ray_cluster, driver, mnist_dir, *overrides)
+    assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-4000:]
+    client, parents, children = sweep_runs(ray_cluster.server_url, "node-loss")
+    assert [p.info.status for p in parents] == ["FINISHED", "FAILED"]
+    again = [c for c in children if c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id]
+    assert sorted(c.info.status for c in again) == ["FINISHED", "FINISHED"]
+    # The finished job was adopted, not trained again; the lost one trained once more, as a new run
+    assert survivor.info.run_id in {c.info.run_id for c in again}
+    assert victim.info.run_id not in {c.info.run_id for c in again}
+    assert len([c for c in children if c.data.params["optimizer"] == survivor.data.params["optimizer"]]) == 1
+    assert not [c for c in children if c.info.status == "RUNNING"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "environment", "expected"),
+    [
+        # A cluster sweep into a file store: its jobs would write into (or miss) a file on their node
+        (["mlflow.tracking_uri=sqlite:///{tmp}/mlflow.db"], {}, "is a file on this machine, which the jobs"),
+        ([], {"RAY_ADDRESS": "127.0.0.1:{port}"}, "does not answer"),
+        (["hydra.launcher.ray.remote.resources={gpu_node: 1}"], {}, "no node of the cluster at 127.0.0.1:"),
+        # Built on the node: the package it names is not in the cluster's store
+        (
+            ["hydra.launcher.ray.init.runtime_env.working_dir=gcs://_ray_pkg_00000000deadbeef.zip"],
+            {},
+            "runtime_env cannot be built on the cluster's nodes: OSError: Failed to download",
+        ),
+    ],
+    ids=["file-store", "address-silent", "no-node-has-the-resource", "runtime-env-unbuildable"],
+)
+def test_a_bad_cluster_sweep_stops_with_one_line_before_any_run(
+    ray_cluster: RayCluster, tmp_path: Path, mnist_dir: Path, overrides: list, environment: dict, expected: str
+) -> None:
+    command, env = cluster_command(ray_cluster, mnist_dir, "optimizer=adam,sgd", "mlflow.experiment_name=bad-input")
+    command += [o.replace("{tmp}", str(tmp_path)) for o in overrides]
+    env.update({key: value.replace("{port}", str(free_port())) for key, value in environment.items()})
+    started = time.monotonic()
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 1 and len(errors) == 1 and expected in errors[0], result.stderr[-3000:]
+    assert time.monotonic() - started < 150  # bounded: nothing waits for a node that will never come
+    assert MlflowClient(ray_cluster.server_url).get_experiment_by_name("bad-input") is None  # no parent run
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 def test_optuna_search_is_one_parent_with_a_child_per_trial(tmp_path: Path, mnist_dir: Path) -> None:
