@@ -25,7 +25,7 @@ SWEEP ?= optimizer=adam,adagrad,rmsprop
 
 .DEFAULT_GOAL := help
 FORCE:
-.PHONY: help install run fair sweep hw3 bench test test-fast ui server db db-stop db-rm plots screenshots lint format lock clean serve
+.PHONY: help install run fair sweep hw3 bench test test-fast test-cluster ui server db db-stop db-rm plots screenshots lint format lock clean serve
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -66,6 +66,9 @@ test: install ## run the whole test suite (prints the 15 slowest tests)
 
 test-fast: install ## run the tests that train nothing and start no process (under a minute)
 	$(BIN)/python -m pytest -m "not slow" --durations=5
+
+test-cluster: install ## the Ray cluster tests: 3 nodes on this machine, a node lost mid-sweep, bad input (docs/scaling.md)
+	$(BIN)/python -m pytest tests/test_scaling.py -k "node or cluster"
 
 ui: install ## MLflow UI for the project's store on http://$(HOST):$(PORT) (HOST=0.0.0.0 to share)
 	$(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host $(HOST) --port $(PORT)
