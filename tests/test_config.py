@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.config import CONFIG_DIR, PROJECT_ROOT, validate
 from src.errors import ConfigError
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_main
 
 OPTIMIZERS = sorted(path.stem for path in (CONFIG_DIR / "optimizer").glob("*.yaml"))
 CALLBACKS = sorted(
@@ -139,6 +139,7 @@ def test_several_problems_are_reported_together() -> None:
     assert "train.epochs=0" in str(caught.value) and "data.val_split=2" in str(caught.value)
 
 
+@pytest.mark.slow
 def test_cli_help_lists_groups_and_cfg_job_prints_config(tmp_path: Path) -> None:
     helped = run_cli("src.train", "--help", cwd=tmp_path)
     assert helped.returncode == 0
@@ -148,7 +149,7 @@ def test_cli_help_lists_groups_and_cfg_job_prints_config(tmp_path: Path) -> None
     assert OmegaConf.create(printed.stdout).optimizer._target_ == "keras.optimizers.RMSprop"
 
 
-def test_cli_unknown_optimizer_lists_the_options(tmp_path: Path) -> None:
-    result = run_cli("src.train", "optimizer=adamm", cwd=tmp_path)
+def test_unknown_optimizer_on_the_command_line_lists_the_options(tmp_path: Path) -> None:
+    result = run_main("src.train", "optimizer=adamm", cwd=tmp_path)
     assert result.returncode != 0
     assert "Could not find 'optimizer/adamm'" in result.stderr and "rmsprop" in result.stderr

