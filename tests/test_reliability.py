@@ -1,6 +1,7 @@
 """Reliability: resuming killed runs and sweeps, parallel writers, files never half-written, safe defaults.
 
-The resume tests kill real training subprocesses with SIGKILL and run the same command again.
+The resume tests kill real training subprocesses with SIGKILL and run the same command again (src.train's
+entry point, in process: what is tested is the resume, not the command line).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from mlflow.entities import Run
 from src import callbacks, resume, tracking
 from src.config import PROJECT_ROOT
 from src.data import compose_config
-from tests.conftest import all_runs, run_cli, split_parent, store_args
+from tests.conftest import all_runs, run_cli, run_main, split_parent, store_args
 
 # ------------------------------------------------------------------------------------------------
 # Fast: the pieces, in process
@@ -206,7 +207,7 @@ def test_sigkilled_run_resumes_in_the_same_mlflow_run_with_the_same_result(tmp_p
     [interrupted] = all_runs(killed)
     assert interrupted.info.status == "RUNNING"  # SIGKILL: nothing could end it
 
-    second = run_cli("src.train", *RESUME, *store_args(killed, mnist_dir), cwd=killed)
+    second = run_main("src.train", *RESUME, *store_args(killed, mnist_dir), cwd=killed)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resumed from its backup" in second.stdout
     [resumed] = all_runs(killed)
@@ -216,7 +217,7 @@ def test_sigkilled_run_resumes_in_the_same_mlflow_run_with_the_same_result(tmp_p
     assert not [p for p in (killed / "state").iterdir() if p.is_dir()]  # backup gone once FINISHED (lock file stays)
     assert resumed.data.metrics["stopped_epoch"] == 5
 
-    uninterrupted = run_cli("src.train", *RESUME, *store_args(reference, mnist_dir), cwd=reference)
+    uninterrupted = run_main("src.train", *RESUME, *store_args(reference, mnist_dir), cwd=reference)
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
     [expected] = all_runs(reference)
     for name in ("test_accuracy", "best_val_accuracy"):
@@ -251,7 +252,7 @@ def test_rerun_of_a_killed_sweep_skips_finished_resumes_killed_runs_missing(tmp_
     assert by_name["optimizer=adagrad"].info.status == "RUNNING"
     assert "optimizer=rmsprop" not in by_name
 
-    rerun = run_cli("src.train", *sweep, cwd=tmp_path)
+    rerun = run_main("src.train", *sweep, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "skipped: run optimizer=adam" in rerun.stdout
     parents, children = _runs_by_parent(tmp_path)
@@ -267,7 +268,7 @@ def test_rerun_of_a_killed_sweep_skips_finished_resumes_killed_runs_missing(tmp_
     assert linked["optimizer=adagrad"].info.run_id == by_name["optimizer=adagrad"].info.run_id  # resumed
     assert _metric_steps(tmp_path, linked["optimizer=adagrad"], "val_accuracy") == [0, 1, 2]
 
-    forced = run_cli("src.train", "optimizer=adam", *sweep[2:], "train.force=true", cwd=tmp_path)
+    forced = run_main("src.train", "optimizer=adam", *sweep[2:], "train.force=true", cwd=tmp_path)
     assert forced.returncode == 0, forced.stderr[-3000:]
     adam_runs = [r for r in all_runs(tmp_path) if r.data.params.get("optimizer") == "adam"]
     assert len(adam_runs) == 2 and all(r.info.status == "FINISHED" for r in adam_runs)
