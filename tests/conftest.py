@@ -321,8 +321,8 @@ NOT_CHECKED = {".venv", ".git", ".pytest_cache", ".ruff_cache", "__pycache__", "
 # Source that people edit while a long run goes on; the code under test writes outputs, never these.
 EDITED_BY_PEOPLE = {"Makefile", "pyproject.toml", "README.md", "requirements.lock", "dvc.yaml", "params.yaml"}
 EDITED_BY_PEOPLE |= {".gitignore", ".dvc/config", ".ci/run"}
-SOURCE = {"src": {".py"}, "tests": {".py"}, "conf": {".yaml"}, "docs": {".md", ".py"}, "benchmarks": {".py", ".md", ".sh"}}
-SOURCE[".dvc"] = {".json", ".html"}  # plot templates
+SOURCE = {"src": {".py"}, "tests": {".py"}, "conf": {".yaml"}, "docs": {".md", ".py"}}
+SOURCE |= {"benchmarks": {".py", ".md", ".sh"}, ".dvc": {".json", ".html"}}  # .dvc: plot templates
 _BEFORE = pytest.StashKey[dict[str, tuple[int, int] | None]]()
 _PROBLEM = pytest.StashKey[str]()
 
