@@ -1,5 +1,6 @@
 """The team tracking server on real parts: PostgreSQL 15 (`make db`'s Cluster), `make server AUTH=1`
-(MLflow's basic-auth app), sweeps and concurrent clients against it, a killed server, bad input.
+(MLflow's basic-auth app), sweeps and concurrent clients against it (jobs racing to insert the same
+dataset included), a killed server, bad input.
 
 One PostgreSQL cluster and one access-controlled server serve the whole module (their start-up is
 the slow part); each test makes its own experiment. Every service binds 127.0.0.1 on a free port
