@@ -79,7 +79,7 @@ def _compared(cfg: DictConfig, keys: list[str], runs_dir: Path) -> set[str]:
         (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(OmegaConf.to_container(config, resolve=True)))
         (folder / "metrics.json").write_text(json.dumps({"best_val_accuracy": 0.9, "diverged": False}))
         (folder / "history.json").write_text(json.dumps({"val_accuracy": [0.9], "val_loss": [0.3]}))
-        seeds.append(load_seed(name, 1, runs_dir, {1: {"test_accuracy": 0.9}}))
+        seeds.append(load_seed(name, 1, runs_dir, {1: {"test_accuracy": 0.9}})["settings"])
     return set(differing_settings(seeds))
 
 
