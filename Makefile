@@ -61,11 +61,13 @@ hw3: install ## homework Q4: adam/adagrad/rmsprop x seeds 1-5 (batch 1000, 198 s
 	$(BIN)/python -m src.train -m experiment=hw3_q4
 	$(BIN)/python -m src.homework
 
+# More pytest options: make test PYTEST_ARGS="-n 2 --dist loadfile" (pytest-xdist), "--cov=src", "-k registry"
+PYTEST_ARGS ?=
 test: install ## run the whole test suite (prints the 15 slowest tests)
-	$(BIN)/python -m pytest --durations=15
+	$(BIN)/python -m pytest --durations=15 $(PYTEST_ARGS)
 
 test-fast: install ## run the tests that train nothing and start no process (under a minute)
-	$(BIN)/python -m pytest -m "not slow" --durations=5
+	$(BIN)/python -m pytest -m "not slow" --durations=5 $(PYTEST_ARGS)
 
 test-cluster: install ## the Ray cluster tests: 3 nodes on this machine, a node lost mid-sweep, bad input (docs/scaling.md)
 	$(BIN)/python -m pytest tests/test_scaling.py -k "node or cluster"
