@@ -338,7 +338,7 @@ def _not_checked(path: str) -> bool:
     parts = Path(path).parts
     prefixes = {"/".join(parts[: i + 1]) for i in range(len(parts))}
     tool_file = any(part.endswith(".egg-info") or part.startswith(".coverage") for part in parts)
-    source = path in EDITED_BY_PEOPLE or Path(path).suffix in SOURCE.get(parts[0], ())
+    source = path in EDITED_BY_PEOPLE or Path(path).suffix in SOURCE.get(parts[0], ()) or parts[-1] == "dvc.yaml"
     return bool(prefixes & NOT_CHECKED) or tool_file or source
 
 
