@@ -171,6 +171,7 @@ def tracking_server_at(folder: Path) -> Iterator[str]:
         yield url
     finally:
         stop_group(process)
+        log.close()
 
 
 @pytest.fixture(scope="module")
