@@ -127,6 +127,8 @@ def test_diverged_trials_are_reported_never_selected(protocol: Path) -> None:
     assert "not reached (2 of 2)" in report  # the 99.9 % target, counted and shown
     metrics = json.loads((protocol / "report" / "metrics.json").read_text())
     assert set(metrics) == set(OPTIMIZERS)
+    for figure in ("lr_sensitivity.png", "curves.png", "budget.png"):  # within the page that shows them
+        assert _png_width(protocol / "report" / figure) <= 1100
 
 
 @pytest.mark.slow
@@ -254,3 +256,40 @@ def test_dvc_pipeline_caches_each_optimizer_and_adding_one_runs_only_its_stages(
     second = sh("dvc", "repro", "fair/dvc.yaml")
     assert stages(second) == ["tune@adam-mlp", "judge@adam-mlp", "report"]
     assert "| adam |" in (tmp_path / "reports" / "fair" / "fair.md").read_text()
+
+
+def _png_width(path: Path) -> int:
+    import struct
+
+    return struct.unpack(">I", path.read_bytes()[16:20])[0]  # the IHDR chunk
+
+
+def test_profile_uses_the_median_epochs_to_the_last_target_and_counts_misses_as_failures(tmp_path: Path) -> None:
+    """Two workloads, two optimizers, synthetic judged runs: the profile's costs and its figure."""
+    from src import plots, replicates, stats
+    from src.fair import report
+
+    def runs(optimizer: str, curves: list[list[float]]) -> list[replicates.Replicate]:
+        return [
+            replicates.Replicate(optimizer, seed, "FINISHED", {"test_accuracy": 0.9}, history={"val_accuracy": curve})
+            for seed, curve in enumerate(curves, start=1)
+        ]
+
+    def workload(name: str, a: list[list[float]], b: list[list[float]]) -> report.WorkloadResult:
+        judged = runs("a", a) + runs("b", b)
+        optimizers = [
+            report.OptimizerResult(o, phases.Selection(o, name, 0.1), 0.01, [], runs(o, c), [])
+            for o, c in (("a", a), ("b", b))
+        ]
+        comparison = replicates.compare(judged)
+        return report.WorkloadResult(name, (0.5, 0.9), optimizers, comparison, comparison)
+
+    fast, slow, never = [0.95, 0.95], [0.5, 0.6, 0.92], [0.5, 0.6, 0.7]
+    costs = report.profile_costs(
+        [workload("w1", [fast, fast, slow], [slow, slow, never]), workload("w2", [never, never, fast], [slow] * 3)]
+    )
+    assert costs == {"w1": {"a": 1.0, "b": 3.0}, "w2": {"a": float("inf"), "b": 3.0}}
+    fractions = stats.performance_profile(costs, [1, 3, 4])
+    assert fractions == {"a": [0.5, 0.5, 0.5], "b": [0.5, 1.0, 1.0]}
+    plots.performance_profile([1, 3, 4], fractions, "profile", tmp_path / "profile.png")
+    assert _png_width(tmp_path / "profile.png") <= 1100
