@@ -134,6 +134,7 @@ def run_main(module: str, *arguments: str, cwd: Path, env: dict[str, str] | None
     put back afterwards, so nothing leaks into the next test (a sweep ships its state to its jobs through
     the environment)."""
     import mlflow
+    from hydra._internal import utils as hydra_internals
     from hydra.core.global_hydra import GlobalHydra
     from mlflow.tracking._tracking_service import utils
 
@@ -151,6 +152,7 @@ def run_main(module: str, *arguments: str, cwd: Path, env: dict[str, str] | None
     settable = [h for h in _all_handlers() if not isinstance(getattr(type(h), "stream", None), property)]
     moved = [handler for handler in settable if id(getattr(handler, "stream", None)) in streams]
     saved_streams = [handler.stream for handler in moved]
+    under_debugger = hydra_internals.is_under_debugger
     returncode = 0
     try:
         os.environ.clear()
@@ -159,6 +161,8 @@ def run_main(module: str, *arguments: str, cwd: Path, env: dict[str, str] | None
         sys.argv = [module.replace(".", "/") + ".py", *arguments]
         for handler in moved:
             handler.stream = streams[id(handler.stream)]
+        # Under a tracer (coverage, a debugger) Hydra raises instead of printing its one-line error.
+        hydra_internals.is_under_debugger = lambda: False
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
             try:
                 entry()
@@ -170,6 +174,7 @@ def run_main(module: str, *arguments: str, cwd: Path, env: dict[str, str] | None
                 traceback.print_exc()  # what Python prints for an uncaught exception
                 returncode = 1
     finally:
+        hydra_internals.is_under_debugger = under_debugger
         for handler, stream in zip(moved, saved_streams, strict=True):
             handler.stream = stream
         for handler in root.handlers:
