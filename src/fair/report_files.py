@@ -170,7 +170,7 @@ def write(
     write_json(
         folder / "lr_sensitivity.json",
         [
-            {"workload": w, "optimizer": o, "learning_rate": lr, "final_val_accuracy": v if v is not None else 0.0}
+            {"workload": w, "optimizer": o, "learning_rate": lr, "final_val_accuracy": _plotted(v, status)}
             | {"status": status}
             for w, o, lr, v, status, _ in trial_rows(results)
         ],
@@ -238,3 +238,8 @@ def draw(settings: fair.Protocol, results: Sequence[WorkloadResult], curves: Map
         fractions = stats.performance_profile(profile_costs(results), TAUS)
         title = "Performance profile: epochs to each workload's last target (median over seeds)"
         plots.performance_profile(TAUS, fractions, title, folder / "profile.png")
+
+
+def _plotted(value: float | None, status: str) -> float:
+    """A tuning trial's point in the DVC plot: 0 for a diverged or unscored one, as the PNG draws it."""
+    return 0.0 if value is None or status != "FINISHED" else value
