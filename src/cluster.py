@@ -50,9 +50,9 @@ class JobLost(RuntimeError):
 
 
 def is_ray_launcher(launcher: DictConfig) -> bool:
-    return "ray_launcher" in str(launcher.get("_target_", "")) or "ray_cluster_launcher" in str(
-        launcher.get("_target_", "")
-    )
+    """hydra/launcher=ray (hydra-ray-launcher's RayLauncher) or ray_cluster (hydra_plugins/ray_cluster_launcher.py)."""
+    target = str(launcher.get("_target_", ""))
+    return target.endswith((".ray_launcher.RayLauncher", ".ray_cluster_launcher.RayClusterLauncher"))
 
 
 def ray_address(launcher: DictConfig) -> str | None:
