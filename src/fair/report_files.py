@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,9 +41,11 @@ TRIAL_HEADER = ("workload", "optimizer", "learning_rate", "final_val_accuracy", 
 
 
 def _csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = [",".join(header)]
-    lines += [",".join(replicate_tables.number(value) if value is not None else "" for value in row) for row in rows]
-    return "\n".join(lines) + "\n"
+    """Numbers through replicate_tables.number (THE CSV formatter: 5 decimals, "" when missing)."""
+    buffer = io.StringIO()
+    cells = [[replicate_tables.number(value) for value in row] for row in rows]
+    csv.writer(buffer, lineterminator="\n").writerows([header, *cells])
+    return buffer.getvalue()
 
 
 def protocol_lines(settings: fair.Protocol, train_seconds: float) -> list[str]:
