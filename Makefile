@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # MLflow's basic-auth app. EXTRAS=dev for less.
 EXTRAS ?= dev,ray,search,jax,postgres,auth
 # `:=`, not `?=`: a HOST or PORT that a shell or platform exports must not move a server off loopback;
-# give them on make's command line (`make ui HOST=0.0.0.0 PORT=8080`).
+# give them on make's command line (`make ui PORT=8080`; off loopback see docs/security.md).
 HOST := 127.0.0.1
 PORT := 5000
 # The MLflow UI links that sweeps and `make run` print point at `make ui` (src/tracking/links.py)
@@ -72,7 +72,8 @@ test-fast: install ## run the tests that train nothing and start no process (und
 test-cluster: install ## the Ray cluster tests: 3 nodes on this machine, a node lost mid-sweep, bad input (docs/scaling.md)
 	$(BIN)/python -m pytest tests/test_scaling.py -k "node or cluster"
 
-ui: install ## MLflow UI for the project's store on http://$(HOST):$(PORT) (HOST=0.0.0.0 to share)
+ui: install ## MLflow UI for the project's store on http://$(HOST):$(PORT) (off loopback: ALLOW_ANONYMOUS=1)
+	@$(BIN)/python -m src.server check-ui-host --host "$(HOST)" $(if $(filter 1 true yes,$(ALLOW_ANONYMOUS)),--allow-anonymous)
 	$(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host $(HOST) --port $(PORT)
 
 serve: install ## serve the registered model's champion on http://$(HOST):$(SERVE_PORT)/invocations (MLflow's scoring server)
@@ -92,7 +93,7 @@ server: install ## team tracking server on http://$(HOST):$(SERVER_PORT) (SERVER
 	@# not echoed: SERVER_STORE may hold a password (make db's keeps it in a pgpass file instead)
 	@PGPASSFILE="$${PGPASSFILE:-$(DB_DIR)/pgpass}" $(BIN)/python -m src.server serve \
 		--server-dir "$(SERVER_DIR)" --host $(HOST) --port $(SERVER_PORT) --workers $(SERVER_WORKERS) \
-		$(if $(AUTH),--auth) $(if $(ALLOW_ANONYMOUS),--allow-anonymous) \
+		$(if $(AUTH),--auth) $(if $(filter 1 true yes,$(ALLOW_ANONYMOUS)),--allow-anonymous) \
 		$(if $(ADMIN_PASSWORD_FILE),--admin-password-file "$(ADMIN_PASSWORD_FILE)")
 
 db: install ## start PostgreSQL in $(DB_DIR) on 127.0.0.1 (created on first use); prints the SERVER_STORE to use

@@ -294,6 +294,25 @@ def check_exposure(host: str, auth: bool, allow_anonymous: bool) -> None:
     )
 
 
+def check_ui_exposure(host: str, allow_anonymous: bool) -> None:
+    """`make ui` has no logins at all (MLflow's UI can change and delete runs): the same rule as the server's,
+    with the way out that exists for it."""
+    from src.tracking.store import is_loopback
+
+    if is_loopback(host) or allow_anonymous:
+        if not is_loopback(host):
+            print(
+                f"warning: make ui HOST={host}: anyone who reaches this machine may change and delete runs",
+                file=sys.stderr,
+            )
+        return
+    raise ConfigError(
+        f"make ui HOST={host}: MLflow's UI has no logins, so anyone who reaches this machine could change and "
+        "delete every run; share runs through `make server AUTH=1 HOST=...`, or add ALLOW_ANONYMOUS=1 on a "
+        "network you trust"
+    )
+
+
 def serve(arguments: argparse.Namespace) -> None:
     """Check the address and the run store, then exec `mlflow server` (same process: a signal to it stops
     the server)."""
@@ -354,11 +373,17 @@ def main(argv: list[str] | None = None) -> None:
         help="serve a non-loopback host without --auth (a trusted network only: anyone there may delete runs)",
     )
     server.add_argument("--auth-store", help="the users' database (default: sqlite in the server dir)")
+    ui = commands.add_parser("check-ui-host", help="make ui: refuse a non-loopback host unless --allow-anonymous")
+    ui.add_argument("--host", required=True)
+    ui.add_argument("--allow-anonymous", action="store_true")
     server.add_argument("--admin-password-file", help="a file outside git holding the admin's password")
     arguments = parser.parse_args(argv)
     with exit_on_user_error():
         if arguments.command == "serve":
             serve(arguments)
+            return
+        if arguments.command == "check-ui-host":
+            check_ui_exposure(arguments.host, arguments.allow_anonymous)
             return
         cluster = Cluster(Path(arguments.folder).resolve())
         if arguments.command == "db-start":
