@@ -43,6 +43,12 @@ SHIPPED_ENV = (
 )
 TCP_TIMEOUT_S = 5.0  # how long the head's address may take to accept a connection
 POLL_S = 2.0  # how often the launcher looks at the jobs and the nodes
+# How a cluster sweep gets a store every node reaches. A server off loopback refuses to start without AUTH=1
+# (src/server.py), so the sweep logs in: the credentials are shipped to the jobs with SHIPPED_ENV.
+SERVER_ADVICE = (
+    "`make server AUTH=1 HOST=0.0.0.0` on one machine, then mlflow.tracking_uri=http://<its-host>:5001 (or export "
+    "MLFLOW_TRACKING_URI) with MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD exported (passed on to the jobs)"
+)
 
 
 class JobLost(RuntimeError):
@@ -71,8 +77,7 @@ def check_store(tracking_uri: str, address: str, launcher_name: str) -> None:
         raise ConfigError(
             f"mlflow.tracking_uri={mask_uri(tracking_uri)!r} is a file on this machine, which the jobs that "
             f"hydra/launcher={launcher_name} runs on the Ray cluster at {address} cannot reach: use a tracking "
-            "server, `make server HOST=0.0.0.0` on one machine, then mlflow.tracking_uri=http://<its-host>:5001 "
-            "(or export MLFLOW_TRACKING_URI)"
+            f"server: {SERVER_ADVICE}"
         )
 
 
