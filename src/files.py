@@ -93,33 +93,35 @@ def exclusive_lock(lock_path: Path, holder: str = "", on_wait: Callable[[str], N
     this one waits for it.
 
     An OS lock (flock, via filelock): the kernel releases it when its process ends, however it ends, so
-    a SIGKILLed holder never blocks the next process. The lock file itself is never deleted: a process
-    waiting on a deleted file would hold a lock nobody else sees.
+    a SIGKILLed holder never blocks the next process. The lock file itself is never deleted (a process
+    waiting on a deleted file would hold a lock nobody else sees) and never written: it is filelock's.
+    The holder's text goes to `<lock>.holder`, written atomically, so a waiter never reads half of it.
     """
     from filelock import FileLock, Timeout
 
     lock_path.parent.mkdir(parents=True, exist_ok=True)
+    holder_path = lock_path.with_name(f"{lock_path.name}.holder")
     lock = FileLock(lock_path, thread_local=False)
     try:
         lock.acquire(timeout=0)
     except Timeout:
         if on_wait is not None:
-            on_wait(_read_holder(lock_path))
+            on_wait(_read_holder(holder_path))
         lock.acquire()
     try:
-        # Written in place, not atomically: the lock lives on this inode, which must stay (and waiters
-        # open it without truncating it). At worst a waiter reads a half-written description.
-        lock_path.write_text(holder)
+        if holder:  # a SIGKILLed holder's text may still be there: replace it
+            write_text_atomic(holder_path, holder)
         yield
     finally:
-        lock_path.write_text("")  # the next waiter must not name a holder that has gone
+        if holder:
+            holder_path.unlink(missing_ok=True)  # the next waiter must not name a holder that has gone
         lock.release()
 
 
-def _read_holder(lock_path: Path) -> str:
+def _read_holder(holder_path: Path) -> str:
     try:
-        return lock_path.read_text(errors="replace").strip()
-    except OSError:
+        return holder_path.read_text(errors="replace").strip()
+    except OSError:  # none yet, or its holder has just released the lock
         return ""
 
 

@@ -184,3 +184,18 @@ def test_concurrent_processes_never_leave_a_partial_or_mixed_file(tmp_path: Path
     assert errors == []
     assert target.read_bytes() in {_contents(writer) for writer in range(4)}
     assert leftovers(tmp_path) == []
+
+
+def test_the_lock_names_its_holder_beside_the_lock_file_and_forgets_it_on_release(tmp_path: Path) -> None:
+    """filelock owns the lock file's content (its format may change): the holder's text lives beside it.
+    A waiter in another process reading it is in tests/test_concurrency.py."""
+    lock = tmp_path / "state" / "0123456789abcdef.lock"
+    holder = lock.with_name("0123456789abcdef.lock.holder")
+    holder.parent.mkdir()
+    holder.write_text("pid 1 of a SIGKILLed job")  # left by a holder that could not clean up
+    with files.exclusive_lock(lock, "pid 2 on host since now"):
+        assert holder.read_text() == "pid 2 on host since now"
+        assert leftovers(lock.parent) == []
+    assert lock.exists() and not holder.exists()
+    with files.exclusive_lock(lock):  # no holder text (the store's lock): no holder file either
+        assert not holder.exists()
