@@ -37,7 +37,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from src.config import training_tree
-from src.files import exclusive_lock, write_text_atomic
+from src.files import TEMP_PREFIX, exclusive_lock, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,5 @@ def carry_outputs(previous_output_dir: Path, output_dir: Path) -> None:
     record stay with the attempt that wrote them."""
     if not previous_output_dir.is_dir() or previous_output_dir.resolve() == output_dir.resolve():
         return
-    shutil.copytree(
-        previous_output_dir, output_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".hydra", "*.log", ".tmp-*")
-    )
+    skipped = shutil.ignore_patterns(".hydra", "*.log", f"{TEMP_PREFIX}*")  # temp: a write a kill cut short
+    shutil.copytree(previous_output_dir, output_dir, dirs_exist_ok=True, ignore=skipped)
