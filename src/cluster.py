@@ -6,8 +6,9 @@ that lacks it, and every job logs to the tracking server the driver uses (shippe
 variable, with the MLflow credentials of the driver's environment).
 
 - `preflight(config)`, called by the sweep callback before its parent run exists: refuses a tracking store
-  that is a file on this machine, an address that does not answer, a job request no node can meet and a
-  `runtime_env` that cannot be built on a node, each in one line and within a bounded wait.
+  that is a file on this machine or on its loopback, an address that does not answer, a job request no
+  node can meet and a `runtime_env` that cannot be built on a node, each in one line and within a bounded
+  wait.
 - `launch(...)`, the launcher's loop (hydra_plugins/ray_cluster_launcher.py): waits for every job, even
   after one failed; a job whose node was lost, or that no alive node can take for
   `unschedulable_timeout_s`, ends FAILED instead of waiting forever.
@@ -69,16 +70,35 @@ def ray_address(launcher: DictConfig) -> str | None:
 
 
 def check_store(tracking_uri: str, address: str, launcher_name: str) -> None:
-    """A job on another node cannot reach a store that is a file on this machine: refuse it."""
-    from src.tracking.store import mask_uri
+    """A job on another node cannot reach a store that is a file on this machine, nor one on this machine's
+    loopback (127.0.0.1 there is the node itself): refuse them. A cluster whose head is on loopback runs on
+    this machine only, so loopback passes there; `auto` (this node's cluster, wherever it is) is let through."""
+    from src.tracking.store import is_loopback, mask_uri
 
-    scheme = urlparse(tracking_uri).scheme.lower()
+    parsed = urlparse(tracking_uri)
+    scheme = parsed.scheme.lower()
+    where = f"mlflow.tracking_uri={mask_uri(tracking_uri)!r}"
+    jobs = f"the jobs that hydra/launcher={launcher_name} runs on the Ray cluster at {address}"
     if len(scheme) <= 1 or scheme in ("file", "sqlite"):  # a path (a one-letter scheme is a Windows drive)
         raise ConfigError(
-            f"mlflow.tracking_uri={mask_uri(tracking_uri)!r} is a file on this machine, which the jobs that "
-            f"hydra/launcher={launcher_name} runs on the Ray cluster at {address} cannot reach: use a tracking "
-            f"server: {SERVER_ADVICE}"
+            f"{where} is a file on this machine, which {jobs} cannot reach: use a tracking server: {SERVER_ADVICE}"
         )
+    store_host = parsed.hostname or ""
+    head_host = _head_host(address)
+    if (is_loopback(store_host) or store_host in ("0.0.0.0", "::")) and head_host and not is_loopback(head_host):
+        raise ConfigError(
+            f"{where} is this machine's loopback, where {jobs} would reach their own node, not this store: name "
+            "the server by a host name or address the nodes reach (mlflow.tracking_uri=http://<its-host>:<port>)"
+        )
+
+
+def _head_host(address: str) -> str | None:
+    """The head's host in `host:port`, `[v6]:port` or `ray://host:port`; None for `auto`."""
+    if address == "auto":
+        return None
+    if "://" in address:
+        return urlparse(address).hostname
+    return address.rpartition(":")[0].strip("[]") or address
 
 
 def check_answers(address: str, timeout: float = TCP_TIMEOUT_S) -> None:

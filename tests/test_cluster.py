@@ -25,3 +25,37 @@ def test_a_file_store_is_refused_with_a_server_command_that_starts() -> None:
     check_exposure(settings.get("HOST", "127.0.0.1"), settings.get("AUTH") == "1", allow_anonymous=False)
     assert settings.get("HOST") not in (None, "127.0.0.1", "localhost")  # other nodes must reach it
     assert "MLFLOW_TRACKING_USERNAME" in message and "MLFLOW_TRACKING_PASSWORD" in message
+
+
+@pytest.mark.parametrize(
+    "tracking_uri",
+    ["http://127.0.0.1:5001", "http://localhost:5001", "http://[::1]:5001", "postgresql://mlflow@127.0.0.2/mlflow"],
+)
+@pytest.mark.parametrize("address", ["10.0.0.5:6379", "ray://head.example:10001", "[fd00::5]:6379"])
+def test_a_loopback_store_with_a_cluster_elsewhere_is_refused(tracking_uri: str, address: str) -> None:
+    """On another node, 127.0.0.1 is that node: its jobs would log nowhere (or into a stranger's server)."""
+    with pytest.raises(ConfigError) as refused:
+        check_store(tracking_uri, address, "ray_cluster")
+    message = str(refused.value)
+    assert "loopback" in message and "host name or address the nodes reach" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("tracking_uri", "address"),
+    [
+        ("http://127.0.0.1:5001", "127.0.0.1:6379"),  # every node on this machine (the tests' cluster)
+        ("http://localhost:5001", "localhost:6379"),
+        ("http://127.0.0.1:5001", "auto"),  # this node's cluster: where its nodes are is not known here
+        ("http://10.0.0.2:5001", "10.0.0.5:6379"),
+        ("https://mlflow.example", "ray://head.example:10001"),
+        ("postgresql://mlflow@db.example/mlflow", "10.0.0.5:6379"),
+    ],
+)
+def test_a_store_the_nodes_reach_passes(tracking_uri: str, address: str) -> None:
+    check_store(tracking_uri, address, "ray_cluster")
+
+
+def test_the_refusal_masks_a_password() -> None:
+    with pytest.raises(ConfigError) as refused:
+        check_store("http://ana:s3cret@127.0.0.1:5001", "10.0.0.5:6379", "ray_cluster")
+    assert "s3cret" not in str(refused.value) and "ana:***@" in str(refused.value)
