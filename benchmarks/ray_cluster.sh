@@ -30,7 +30,16 @@ disown  # its end (cleanup kills it) is expected: no "Killed" notice
   --include-dashboard=false --temp-dir="$H" --ray-client-server-port="$($V/python -c "from src.server import free_port; print(free_port())")" > /dev/null)
 (cd "$W/node-a" && env -u PYTHONPATH setsid $V/ray start --address="127.0.0.1:$HEAD_PORT" --node-ip-address=127.0.0.1 \
   --num-cpus=2 --resources='{"trainer": 2}' --temp-dir="$N" > /dev/null)
-until curl -s "127.0.0.1:$SERVER_PORT/health" > /dev/null; do sleep 1; done
+# Bounded, and straight to loopback: through an http_proxy the check would never reach this machine's server
+deadline=$((SECONDS + ${SERVER_TIMEOUT:-120}))
+until curl -sf --noproxy '*' --max-time 2 "http://127.0.0.1:$SERVER_PORT/health" > /dev/null; do
+  if ((SECONDS > deadline)); then
+    echo "mlflow server did not answer on 127.0.0.1:$SERVER_PORT within ${SERVER_TIMEOUT:-120} s; its log:" >&2
+    tail -20 "$W/srv/log" >&2
+    exit 1
+  fi
+  sleep 1
+done
 SWEEP="optimizer=adam,sgd,rmsprop,adagrad data.limit=${LIMIT:-20000} train.epochs=${EPOCHS:-3}"
 SWEEP="$SWEEP data.sources=[local] data.local_path=$MNIST"
 
