@@ -19,6 +19,7 @@ from mlflow import MlflowClient
 
 from src import resume
 from src.config import PROJECT_ROOT
+from src.data import FILE_NAME, compose_config, sha256_file
 from tests.conftest import all_runs, store_args
 
 pytestmark = pytest.mark.slow
@@ -33,11 +34,17 @@ def _python(code: str, *args: str, **popen: object) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", code, *args], env=ENVIRONMENT, text=True, **popen)
 
 
+# A job mid-training, as src.train leaves its state: under the lock, a backup and the record of its run
+# (a run of another store: the store is not part of the config hash, so stores share a state folder).
 HOLD_THE_LOCK = """
 import sys, time
 from pathlib import Path
 from src.resume import JobState
-with JobState(Path(sys.argv[1])).exclusive(Path("/runs/first")):
+state = JobState(Path(sys.argv[1]))
+with state.exclusive(Path("/runs/first")):
+    state.backup_dir.mkdir(parents=True)
+    (state.backup_dir / "training_metadata.json").write_text('{"epoch": 1}')
+    state.record("f" * 32, Path("/runs/first"))
     print("held", flush=True)
     time.sleep(600)
 """
@@ -127,3 +134,46 @@ def test_two_identical_commands_at_once_on_an_existing_store(tmp_path: Path, mni
     client.create_experiment("mnist-optimizers", artifact_location=str(tmp_path / "mlartifacts"))
     outputs = _two_identical_commands(tmp_path, mnist_dir)
     _check_one_finished_run_trained_once_and_reused_by_the_other_twin(tmp_path, outputs)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
+def test_a_job_waiting_for_the_lock_never_touches_the_holders_backup(tmp_path: Path, mnist_dir: Path) -> None:
+    """src.train deletes a config's state folder in two places (a backup it cannot resume, before a fresh
+    start; the whole state once its run is FINISHED), both under the config's lock. Here the holder's
+    backup is one the second job cannot resume (its run is in another store): a second job that got past
+    the lock would clear it at once. It must wait instead, touching nothing, until it is stopped.
+
+    The second job is the real command (its lock, its log line, its SIGTERM); it is stopped before it
+    would import TensorFlow, so it costs an MLflow import, not a training."""
+    output_paths = ["callbacks.model_checkpoint.filepath=/o/best.keras", "callbacks.tensorboard.log_dir=/o"]
+    cfg = compose_config([*TINY, *output_paths])  # outside a Hydra job the output dir has no value: given here
+    folder = tmp_path / "state" / resume.config_hash(cfg, sha256_file(mnist_dir / FILE_NAME))
+    holder = _python(HOLD_THE_LOCK, str(folder), stdout=subprocess.PIPE)
+    log = tmp_path / "second.log"
+    try:
+        assert holder.stdout.readline() == "held\n"
+        backup = _files(folder)
+        assert "backup/training_metadata.json" in backup and "run.json" in backup
+        command = [sys.executable, "-m", "src.train", *TINY, *store_args(tmp_path, mnist_dir)]
+        with log.open("w") as stream:
+            second = subprocess.Popen(command, cwd=tmp_path, env=ENVIRONMENT, stdout=stream, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while WAITING not in log.read_text() and second.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(2)  # waiting, not merely slow: it is still there and has done nothing
+        assert second.poll() is None, log.read_text()[-3000:]
+        assert _files(folder) == backup
+        second.send_signal(signal.SIGTERM)  # Ctrl-C's path: a waiting job stops cleanly
+        assert second.wait(timeout=120) == 130, log.read_text()[-3000:]
+        assert holder.poll() is None  # the holder kept its lock throughout
+    finally:
+        holder.kill()
+        holder.wait()
+    output = log.read_text()
+    assert f"{WAITING} (config_hash {folder.name}: pid {holder.pid} " in output, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    assert _files(folder) == backup
+    assert all_runs(tmp_path) == []  # the second job created no run
