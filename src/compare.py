@@ -322,7 +322,9 @@ def mlflow_config(overrides: list[str]) -> Any:
     try:
         cfg = compose_config(overrides)
     except HydraException as error:
-        raise UserError(f"src.compare: {error}") from None
+        # One line: Hydra's next lines repeat the override (a password in it too) and list its search path
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UserError(f"src.compare: {first_line}") from None
     validate(cfg)  # mlflow.register, mlflow.registered_model_name: before any run exists
     return cfg.mlflow
 

@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
     """Fetch MNIST as configured by `data.*` (e.g. `python -m src.data data.local_path=~/mnist.npz`)."""
     from hydra.errors import HydraException
 
-    from src.errors import exit_on_user_error
+    from src.errors import UserError, exit_on_user_error
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = sys.argv[1:] if argv is None else argv
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             data = compose_config(args).data
         except HydraException as error:
-            raise SystemExit(f"error: {error}") from None
+            raise UserError(str(error)) from None  # reported masked: an override may carry a password
         result = fetch(Path(data.dir), list(data.sources), data.local_path, Path(data.cache_dir))
         state = "already present and verified" if result.source == "existing" else f"fetched from {result.source}"
         print(f"MNIST {state}: {result.path}")

@@ -6,6 +6,8 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from src.masking import mask_uri
+
 
 class UserError(Exception):
     """Bad input the user can fix: reported as one line, without a traceback."""
@@ -21,13 +23,14 @@ class DataError(UserError):
 
 @contextmanager
 def exit_on_user_error() -> Iterator[None]:
-    """Turn a UserError into a clean exit (code 1) with a one-line message.
+    """Turn a UserError into a clean exit (code 1) with a one-line message, every URI's password masked (a
+    message may quote the user's input, `mlflow.tracking_uri=postgresql://user:password@...` included).
 
-    `HYDRA_FULL_ERROR=1` shows the full traceback instead, as Hydra users expect.
+    `HYDRA_FULL_ERROR=1` shows the full traceback instead, as Hydra users expect (unmasked: docs/security.md).
     """
     try:
         yield
     except UserError as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        raise SystemExit(f"error: {error}") from None
+        raise SystemExit(f"error: {mask_uri(str(error))}") from None

@@ -22,9 +22,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from src.errors import ConfigError, exit_on_user_error
 from src.server import PG_BIN, Cluster
 from src.tracking.store import mask_log_records, mask_uri, masked_config
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_main
 
 EXPERIMENT = "secrets"
 
@@ -76,6 +77,21 @@ def test_log_records_are_masked_whoever_logs_them(caplog: pytest.LogCaptureFixtu
         assert record.msg == "%d"
     finally:
         logging.setLogRecordFactory(previous)
+
+
+def test_a_one_line_error_prints_a_password_masked() -> None:
+    """What the entry points print for a UserError (SystemExit's message, which Python writes to stderr)."""
+    with pytest.raises(SystemExit) as exited, exit_on_user_error():
+        raise ConfigError("mlflow.tracking_uri='postgresql://ana:s3cret@db:5432/m' does not answer")
+    assert exited.value.code == "error: mlflow.tracking_uri='postgresql://ana:***@db:5432/m' does not answer"
+
+
+def test_a_bad_override_of_compare_is_one_masked_line(tmp_path: Path) -> None:
+    """Hydra's parse error quotes the whole override, the password in it; its next lines repeat it."""
+    done = run_main("src.compare", "mlflow.tracking_uri=postgresql://ana:s3cret@db:5432/m[", cwd=tmp_path)
+    assert done.returncode == 1 and "s3cret" not in done.stdout + done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line == "error: src.compare: Error parsing override 'mlflow.tracking_uri=postgresql://ana:***@db:5432/m['"
 
 
 @dataclass
