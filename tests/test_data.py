@@ -174,6 +174,7 @@ def test_cli_fetch_reports_the_file(mnist_dir: Path, tmp_path: Path) -> None:
     assert "already present and verified" in result.stdout
 
 
+@pytest.mark.slow  # parses 70,000 CSV rows: seconds, too many for make test-fast
 def test_pypi_source_reads_mnist_from_the_wheel(mnist_dir: Path, tmp_path: Path) -> None:
     """The wheel of the cached fixture, read again: the part of a PyPI fetch after pip's download."""
     shutil.copytree(mnist_dir / ".cache", tmp_path / ".cache")
