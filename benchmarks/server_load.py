@@ -34,7 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from src.server import PG_BIN, Cluster, free_port, stop_group, wait_healthy  # noqa: E402
+from src.postgres import PG_BIN, Cluster  # noqa: E402
+from src.server import free_port, stop_group, wait_healthy  # noqa: E402
 
 METRIC_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
 

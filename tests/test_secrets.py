@@ -23,7 +23,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from src.errors import ConfigError, exit_on_user_error
-from src.server import PG_BIN, Cluster
+from src.postgres import PG_BIN, Cluster
 from src.tracking.store import mask_log_records, mask_uri, masked_config
 from tests.conftest import run_cli, run_main
 

@@ -34,7 +34,8 @@ from mlflow.exceptions import MlflowException
 
 from benchmarks.server_load import check_runs, run_clients
 from src import data
-from src.server import PG_BIN, Cluster, free_port, wait_healthy
+from src.postgres import PG_BIN, Cluster
+from src.server import free_port, wait_healthy
 from src.tracking.store import is_duplicate_insert, retry_duplicate_insert
 from tests.conftest import SMALL, run_cli
 

@@ -17,7 +17,8 @@ import pytest
 import requests
 
 from src import server
-from src.server import Cluster, free_port, stop_group, wait_healthy, write_auth_config
+from src.postgres import Cluster
+from src.server import free_port, stop_group, wait_healthy, write_auth_config
 
 ROOT = Path(__file__).parent.parent
 OPEN_HOSTS = ("0.0.0.0", "::", "192.168.1.20", "[::]", "buildbox.lan")
