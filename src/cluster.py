@@ -5,10 +5,10 @@ else: the project reaches it through Ray's `runtime_env` (`working_dir`), MNIST 
 that lacks it, and every job logs to the tracking server the driver uses (shipped as an environment
 variable, with the MLflow credentials of the driver's environment).
 
-- `preflight(config)`, called by the sweep callback before its parent run exists: refuses a tracking store
-  that is a file on this machine or on its loopback, an address that does not answer, a job request no
-  node can meet and a `runtime_env` that cannot be built on a node, each in one line and within a bounded
-  wait.
+- `preflight(config)`, called by the sweep callback before its parent run exists: refuses the project's
+  launcher where Python cannot import it, a tracking store that is a file on this machine or on its
+  loopback, an address that does not answer, a job request no node can meet and a `runtime_env` that
+  cannot be built on a node, each in one line and within a bounded wait.
 - `launch(...)`, the launcher's loop (hydra_plugins/ray_cluster_launcher.py): waits for every job, even
   after one failed; a job whose node was lost, or that no alive node can take for
   `unschedulable_timeout_s`, ends FAILED instead of waiting forever.
@@ -67,6 +67,29 @@ def ray_address(launcher: DictConfig) -> str | None:
     init = launcher.get("ray", {}).get("init") or {}
     address = init.get("address") or os.environ.get("RAY_ADDRESS")
     return None if address in (None, "", "local") else str(address)
+
+
+def check_launcher_found(launcher: DictConfig) -> None:
+    """The project's own launcher (hydra_plugins/ray_cluster_launcher.py) is a portion of Hydra's
+    `hydra_plugins` namespace found only when the project's folder is on sys.path, as with `python -m` from
+    it (it is not installed as a package: docs/scaling.md). Checked before the sweep's parent run exists:
+    Hydra would fail on it after that run is created."""
+    import importlib.util
+
+    target = str(launcher.get("_target_", ""))
+    module = target.rpartition(".")[0]
+    project = Path(__file__).resolve().parent.parent
+    if not module.startswith("hydra_plugins.") or not (project / f"{module.replace('.', '/')}.py").is_file():
+        return  # a launcher installed with its own package
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ImportError:  # no `hydra_plugins` at all on sys.path
+        found = False
+    if not found:
+        raise ConfigError(
+            f"hydra.launcher._target_={target} is not importable from {Path.cwd()}: start the sweep from the "
+            f"project's folder ({project}) or set PYTHONPATH={project}"
+        )
 
 
 def check_store(tracking_uri: str, address: str, launcher_name: str) -> None:
@@ -212,12 +235,13 @@ def probe(remote: Mapping[str, Any], timeout: float) -> tuple[str, str]:
 def preflight(config: DictConfig) -> None:
     """Before a sweep with a Ray launcher creates its parent run: the checks of the module docstring.
 
-    A private Ray instance (no address) needs none of them; the plugin's own `hydra/launcher=ray` only gets
-    the store check, `hydra/launcher=ray_cluster` all of them.
+    The project's launcher must be importable first; a private Ray instance (no address) needs nothing
+    more; the plugin's own `hydra/launcher=ray` only gets the store check, `hydra/launcher=ray_cluster` all.
     """
     launcher = config.hydra.launcher
     if not is_ray_launcher(launcher):
         return
+    check_launcher_found(launcher)
     address = ray_address(launcher)
     if address is None:
         return

@@ -6,10 +6,13 @@ The real cluster (three `ray start` nodes, a tracking server) is in tests/test_s
 from __future__ import annotations
 
 import re
+import sys
+from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
-from src.cluster import check_store
+from src.cluster import check_launcher_found, check_store
 from src.errors import ConfigError
 from src.server import check_exposure
 
@@ -59,3 +62,19 @@ def test_the_refusal_masks_a_password() -> None:
     with pytest.raises(ConfigError) as refused:
         check_store("http://ana:s3cret@127.0.0.1:5001", "10.0.0.5:6379", "ray_cluster")
     assert "s3cret" not in str(refused.value) and "ana:***@" in str(refused.value)
+
+
+def test_the_projects_launcher_is_found_from_its_folder_and_named_when_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    """hydra_plugins/ is not an installed package: from another folder, without PYTHONPATH, Hydra could
+    not import the launcher, and would say so only after the sweep's parent run exists."""
+    launcher = OmegaConf.create({"_target_": "hydra_plugins.ray_cluster_launcher.RayClusterLauncher"})
+    check_launcher_found(launcher)  # the project's folder is on sys.path here, as with `python -m` from it
+
+    project = str(Path(__file__).resolve().parent.parent)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", project)])
+    monkeypatch.delitem(sys.modules, "hydra_plugins.ray_cluster_launcher", raising=False)
+    with pytest.raises(ConfigError) as refused:
+        check_launcher_found(launcher)
+    assert f"PYTHONPATH={project}" in str(refused.value)
+    # an installed launcher (hydra-ray-launcher's) is not the project's to check
+    check_launcher_found(OmegaConf.create({"_target_": "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"}))
