@@ -76,6 +76,7 @@ def test_an_open_host_starts_with_auth_or_an_explicit_opt_in_that_warns(
     assert "basic-auth" in started.value.args[0] and capsys.readouterr().err == ""
 
 
+@pytest.mark.slow  # starts a process: make test-fast leaves it out
 def test_make_server_refuses_an_open_host_even_with_allow_anonymous_exported(tmp_path: Path) -> None:
     """The front door as typed: one line, exit 1. An exported ALLOW_ANONYMOUS (a shell profile, CI) is no
     opt-in; only make's command line is."""
@@ -105,6 +106,7 @@ def test_files_that_may_hold_a_secret_are_born_mode_600(tmp_path: Path, monkeypa
     assert "s3cret" in auth.read_text()  # the file that needed the protection
 
 
+@pytest.mark.slow  # starts a process: make test-fast leaves it out
 def test_loopback_health_checks_and_clients_bypass_a_proxy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Behind an http_proxy (here one that refuses every connection) a request for 127.0.0.1 must not go
     through the proxy: wait_healthy sets NO_PROXY for loopback, which MLflow's client (requests) and any
