@@ -346,7 +346,8 @@ def _not_checked(path: str) -> bool:
     prefixes = {"/".join(parts[: i + 1]) for i in range(len(parts))}
     tool_file = any(part.endswith(".egg-info") or part.startswith(".coverage") for part in parts)
     source = path in EDITED_BY_PEOPLE or Path(path).suffix in SOURCE.get(parts[0], ()) or parts[-1] == "dvc.yaml"
-    return bool(prefixes & NOT_CHECKED) or tool_file or source
+    # a folder name (`__pycache__` at any depth) or a path prefix (`.dvc/tmp`)
+    return bool((prefixes | set(parts)) & NOT_CHECKED) or tool_file or source
 
 
 def _files_under(path: str) -> Iterator[str]:

@@ -83,7 +83,9 @@ def project(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
 
 def test_repro_runs_every_stage_and_trains_each_seed_once(project: Path) -> None:
     log = (project / "first_repro.log").read_text()
-    assert stages_run(log) == ["fetch", *(f"train@{o}" for o in OPTIMIZERS), "compare"]
+    stages = stages_run(log)  # DVC orders independent stages as it likes: the train stages in any order
+    assert stages[0] == "fetch" and sorted(stages[1:-1]) == sorted(f"train@{o}" for o in OPTIMIZERS)
+    assert stages[-1] == "compare"
     assert "train@adam: training seeds [1, 2]; kept from earlier runs: none" in log
     assert sorted(trained_runs(project)) == ["adam/seed1", "adam/seed2", "rmsprop/seed1", "rmsprop/seed2"]
 
@@ -175,7 +177,8 @@ def test_adding_a_seed_trains_only_that_seed(project: Path) -> None:
     checkpoint_bytes = checkpoint.read_bytes()
     set_seeds(project, "[1, 2, 3]")
     rerun = sh("dvc", "repro", cwd=project)
-    assert stages_run(rerun.stdout) == [*(f"train@{o}" for o in OPTIMIZERS), "compare"]
+    stages = stages_run(rerun.stdout)  # the train stages in any order, then compare
+    assert sorted(stages[:-1]) == sorted(f"train@{o}" for o in OPTIMIZERS) and stages[-1] == "compare"
     assert "train@adam: training seeds [3]; kept from earlier runs: [1, 2]" in rerun.stdout
     after = trained_runs(project)
     assert {k: after[k] for k in before} == before and len(after) == 6
