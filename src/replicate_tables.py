@@ -81,7 +81,7 @@ def settings_csv(comparison: Comparison, keys: Sequence[str] = ()) -> str:
             row += [s.mean, s.std, s.ci_low, s.ci_high] if s else [None] * 4
         row += [s.mean if (s := setting.summaries.get(m)) else None for m in MEAN_METRICS]
         rows.append(row)
-    return _csv(header, rows)
+    return csv_text(header, rows)
 
 
 def replicates_csv(comparison: Comparison, keys: Sequence[str] = ()) -> str:
@@ -99,10 +99,11 @@ def replicates_csv(comparison: Comparison, keys: Sequence[str] = ()) -> str:
         for s in comparison.settings
         for r in s.replicates
     ]
-    return _csv(header, rows)
+    return csv_text(header, rows)
 
 
-def _csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+def csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """THE CSV writer of the reports: numbers through `number` (5 decimals, "" when missing)."""
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows([header, *([number(v) for v in row] for row in rows)])
     return buffer.getvalue()

@@ -11,11 +11,9 @@ trials.csv, metrics.json (DVC metrics), lr_sensitivity.json and budget.json (DVC
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
@@ -25,7 +23,6 @@ from src.errors import ConfigError
 from src.fair import phases
 from src.fair import protocol as fair
 from src.fair.trials import first_epoch_reaching, read_record
-from src.files import write_text_atomic
 
 COMPARED = "test_accuracy"
 
@@ -237,10 +234,6 @@ def profile_costs(results: Sequence[WorkloadResult]) -> dict[str, dict[str, floa
             values = [float("inf") if e is None else float(e) for e in epochs]
             costs[workload.workload][result.optimizer] = statistics.median(values) if values else float("inf")
     return costs
-
-
-def write_json(path: Path, payload: Any) -> None:
-    write_text_atomic(path, json.dumps(payload, indent=1) + "\n")
 
 
 def main(settings: fair.Protocol, bases: Mapping[tuple[str, str], DictConfig]) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,14 +36,6 @@ SUMMARY_HEADER = (
 )
 RUN_HEADER = ("workload", "optimizer", "lr_choice", "learning_rate", "seed", "test_accuracy", "final_val_accuracy")
 TRIAL_HEADER = ("workload", "optimizer", "learning_rate", "final_val_accuracy", "status", "run_id")
-
-
-def _csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Numbers through replicate_tables.number (THE CSV formatter: 5 decimals, "" when missing)."""
-    buffer = io.StringIO()
-    cells = [[replicate_tables.number(value) for value in row] for row in rows]
-    csv.writer(buffer, lineterminator="\n").writerows([header, *cells])
-    return buffer.getvalue()
 
 
 def protocol_lines(settings: fair.Protocol, train_seconds: float) -> list[str]:
@@ -162,11 +152,12 @@ def write(
             seconds |= {run.run_id: run.value("train_seconds") for run in [*r.tuned, *r.default]}
     train_seconds = sum(value or 0.0 for value in seconds.values())
     targets = [f"epochs_to_target_{i + 1}" for i in range(max(len(w.targets) for w in results))]
+    run_header = [*RUN_HEADER, "train_seconds", *targets, "status", "run_id"]
     files = {
         "fair.md": markdown(settings, results, train_seconds),
-        "summary.csv": _csv(SUMMARY_HEADER, [row for w in results for row in summary_rows(w)]),
-        "runs.csv": _csv([*RUN_HEADER, "train_seconds", *targets, "status", "run_id"], run_rows(results)),
-        "trials.csv": _csv(TRIAL_HEADER, trial_rows(results)),
+        "summary.csv": replicate_tables.csv_text(SUMMARY_HEADER, [row for w in results for row in summary_rows(w)]),
+        "runs.csv": replicate_tables.csv_text(run_header, run_rows(results)),
+        "trials.csv": replicate_tables.csv_text(TRIAL_HEADER, trial_rows(results)),
     }
     for name, text in files.items():
         write_text_atomic(folder / name, text)
