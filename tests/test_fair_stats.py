@@ -1,5 +1,5 @@
-"""The fair protocol's statistics against values worked out by hand: Holm's correction, Dodge et al.'s
-expected maximum of k trials with its bootstrap band, and Dolan-Moré's performance profile."""
+"""The fair protocol's statistics against values worked out by hand (Holm's correction: tests/test_stats.py):
+Dodge et al.'s expected maximum of k trials with its bootstrap band, and Dolan-Moré's performance profile."""
 
 from __future__ import annotations
 
@@ -11,17 +11,6 @@ import pytest
 from src import stats
 
 INF = math.inf
-
-
-def test_holm_multiplies_the_ith_smallest_by_m_minus_i_plus_1_and_keeps_the_order_monotone() -> None:
-    # sorted: 0.01 x 3 = 0.03; 0.03 x 2 = 0.06; 0.04 x 1 = 0.04 -> raised to 0.06 (never below an earlier one)
-    assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
-
-
-def test_holm_caps_at_one_and_keeps_a_single_p_value() -> None:
-    assert stats.holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # 0.5 x 2 = 1.0; 0.6 x 1 raised to 1.0
-    assert stats.holm([0.02]) == pytest.approx([0.02])
-    assert stats.holm([]) == []
 
 
 def test_expected_max_of_one_trial_is_the_mean_and_of_many_the_best() -> None:
