@@ -112,6 +112,12 @@ def test_the_report_matches_the_runs_in_mlflow(protocol: Path) -> None:
             if r.data.tags["learning_rate"] == best.data.tags["learning_rate"]
         ]
         assert float(summary[optimizer]["tuned_test_accuracy_std"]) == pytest.approx(statistics.stdev(tuned), abs=1e-5)
+    # DVC's metrics.json says what summary.csv says, column by column
+    metrics = json.loads((protocol / "report" / "metrics.json").read_text())
+    for optimizer, row in summary.items():
+        assert metrics[optimizer]["lr"] == pytest.approx(float(row["tuned_lr"]))
+        assert metrics[optimizer]["acc"] == pytest.approx(float(row["tuned_test_accuracy_mean"]), abs=1e-5)
+        assert metrics[optimizer]["gain"] == pytest.approx(float(row["gain"]), abs=1e-5)
 
 
 @pytest.mark.slow

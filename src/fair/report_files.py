@@ -131,8 +131,10 @@ def metrics_json(results: Sequence[WorkloadResult]) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     for workload in results:
         for row in summary_rows(workload):
-            entry = {"lr": row[4], "acc": _round(row[6]), "gain": _round(row[10])}
-            key = row[1] if len(results) == 1 else f"{row[0]}/{row[1]}"
+            named = dict(zip(SUMMARY_HEADER, row, strict=True))
+            entry = {"lr": named["tuned_lr"], "acc": _round(named["tuned_test_accuracy_mean"])}
+            entry["gain"] = _round(named["gain"])
+            key = named["optimizer"] if len(results) == 1 else f"{named['workload']}/{named['optimizer']}"
             metrics[key] = entry
     return metrics
 
@@ -203,7 +205,6 @@ def draw(settings: fair.Protocol, results: Sequence[WorkloadResult], curves: Map
                     r.selection.best_lr,
                 )
                 for r in w.optimizers
-                for best in [r.selection.best_lr]
             ],
         )
         for w in results
