@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import statistics
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from mlflow.entities import ViewType
 
 from src.fair import phases
 from src.fair.report import epochs_cell
@@ -138,12 +140,29 @@ def test_diverged_trials_are_reported_never_selected(protocol: Path) -> None:
 
 
 @pytest.mark.slow
-def test_rerunning_trains_nothing_and_a_wider_grid_trains_only_its_new_rates(protocol: Path, mnist_dir: Path) -> None:
+def test_rerunning_trains_nothing_and_a_wider_grid_trains_only_its_new_rates(
+    protocol: Path, mnist_dir: Path, tmp_path: Path
+) -> None:
+    # on a copy, so that the other tests see the first run whatever the order (new artifacts land in the
+    # original's mlartifacts/, an absolute path in the copied store: harmless, under the fixture's tmp folder)
+    shutil.copytree(protocol, tmp_path / "fair")
+    protocol = tmp_path / "fair"
     before = {r.info.run_id for r in runs(protocol) if r.data.tags.get("phase") != "report"}
+    (first_parent,) = [r for r in runs(protocol) if r.data.tags.get("phase") == "report"]
     again = run_main("src.fair.__main__", *overrides(protocol, mnist_dir), cwd=protocol)
     assert again.returncode == 0, again.stderr[-3000:]
     assert {r.info.run_id for r in runs(protocol) if r.data.tags.get("phase") != "report"} == before
     assert "0 to train" in again.stdout and "1 to train" not in again.stdout
+    # one parent still: the first, left childless, is deleted and names its successor
+    (parent,) = [r for r in runs(protocol) if r.data.tags.get("phase") == "report"]
+    assert parent.info.run_id != first_parent.info.run_id
+    assert all(
+        r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in runs(protocol) if r.info.run_id in before
+    )
+    client = MlflowClient(f"sqlite:///{protocol}/mlflow.db")
+    (deleted,) = client.search_runs([parent.info.experiment_id], "tags.phase = 'report'", ViewType.DELETED_ONLY)
+    assert deleted.info.run_id == first_parent.info.run_id
+    assert deleted.data.tags["superseded_by"] == parent.info.run_id
     # a trial killed before it ended leaves no record: that one trial is trained again, nothing else
     killed = protocol / "trials" / "mlp" / "adam" / "tune" / "lr0.1-seed0" / "trial.json"
     killed.unlink()
@@ -200,7 +219,6 @@ def test_bad_input_stops_with_one_line_before_any_run(tmp_path: Path, override: 
 def _project_copy(root: Path, mnist_dir: Path) -> None:
     """The project's files (as git sees them) in a fresh git repo at `root`, with a tiny protocol."""
     import re
-    import shutil
     import subprocess
 
     from src.config import PROJECT_ROOT

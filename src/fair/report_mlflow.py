@@ -4,7 +4,8 @@ The children carry the tags `phase` (tune / judge), `optimizer`, `workload`, `le
 (set when they were trained) and, from here, `lr_choice` (tuned / default / tuned+default for a judged run),
 so the UI's "Group by" and charts work on them. The parent gets the protocol as params, the per-optimizer
 aggregates of the tuned comparison (src/replicates.py), each tuned learning rate and gain from tuning as
-metrics, and every report file as an artifact. It never stays RUNNING: FAILED or KILLED on any error.
+metrics, and every report file as an artifact. It never stays RUNNING: FAILED or KILLED on any error. The earlier
+parents it leaves without children are tagged `superseded_by=<its id>` and deleted, so one parent remains.
 """
 
 from __future__ import annotations
@@ -108,4 +109,25 @@ def log_parent(
         client.set_terminated(parent_id, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
         raise
     client.set_terminated(parent_id, "FINISHED")
+    _retire_childless_parents(client, experiment_id, parent_id)
     return parent_id
+
+
+def _retire_childless_parents(client: Any, experiment_id: str, parent_id: str) -> None:
+    """Delete (softly: `mlflow runs restore` brings one back) the earlier report parents this one left childless.
+
+    Each report opens a new parent, since MLflow params cannot change and the protocol may have; without this
+    every `make fair` would leave one more empty parent beside the real one. A parent that still has children
+    (another protocol's, in the same experiment) is kept.
+    """
+    parents = client.search_runs([experiment_id], "tags.phase = 'report' and tags.sweep = 'parent'", max_results=1000)
+    for old in parents:
+        old_id = old.info.run_id
+        if old_id == parent_id or client.search_runs(
+            [experiment_id], f"tags.mlflow.parentRunId = '{old_id}'", max_results=1
+        ):
+            continue
+        note = f"Superseded by the report run {parent_id}, which adopted every run of the protocol."
+        client.set_tag(old_id, "superseded_by", parent_id)
+        client.set_tag(old_id, "mlflow.note.content", note)
+        client.delete_run(old_id)
