@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from typing import Any, TextIO
 
 # The password of a `scheme://user:password@host` anywhere in a text. Greedy up to the last `@` before a
 # `/` or a blank, as urllib splits it: a raw `@` inside the password is masked too, not half shown. Hydra
@@ -44,3 +44,19 @@ def mask_log_records() -> None:
 
     masked_record.masks_secrets = True  # type: ignore[attr-defined]
     logging.setLogRecordFactory(masked_record)
+
+
+class MaskedStream:
+    """A text stream that masks every write (`sys.stderr = MaskedStream(sys.stderr)`): for what libraries
+    print before the project's code runs, such as Hydra's own error for an override it cannot parse, which
+    repeats the override, password included. Everything else is the wrapped stream's."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(mask_uri(text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)

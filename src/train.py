@@ -27,6 +27,7 @@ from src import data, resume, tracking
 from src.config import CONFIG_DIR, validate
 from src.errors import ConfigError, exit_on_user_error
 from src.files import write_atomic, write_text_atomic
+from src.masking import MaskedStream
 from src.tracking.job import config_tags, log_datasets
 
 log = logging.getLogger(__name__)
@@ -289,6 +290,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 def cli() -> None:
     """Entry point: SIGTERM behaves like Ctrl-C, and either ends open runs as KILLED."""
     signal.signal(signal.SIGTERM, _interrupt)
+    sys.stderr = MaskedStream(sys.stderr)  # Hydra prints its own errors, overrides and passwords included
     try:
         main()
     except KeyboardInterrupt:

@@ -11,6 +11,7 @@ metric names, run names, dataset inputs, every artifact's bytes, the command's s
 from __future__ import annotations
 
 import importlib.util
+import io
 import logging
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from src.errors import ConfigError, exit_on_user_error
+from src.masking import MaskedStream
 from src.postgres import PG_BIN, Cluster
 from src.tracking.store import mask_log_records, mask_uri, masked_config
 from tests.conftest import run_cli, run_main
@@ -92,6 +94,28 @@ def test_a_bad_override_of_compare_is_one_masked_line(tmp_path: Path) -> None:
     assert done.returncode == 1 and "s3cret" not in done.stdout + done.stderr
     [line] = done.stderr.strip().splitlines()
     assert line == "error: src.compare: Error parsing override 'mlflow.tracking_uri=postgresql://ana:***@db:5432/m['"
+
+
+def test_a_masked_stream_masks_what_it_writes_and_passes_on_the_rest() -> None:
+    written = io.StringIO()
+    stream = MaskedStream(written)
+    text = "override 'x=postgresql://ana:s3cret@db/m' is bad\n"
+    assert stream.write(text) == len(text)  # what the caller wrote, as TextIO.write promises
+    stream.flush()  # anything else is the wrapped stream's
+    assert written.getvalue() == "override 'x=postgresql://ana:***@db/m' is bad\n"
+
+
+@pytest.mark.slow  # the command line is what is under test: Hydra prints this error before any code of ours
+@pytest.mark.parametrize("full_error", ["", "1"])
+def test_hydras_own_parse_error_of_src_train_shows_the_password_masked(tmp_path: Path, full_error: str) -> None:
+    done = run_cli(
+        "src.train",
+        "mlflow.tracking_uri=postgresql://ana:s3cret@db/m[",
+        cwd=tmp_path,
+        env={"HYDRA_FULL_ERROR": full_error},
+    )
+    assert done.returncode == 1 and "s3cret" not in done.stdout + done.stderr
+    assert "Error parsing override 'mlflow.tracking_uri=postgresql://ana:***@db/m['" in done.stderr
 
 
 @dataclass
