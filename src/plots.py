@@ -164,10 +164,8 @@ def lr_sensitivity(panels: Sequence[tuple[str, Sequence[LrCurve]]], path: Path) 
     workload: a hollow square marks Keras' default learning rate, a star the tuned one, an x at the bottom
     a trial that diverged."""
     pyplot = _pyplot()
-    figure, axes_row = pyplot.subplots(
-        1, len(panels), figsize=(min(PAGE_WIDTH, 5.5 * len(panels)), 4.2), squeeze=False, layout="constrained"
-    )
-    for (title, curves), axes in zip(panels, axes_row[0], strict=True):
+    figure, axes_row = _panel_row(pyplot, len(panels))
+    for (title, curves), axes in zip(panels, axes_row, strict=True):
         for curve in curves:
             colour = optimizer_colour(curve.optimizer)
             points = [(lr, v) for lr, v in zip(curve.learning_rates, curve.values, strict=True) if v is not None]
@@ -190,6 +188,14 @@ def lr_sensitivity(panels: Sequence[tuple[str, Sequence[LrCurve]]], path: Path) 
     pyplot.close(figure)
 
 
+def _panel_row(pyplot: Any, count: int) -> tuple[Any, Sequence[Any]]:
+    """One row of `count` panels (one per workload), within the page's width."""
+    figure, axes = pyplot.subplots(
+        1, count, figsize=(min(PAGE_WIDTH, 5.5 * count), 4.2), squeeze=False, layout="constrained"
+    )
+    return figure, axes[0]
+
+
 @dataclass
 class BudgetCurve:
     """Expected best validation accuracy of k tuning trials (k = budgets) with its bootstrap band."""
@@ -207,10 +213,8 @@ def budget_curves(panels: Sequence[tuple[str, Sequence[BudgetCurve]]], path: Pat
     from matplotlib.ticker import MaxNLocator
 
     pyplot = _pyplot()
-    figure, axes_row = pyplot.subplots(
-        1, len(panels), figsize=(min(PAGE_WIDTH, 5.5 * len(panels)), 4.2), squeeze=False, layout="constrained"
-    )
-    for (title, curves), axes in zip(panels, axes_row[0], strict=True):
+    figure, axes_row = _panel_row(pyplot, len(panels))
+    for (title, curves), axes in zip(panels, axes_row, strict=True):
         for curve in curves:
             colour = optimizer_colour(curve.optimizer)
             axes.plot(curve.budgets, curve.expected, marker="o", markersize=3, color=colour, label=curve.optimizer)
