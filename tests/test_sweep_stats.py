@@ -19,7 +19,7 @@ from mlflow.entities import Metric, Param, Run, RunData, RunInfo, RunTag
 
 from src import stats
 from src.tracking.summary import summarize_sweep
-from tests.conftest import SMALL, all_runs, run_cli, store_args
+from tests.conftest import SMALL, all_runs, run_main, store_args
 
 T_975_DF2 = 4.302652729911275  # Student's t quantile 0.975, 2 degrees of freedom (tables)
 DONE_WHEN = ("optimizer=adam,rmsprop", "train.seed=1,2,3")
@@ -100,9 +100,10 @@ def test_a_sweep_without_seeds_lists_its_runs() -> None:
 
 @pytest.fixture(scope="module")
 def seed_sweep(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path):
-    """The issue's Done-when command: 2 optimizers x 3 seeds, 2 epochs on 2000 images."""
+    """The issue's Done-when command: 2 optimizers x 3 seeds, 2 epochs on 2000 images (in this process: the
+    command line itself is tested by conftest's `optimizer_sweep` and tests/test_bad_input.py)."""
     folder = tmp_path_factory.mktemp("seeds")
-    result = run_cli("src.train", "-m", *DONE_WHEN, *SMALL, *store_args(folder, mnist_dir), cwd=folder)
+    result = run_main("src.train", "-m", *DONE_WHEN, *SMALL, *store_args(folder, mnist_dir), cwd=folder)
     assert result.returncode == 0, result.stderr[-3000:]
     return folder, result
 
@@ -116,13 +117,13 @@ def parent_and_children(folder: Path, parent_run_id: str | None = None) -> tuple
 
 
 def sweep_on_a_copy(seed_sweep, folder: Path, mnist_dir: Path, *arguments: str, prepare=None):
-    """Run `python -m src.train -m <arguments>` on a copy of the Done-when sweep's store in `folder` (its
+    """Run `python -m src.train -m <arguments>` (in this process) on a copy of the Done-when sweep's store in `folder` (its
     finished configs are adopted, not trained again); `prepare(client, children)` may edit the copy first.
     Returns (result, the new parent run, its children sorted by optimizer and seed)."""
     copy_store(seed_sweep[0], folder)
     if prepare is not None:
         prepare(MlflowClient(f"sqlite:///{folder}/mlflow.db"), parent_and_children(folder)[1])
-    result = run_cli("src.train", "-m", *arguments, *SMALL, *store_args(folder, mnist_dir), cwd=folder)
+    result = run_main("src.train", "-m", *arguments, *SMALL, *store_args(folder, mnist_dir), cwd=folder)
     parents = [r for r in all_runs(folder) if r.data.tags.get("sweep") == "parent"]
     parent = max(parents, key=lambda r: r.info.start_time)
     return result, parent, parent_and_children(folder, parent.info.run_id)[1]
@@ -271,7 +272,7 @@ def test_one_seed_per_setting_names_no_winner(seed_sweep, tmp_path: Path, mnist_
     ids=["repeated", "not-an-integer", "empty"],
 )
 def test_bad_seeds_fail_with_one_line_before_any_run(tmp_path: Path, mnist_dir: Path, seeds: str, message: str) -> None:
-    result = run_cli(
+    result = run_main(
         "src.train", "-m", "optimizer=adam,rmsprop", seeds, *SMALL, *store_args(tmp_path, mnist_dir), cwd=tmp_path
     )
     assert result.returncode != 0 and "Traceback" not in result.stderr
