@@ -15,7 +15,7 @@ from src import homework
 from src.config import CONFIG_DIR
 from src.data import compose_config
 from src.replicates import Replicate
-from tests.conftest import all_runs, run_cli, store_args
+from tests.conftest import all_runs, run_main, store_args
 
 T_975_DF2 = 4.302652729911275  # Student's t quantile 0.975 with 2 degrees of freedom (tables)
 T_975_DF3 = 3.182446305284263  # ... 3 degrees of freedom
@@ -49,7 +49,7 @@ def test_hw3_sweep_and_report(tmp_path: Path, mnist_dir: Path) -> None:
     # The real preset on a slice of MNIST, 2 short "epochs" and 2 seeds: fast, and far from the homework's
     # numbers, which is what the report must then say. `make hw3` runs it on the full data.
     small = ["data.limit=3000", "train.epochs=2", "train.steps_per_epoch=3", "data.fetch_if_missing=false"]
-    sweep = run_cli(
+    sweep = run_main(  # in this process: the command line is not what is tested here
         "src.train", "-m", "experiment=hw3_q4", "train.seed=1,2", *small, *store_args(tmp_path, mnist_dir), cwd=tmp_path
     )
     assert sweep.returncode == 0, sweep.stderr[-3000:]
@@ -60,7 +60,7 @@ def test_hw3_sweep_and_report(tmp_path: Path, mnist_dir: Path) -> None:
     assert all("effective_step_size" in c.data.metrics for c in children)
 
     uri = f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"
-    report = run_cli("src.homework", uri, f"report_dir={tmp_path}/reports", *small, cwd=tmp_path)
+    report = run_main("src.homework", uri, f"report_dir={tmp_path}/reports", *small, cwd=tmp_path)
     assert report.returncode == 0, report.stderr[-3000:]
     assert "Not reproduced: adam (mean" in report.stdout
     table = (tmp_path / "reports" / "hw3_q4.md").read_text()
