@@ -67,7 +67,7 @@ PYTEST_ARGS ?=
 # 10 min 13 s (366 tests) against 17 min 14 s (365) in one process on the 2-core machine (docs/benchmarks.md).
 TEST_WORKERS ?= 2
 test: install ## run the whole test suite on TEST_WORKERS=2 processes (prints the 15 slowest tests)
-	$(BIN)/python -m pytest --durations=15 -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --durations=15 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-fast: install ## run the tests that train nothing and start no process (under a minute)
 	$(BIN)/python -m pytest -m "not slow" --durations=5 $(PYTEST_ARGS)

@@ -6,7 +6,8 @@
   `run_main`: the same entry point in this process, for tests where the command line is not what is
   tested (no second TensorFlow import: a second rather than ten).
 - `optimizer_sweep`: one real command-line sweep (adam, adagrad, rmsprop; 2 epochs on 2,000 images),
-  trained once per session and shared by every module that only reads its runs.
+  trained once per session (once for all pytest-xdist workers) and shared by every module that only reads
+  its runs.
 - The checkout check: the session fails if the checkout gained or changed a file (tests write only
   under their temporary folders; a store opened without an artifact location would write ./mlruns).
 """
@@ -270,18 +271,68 @@ class Sweep:
         return f"sqlite:///{folder}/mlflow.db"
 
 
+def _shared_by_workers(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of this session that every pytest-xdist worker sees (the parent of the workers' own
+    temporary folders); without xdist, the session's own."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def optimizer_sweep(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Sweep:
     """`python -m src.train -m optimizer=adam,adagrad,rmsprop` on 2,000 images for 2 epochs, from the command
-    line, once per session. Read it, never write to it: copy mlflow.db to a tmp_path first (its artifacts
-    stay where they are) to register or tag anything."""
-    folder = tmp_path_factory.mktemp("optimizer-sweep")
-    result = run_cli(
-        "src.train", "-m", "optimizer=adam,adagrad,rmsprop", *SMALL, *store_args(folder, mnist_dir), cwd=folder
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    line, once per session: the first worker to need it trains it under a file lock, the others wait and read
+    the same folder. Read it, never write to it: copy mlflow.db to a tmp_path first (its artifacts stay where
+    they are) to register or tag anything."""
+    from filelock import FileLock
+
+    shared = _shared_by_workers(tmp_path_factory)
+    folder = shared / "optimizer-sweep"
+    with FileLock(shared / "optimizer-sweep.lock"):
+        if not (folder / "finished").is_file():
+            shutil.rmtree(folder, ignore_errors=True)  # a worker that failed to train it left this
+            folder.mkdir()
+            result = run_cli(
+                "src.train", "-m", "optimizer=adam,adagrad,rmsprop", *SMALL, *store_args(folder, mnist_dir), cwd=folder
+            )
+            (folder / "stdout.txt").write_text(result.stdout)
+            (folder / "stderr.txt").write_text(result.stderr)
+            assert result.returncode == 0, result.stderr[-3000:]
+            (folder / "finished").touch()
     parent, children = split_parent(all_runs(folder))
-    return Sweep(folder, result.stdout, result.stderr, parent, children)
+    return Sweep(folder, (folder / "stdout.txt").read_text(), (folder / "stderr.txt").read_text(), parent, children)
+
+
+# ------------------------------------------------------------------------------------------------
+# The order modules start in: the longest first, so that two workers finish together
+# ------------------------------------------------------------------------------------------------
+
+# Seconds of test time per module in a whole run (docs/benchmarks.md, "The test suite"), longest first. pytest-xdist
+# hands whole modules (--dist loadfile) to whichever worker is free, in collection order when given
+# --no-loadscope-reorder (its default orders them by number of tests): with the long ones first, the last
+# module to start is a short one and no worker idles at the end. A stale list costs minutes, never a result.
+LONGEST_FIRST = (
+    "test_scaling",
+    "test_pipeline",
+    "test_fair",
+    "test_server",
+    "test_reliability",
+    "test_sweep_stats",
+    "test_train",
+    "test_concurrency",
+    "test_homework",
+    "test_secrets",
+    "test_links",
+    "test_registry",
+    "test_plots_offline",
+    "test_jax",
+    "test_run_record",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: position for position, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: file order kept otherwise
 
 
 # ------------------------------------------------------------------------------------------------
