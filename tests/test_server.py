@@ -185,8 +185,7 @@ def test_parallel_sweep_of_an_edit_user_lands_in_postgres(
     result = run_cli(
         "src.train",
         "-m",
-        "optimizer=adam,sgd,rmsprop",
-        "train.seed=1,2",
+        "optimizer=adam,sgd,rmsprop",  # three jobs at once, logging the same dataset
         "hydra/launcher=joblib",
         "hydra.launcher.n_jobs=3",
         *sweep_args(tmp_path, mnist_dir, "sweep"),
@@ -197,13 +196,13 @@ def test_parallel_sweep_of_an_edit_user_lands_in_postgres(
 
     client = MlflowClient(server.url)
     parent, children = parent_and_children(client, experiment_id)
-    assert parent.info.status == "FINISHED" and len(children) == 6
+    assert parent.info.status == "FINISHED" and len(children) == 3
     assert all(child.info.status == "FINISHED" for child in children)
     for child in children:
         assert epochs_logged(client, child.info.run_id) == {key: [0, 1] for key in EPOCH_METRICS}
     with psycopg.connect(postgres.uri(with_password=True)) as connection:  # the runs are in PostgreSQL
         [(count,)] = connection.execute("SELECT count(*) FROM runs WHERE experiment_id = %s", (int(experiment_id),))
-    assert count == 7
+    assert count == 4
 
     adam = next(c for c in children if c.data.params["optimizer"] == "adam")
     best = client.download_artifacts(adam.info.run_id, "checkpoints/best.keras", str(tmp_path / "download"))
@@ -311,13 +310,16 @@ def test_server_killed_mid_job_and_restarted(
     server: Server, postgres: Cluster, tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SIGKILL the whole server (as a crash or OOM kill would) while a job logs epochs, restart it at
-    once: MLflow's client retries a refused connection for ~4 min (7 retries, backoff factor 2), so the
-    job rides it out and ends FINISHED with every epoch logged."""
+    once: MLflow's client retries a refused connection for ~4 min (by default 7 retries, backoff factor 2),
+    so the job rides it out and ends FINISHED with every epoch logged. The job here retries over the same
+    window in finer steps (9 retries, factor 1: waits of 1, 2, 4, ... 128 s), so that it carries on within
+    seconds of the restart instead of waiting out the default's next 16 or 32 s step."""
     experiment_id = server.experiment("fault")
     env = as_user(monkeypatch, server.user(experiment_id, "EDIT"))
     epochs = 8
     arguments = ["-m", "optimizer=adam", *sweep_args(tmp_path, mnist_dir, "fault"), f"train.epochs={epochs}"]
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": server.url, **env}
+    environment |= {"MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "9"}
     log = tmp_path / "job.log"
     command = [sys.executable, "-m", "src.train", *arguments]
     job = subprocess.Popen(command, cwd=tmp_path, env=environment, stdout=log.open("w"), stderr=subprocess.STDOUT)
@@ -342,7 +344,7 @@ def test_server_killed_mid_job_and_restarted(
         if job.poll() is None:
             job.kill()
     output = log.read_text()
-    print(f"server back after {restarted_after:.0f} s; job exit {returncode}")
+    print(f"server back after {restarted_after:.0f} s; job ended {time.monotonic() - killed_at:.0f} s after the kill")
     assert returncode == 0, output[-3000:]
 
     client = MlflowClient(server.url)
