@@ -171,48 +171,67 @@ def test_second_repro_does_nothing_and_one_edit_reruns_only_its_stages(project: 
     assert header == ["Experiment", "Created", "reports/metrics/rmsprop.json:test_mean", LEARNING_RATE], changed
 
 
+def training_runs(project: Path) -> int:
+    """How many runs the train stages created in the project's MLflow store."""
+    client = MlflowClient(f"sqlite:///{project}/mlflow.db")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return len(client.search_runs(experiments, "tags.dvc_stage LIKE 'train@%'", max_results=1000))
+
+
+def run_count(project: Path) -> int:
+    client = MlflowClient(f"sqlite:///{project}/mlflow.db")
+    return len(client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000))
+
+
+# The next two tests run in this order (pytest keeps the file's order): the repro that fails on bad seeds, then
+# the repro after it, which adds a seed.
+
+
+def test_bad_seeds_stop_the_pipeline_before_training(project: Path) -> None:
+    """One bad value through the real `dvc repro`: DVC's exit code, the one error line, nothing trained, no
+    run created. Every kind of bad value ([], repeats, 2.5, '2', True, not a list) and its message is checked in
+    process: tests/test_compare.py::test_bad_seeds_are_one_line_errors_naming_the_key."""
+    runs_before, folders_before = run_count(project), trained_runs(project)
+    params = project / "params.yaml"
+    good = params.read_text()
+    set_seeds(project, "[1, 1]")
+    try:
+        failed = sh("dvc", "repro", cwd=project, check=False)
+    finally:
+        params.write_text(good)
+    assert failed.returncode != 0
+    errors = [line for line in (failed.stdout + failed.stderr).splitlines() if line.startswith("error: ")]
+    assert errors and errors[0].startswith("error: params.yaml: seeds") and "repeats 1" in errors[0], errors
+    assert "distinct integers" in errors[0]
+    assert run_count(project) == runs_before and trained_runs(project) == folders_before
+    # the first train stage failed and stopped the repro; DVC had removed that stage's reports before running it
+    # (they are not persisted): the next test's repro must score its kept seeds again
+    (stage,) = stages_run(failed.stdout)
+    assert stage in [f"train@{o}" for o in OPTIMIZERS]
+    assert not (project / "reports" / "eval" / stage.removeprefix("train@") / "scores.json").exists()
+
+
 def test_adding_a_seed_trains_only_that_seed(project: Path) -> None:
-    before = trained_runs(project)
+    """Runs after the failed repro of the test above: seeds [1, 2, 3] train seed 3 alone, keep seeds 1 and 2
+    (their runs, folders and checkpoints), and score every seed again, the failed stage's kept seeds too."""
+    before, trained_before = trained_runs(project), training_runs(project)
     checkpoint = project / "runs" / "adam" / "seed1" / "checkpoints" / "best.keras"
     checkpoint_bytes = checkpoint.read_bytes()
     set_seeds(project, "[1, 2, 3]")
     rerun = sh("dvc", "repro", cwd=project)
     stages = stages_run(rerun.stdout)  # the train stages in any order, then compare
     assert sorted(stages[:-1]) == sorted(f"train@{o}" for o in OPTIMIZERS) and stages[-1] == "compare"
-    assert "train@adam: training seeds [3]; kept from earlier runs: [1, 2]" in rerun.stdout
+    for optimizer in OPTIMIZERS:
+        assert f"train@{optimizer}: training seeds [3]; kept from earlier runs: [1, 2]" in rerun.stdout
+        scores = json.loads((project / "reports" / "eval" / optimizer / "scores.json").read_text())
+        assert sorted(key for key in scores if key.startswith("seed")) == ["seed1", "seed2", "seed3"]
+        assert all(0 < scores[f"seed{seed}"]["test_accuracy"] <= 1 for seed in (1, 2, 3))
+        assert json.loads((project / "reports" / "metrics" / f"{optimizer}.json").read_text())["n"] == 3
     after = trained_runs(project)
     assert {k: after[k] for k in before} == before and len(after) == 6
+    assert training_runs(project) == trained_before + len(OPTIMIZERS)  # seed 3 of each, nothing else
     assert checkpoint.read_bytes() == checkpoint_bytes
-    assert json.loads((project / "reports" / "metrics" / "adam.json").read_text())["n"] == 3
     assert stages_run(sh("dvc", "repro", cwd=project).stdout) == []
-
-
-def test_bad_seeds_stop_the_pipeline_before_training(project: Path) -> None:
-    client = MlflowClient(f"sqlite:///{project}/mlflow.db")
-    experiments = [e.experiment_id for e in client.search_experiments()]
-
-    def training_runs() -> int:
-        return len(client.search_runs(experiments, "tags.dvc_stage LIKE 'train@%'"))
-
-    runs_before, trained_before = len(client.search_runs(experiments)), training_runs()
-    params = project / "params.yaml"
-    good = params.read_text()
-    bad = {"[]": "seeds=[] holds no seed", "[1, 1]": "repeats 1", "[1, 2.5]": "holds 2.5, not a non-negative integer"}
-    try:
-        for seeds, shown in bad.items():
-            set_seeds(project, seeds)
-            failed = sh("dvc", "repro", cwd=project, check=False)
-            assert failed.returncode != 0
-            errors = [line for line in (failed.stdout + failed.stderr).splitlines() if line.startswith("error: ")]
-            assert errors and errors[0].startswith("error: params.yaml: seeds") and shown in errors[0], errors
-            assert "distinct integers" in errors[0]
-    finally:
-        params.write_text(good)
-    assert len(client.search_runs(experiments)) == runs_before
-    # DVC removed the failed stage's reports before running it; the next repro scores the kept seeds again
-    fixed = sh("dvc", "repro", cwd=project)
-    assert "train@adam: training seeds none; kept from earlier runs: [1, 2" in fixed.stdout
-    assert training_runs() == trained_before
 
 
 def test_push_and_pull_through_a_local_directory_remote(project: Path, tmp_path: Path) -> None:
