@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from src import compare
 from src.errors import ConfigError
 from src.pipeline import read_params, validate_seeds
+from tests.conftest import store_with_tables
 
 T_975_DF2 = 4.302652729911275  # Student's t quantile 0.975, 2 degrees of freedom (tables)
 T_975_DF1 = 12.706204736174707
@@ -169,7 +170,7 @@ def test_a_resolved_best_is_named(tmp_path: Path) -> None:
 
 
 def test_parent_run_gets_aggregates_children_and_the_best(project: Path, tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = store_with_tables(tmp_path)
     client = MlflowClient(uri)
     experiment_id = client.create_experiment("mnist-optimizers", artifact_location=str(tmp_path / "artifacts"))
     ids = {}

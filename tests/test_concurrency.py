@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from src import resume
 from src.config import PROJECT_ROOT
 from src.data import FILE_NAME, compose_config, sha256_file
-from tests.conftest import all_runs, store_args
+from tests.conftest import all_runs, store_args, store_with_tables
 
 pytestmark = pytest.mark.slow
 
@@ -130,7 +130,7 @@ def test_two_identical_commands_at_once_on_a_new_store(tmp_path: Path, mnist_dir
 
 
 def test_two_identical_commands_at_once_on_an_existing_store(tmp_path: Path, mnist_dir: Path) -> None:
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")  # the store an earlier command left
+    client = MlflowClient(store_with_tables(tmp_path))  # the store an earlier command left
     client.create_experiment("mnist-optimizers", artifact_location=str(tmp_path / "mlartifacts"))
     outputs = _two_identical_commands(tmp_path, mnist_dir)
     _check_one_finished_run_trained_once_and_reused_by_the_other_twin(tmp_path, outputs)
@@ -158,6 +158,7 @@ def test_a_job_waiting_for_the_lock_never_touches_the_holders_backup(tmp_path: P
         backup = _files(folder)
         assert "backup/training_metadata.json" in backup and "run.json" in backup
         command = [sys.executable, "-m", "src.train", *TINY, *store_args(tmp_path, mnist_dir)]
+        store_with_tables(tmp_path)
         with log.open("w") as stream:
             second = subprocess.Popen(command, cwd=tmp_path, env=ENVIRONMENT, stdout=stream, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 300

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SMALL, all_runs, run_main, split_parent, store_args
+from tests.conftest import SMALL, all_runs, run_main, split_parent, store_args, store_with_tables
 
 pytestmark = pytest.mark.slow
 
@@ -25,6 +25,7 @@ def test_the_same_config_trained_twice_in_one_process_is_bitwise_identical(tmp_p
     # not part of it); force=true trains the second instead of reusing the first one's finished run. The
     # second job runs after the first has warmed TensorFlow up, as every later job of a sweep does.
     arguments = ("+mlflow.tags.replica=1,2", "train.force=true", *SMALL)
+    store_with_tables(tmp_path)
     result = run_main("src.train", "-m", *arguments, *store_args(tmp_path, mnist_dir), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     _, children = split_parent(all_runs(tmp_path))

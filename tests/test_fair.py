@@ -16,7 +16,7 @@ from mlflow.entities import ViewType
 
 from src.fair import phases
 from src.fair.report import epochs_cell
-from tests.conftest import run_main
+from tests.conftest import run_main, store_with_tables
 
 OPTIMIZERS = ("sgd", "adam")
 GRID = (0.01, 0.1, 1000.0)  # 1000 diverges for both; sgd's default (0.01) is on the grid, adam's (0.001) not
@@ -50,6 +50,7 @@ def runs(folder: Path) -> list:
 def protocol(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
     """The small protocol, run once: `python -m src.fair <overrides>` in this process."""
     folder = tmp_path_factory.mktemp("fair")
+    store_with_tables(folder)
     result = run_main("src.fair.__main__", *overrides(folder, mnist_dir), cwd=folder)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (folder / "first.log").write_text(result.stdout)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import SMALL, all_runs, run_cli, store_args
+from tests.conftest import SMALL, all_runs, run_cli, store_args, store_with_tables
 
 pytestmark = [
     pytest.mark.slow,
@@ -17,6 +17,7 @@ pytestmark = [
 
 
 def test_training_on_the_jax_backend_logs_a_finished_run(tmp_path: Path, mnist_dir: Path) -> None:
+    store_with_tables(tmp_path)
     result = run_cli(
         "src.train",
         "optimizer=rmsprop",

@@ -11,6 +11,7 @@ import pytest
 
 from src.browser import launch, why_no_browser
 from src.tracking import links
+from tests.conftest import store_with_tables
 
 
 def query_of(url: str) -> dict[str, str]:
@@ -38,7 +39,7 @@ def sweep(tmp_path):
     """A parent run with three children (and an unrelated run) in a fresh SQLite store."""
     from mlflow import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = store_with_tables(tmp_path)
     client = MlflowClient(uri)
     experiment_id = client.create_experiment("links", artifact_location=(tmp_path / "artifacts").as_uri())
     parent = client.create_run(experiment_id, run_name="optimizer=adam,adagrad,rmsprop").info.run_id

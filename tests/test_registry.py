@@ -17,7 +17,7 @@ import pytest
 
 from src.config import PROJECT_ROOT, registered_model_name_problem
 from src.server import free_port, stop_group, wait_healthy
-from tests.conftest import Sweep, run_main, tracking_uri
+from tests.conftest import Sweep, run_main, store_with_tables, tracking_uri
 
 NAMES = ["mnist-optimizers", "a b", "model.v2", "x..", "", "  ", "a/b", "a:b", ".", "..", "../x", "a@b", "it's"]
 
@@ -67,7 +67,7 @@ def test_serve_without_a_champion_or_with_a_taken_port_says_what_to_do(tmp_path:
 @pytest.fixture
 def store(tmp_path: Path):
     """A fresh SQLite store as the current tracking URI (what register_best uses), restored afterwards."""
-    with tracking_uri(f"sqlite:///{tmp_path}/mlflow.db") as uri:
+    with tracking_uri(store_with_tables(tmp_path)) as uri:
         yield uri
 
 

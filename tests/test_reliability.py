@@ -25,7 +25,7 @@ from mlflow.entities import Run
 from src import callbacks, resume, tracking
 from src.config import PROJECT_ROOT
 from src.data import compose_config
-from tests.conftest import all_runs, run_cli, run_main, split_parent, store_args
+from tests.conftest import all_runs, run_cli, run_main, split_parent, store_args, store_with_tables
 
 # ------------------------------------------------------------------------------------------------
 # Fast: the pieces, in process
@@ -200,7 +200,7 @@ RESUME = ("data.limit=3000", "train.epochs=5", "data.fetch_if_missing=false", "t
 @pytest.mark.slow
 def test_sigkilled_run_resumes_in_the_same_mlflow_run_with_the_same_result(tmp_path: Path, mnist_dir: Path) -> None:
     killed, reference = tmp_path / "killed", tmp_path / "reference"
-    killed.mkdir(), reference.mkdir()
+    store_with_tables(killed), store_with_tables(reference)
     process = _popen([*RESUME, *store_args(killed, mnist_dir)], killed / "first.log")
     _kill_when(process, lambda: _backed_up_epochs(killed / "state") >= 2)
     assert process.returncode == -signal.SIGKILL
@@ -239,6 +239,7 @@ def _runs_by_parent(folder: Path) -> tuple[list[Run], dict[str, list[Run]]]:
 def test_rerun_of_a_killed_sweep_skips_finished_resumes_killed_runs_missing(tmp_path: Path, mnist_dir: Path) -> None:
     sweep = ["-m", "optimizer=adam,adagrad,rmsprop", "data.limit=2000", "train.epochs=3", "data.fetch_if_missing=false"]
     sweep += ["train.verbose=2", *store_args(tmp_path, mnist_dir)]
+    store_with_tables(tmp_path)
     process = _popen(sweep, tmp_path / "first.log")
     first_log = tmp_path / "first.log"
 
@@ -276,6 +277,7 @@ def test_rerun_of_a_killed_sweep_skips_finished_resumes_killed_runs_missing(tmp_
 
 @pytest.mark.slow
 def test_joblib_launcher_runs_jobs_in_parallel_into_one_sqlite_store(tmp_path: Path, mnist_dir: Path) -> None:
+    store_with_tables(tmp_path)
     result = run_cli(
         "src.train",
         "-m",

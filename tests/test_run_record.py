@@ -19,7 +19,7 @@ from src.data import compose_config, sha256_file
 from src.errors import ConfigError
 from src.tracking.job import DATASET_NAME, dataset_digest
 from src.train import summarize_history
-from tests.conftest import SMALL, all_runs, run_main, split_parent, store_args
+from tests.conftest import SMALL, all_runs, run_main, split_parent, store_args, store_with_tables
 
 SELECTION = {"data.limit": None, "data.val_split": 0.1, "train.seed": 42}
 
@@ -125,6 +125,7 @@ LEARNING_RATES = ("1e10", "1e6", "0.1")
 @pytest.fixture(scope="module")
 def diverging_sweep(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path):
     folder = tmp_path_factory.mktemp("diverging")
+    store_with_tables(folder)
     result = run_main(
         "src.train",
         "-m",

@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 
 from src import data
 from src.server import free_port, stop_group, wait_healthy
-from tests.conftest import SMALL, all_runs, run_main, split_parent, store_args
+from tests.conftest import SMALL, all_runs, run_main, split_parent, store_args, store_with_tables
 
 pytestmark = pytest.mark.slow
 
@@ -85,6 +85,7 @@ def test_sweep_logs_to_a_tracking_server_and_reads_back_through_it(
 
 
 def test_optuna_search_is_one_parent_with_a_child_per_trial(tmp_path: Path, mnist_dir: Path) -> None:
+    store_with_tables(tmp_path)
     result = run_main(
         "src.train",
         "hparams_search=learning_rate",

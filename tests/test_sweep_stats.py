@@ -19,7 +19,7 @@ from mlflow.entities import Metric, Param, Run, RunData, RunInfo, RunTag
 
 from src import stats
 from src.tracking.summary import summarize_sweep
-from tests.conftest import SMALL, all_runs, run_main, store_args
+from tests.conftest import SMALL, all_runs, run_main, store_args, store_with_tables
 
 T_975_DF2 = 4.302652729911275  # Student's t quantile 0.975, 2 degrees of freedom (tables)
 DONE_WHEN = ("optimizer=adam,rmsprop", "train.seed=1,2,3")
@@ -103,6 +103,7 @@ def seed_sweep(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path):
     """The issue's Done-when command: 2 optimizers x 3 seeds, 2 epochs on 2000 images (in this process: the
     command line itself is tested by conftest's `optimizer_sweep` and tests/test_bad_input.py)."""
     folder = tmp_path_factory.mktemp("seeds")
+    store_with_tables(folder)
     result = run_main("src.train", "-m", *DONE_WHEN, *SMALL, *store_args(folder, mnist_dir), cwd=folder)
     assert result.returncode == 0, result.stderr[-3000:]
     return folder, result
@@ -117,8 +118,9 @@ def parent_and_children(folder: Path, parent_run_id: str | None = None) -> tuple
 
 
 def sweep_on_a_copy(seed_sweep, folder: Path, mnist_dir: Path, *arguments: str, prepare=None):
-    """Run `python -m src.train -m <arguments>` (in this process) on a copy of the Done-when sweep's store in `folder` (its
-    finished configs are adopted, not trained again); `prepare(client, children)` may edit the copy first.
+    """Run `python -m src.train -m <arguments>` (in this process) on a copy of the Done-when sweep's store in
+    `folder` (its finished configs are adopted, not trained again); `prepare(client, children)` may edit the
+    copy first.
     Returns (result, the new parent run, its children sorted by optimizer and seed)."""
     copy_store(seed_sweep[0], folder)
     if prepare is not None:

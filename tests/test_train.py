@@ -20,7 +20,17 @@ import pytest
 from mlflow import MlflowClient
 
 from src.config import PROJECT_ROOT
-from tests.conftest import SMALL, Sweep, all_runs, run_cli, run_main, split_parent, store_args, tracking_uri
+from tests.conftest import (
+    SMALL,
+    Sweep,
+    all_runs,
+    run_cli,
+    run_main,
+    split_parent,
+    store_args,
+    store_with_tables,
+    tracking_uri,
+)
 
 
 @pytest.mark.slow
@@ -113,6 +123,7 @@ def test_logged_model_and_checkpoint_load_back_and_predict_digits(
 
 @pytest.mark.slow
 def test_callback_sweep_gives_children_differing_in_that_setting(tmp_path: Path, mnist_dir: Path) -> None:
+    store_with_tables(tmp_path)
     result = run_main(
         "src.train",
         "-m",
@@ -161,6 +172,7 @@ def test_a_failing_job_ends_failed_and_so_does_its_parent(tmp_path: Path, mnist_
     # process: Hydra skips on_multirun_end when a job fails, the parent is closed when the process exits.
     blocker = tmp_path / "best.keras"
     blocker.mkdir()
+    store_with_tables(tmp_path)
     result = run_cli(
         "src.train",
         "-m",
@@ -180,7 +192,7 @@ def test_a_failing_job_ends_failed_and_so_does_its_parent(tmp_path: Path, mnist_
 def test_sigterm_ends_the_running_child_and_the_parent_killed(tmp_path: Path, mnist_dir: Path) -> None:
     command = [sys.executable, "-m", "src.train", "-m", "optimizer=adam,rmsprop", "train.epochs=200"]
     command += ["data.limit=20000", "data.fetch_if_missing=false", *store_args(tmp_path, mnist_dir)]
-    MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").search_experiments()  # create the tables before polling them
+    store_with_tables(tmp_path)  # the tables exist before polling them
     process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120
