@@ -61,7 +61,7 @@ hw3: install ## homework Q4: adam/adagrad/rmsprop x seeds 1-5 (batch 1000, 198 s
 	$(BIN)/python -m src.train -m experiment=hw3_q4
 	$(BIN)/python -m src.homework
 
-# More pytest options: make test PYTEST_ARGS="-n 2 --dist loadfile" (pytest-xdist), "--cov=src", "-k registry"
+# More pytest options: make test PYTEST_ARGS="--cov=src" (coverage), "-k registry"
 PYTEST_ARGS ?=
 # Two pytest-xdist workers, one test file each at a time (a file's shared fixtures stay in one worker):
 # 10 min 13 s (366 tests) against 17 min 14 s (365) in one process on the 2-core machine (docs/benchmarks.md).
@@ -69,15 +69,18 @@ TEST_WORKERS ?= 2
 test: install ## run the whole test suite on TEST_WORKERS=2 processes (prints the 15 slowest tests)
 	$(BIN)/python -m pytest --durations=15 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
-test-fast: install ## run the tests that train nothing and start no process (under a minute)
-	$(BIN)/python -m pytest -m "not slow" --durations=5 $(PYTEST_ARGS)
+test-fast: install ## run the tests that train nothing and start no process, on TEST_WORKERS processes
+	$(BIN)/python -m pytest -m "not slow" --durations=5 -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-cluster: install ## the Ray cluster tests: 3 nodes on this machine, a node lost mid-sweep, bad input (docs/scaling.md)
 	$(BIN)/python -m pytest tests/test_scaling.py -k "node or cluster"
 
+# One person's UI: one uvicorn worker (MLflow's default is 4, each importing its server), no GenAI job runner.
+UI_WORKERS ?= 1
 ui: install ## MLflow UI for the project's store on http://$(HOST):$(PORT) (off loopback: ALLOW_ANONYMOUS=1)
 	@$(BIN)/python -m src.server check-ui-host --host "$(HOST)" $(if $(filter 1 true yes,$(ALLOW_ANONYMOUS)),--allow-anonymous)
-	$(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host $(HOST) --port $(PORT)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
+		--host $(HOST) --port $(PORT) --workers $(UI_WORKERS)
 
 serve: install ## serve the registered model's champion on http://$(HOST):$(SERVE_PORT)/invocations (MLflow's scoring server)
 	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" $(BIN)/python -m src.serve --host $(HOST) --port $(SERVE_PORT)

@@ -68,6 +68,7 @@ def mlflow_ui(tracking_uri: str, port: int) -> Iterator[str]:
             sys.exit(f"error: --port={port} is already in use on 127.0.0.1; pick another port or leave --port out")
     mlflow = str(Path(sys.executable).with_name("mlflow"))
     command = [mlflow, "ui", "--backend-store-uri", tracking_uri, "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--workers", "1"]  # one reader; MLflow's default of 4 uvicorn workers each import its server
     # MLflow 3's job runner (seven more processes) serves GenAI features this project does not use.
     environment = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with tempfile.TemporaryFile() as log:

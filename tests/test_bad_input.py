@@ -8,7 +8,9 @@ import per case); a few cases run as real `python -m src.train` commands too.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,35 +32,42 @@ class _Detonator:
         return (self.marker.touch, ())
 
 
-def _copy(arrays: data.Arrays, folder: Path, **changes: np.ndarray) -> None:
+@functools.cache
+def _arrays(source: Path) -> data.Arrays:
+    return data.read_npz(source)
+
+
+def _copy(source: Path, folder: Path, **changes: np.ndarray) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    np.savez(folder / data.FILE_NAME, **{**arrays, **changes})
+    np.savez(folder / data.FILE_NAME, **{**_arrays(source), **changes})
 
 
-def _corrupt(arrays: data.Arrays, folder: Path) -> None:
+def _corrupt(source: Path, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / data.FILE_NAME).write_bytes(b"PK\x03\x04 not really a zip" * 100)
 
 
-def _wrong_shapes(arrays: data.Arrays, folder: Path) -> None:
-    _copy(arrays, folder, x_train=arrays["x_train"][:100])
+def _wrong_shapes(source: Path, folder: Path) -> None:
+    _copy(source, folder, x_train=_arrays(source)["x_train"][:100])
 
 
-def _wrong_dtype(arrays: data.Arrays, folder: Path) -> None:
-    _copy(arrays, folder, y_train=arrays["y_train"].astype(np.int64))
+def _wrong_dtype(source: Path, folder: Path) -> None:
+    _copy(source, folder, y_train=_arrays(source)["y_train"].astype(np.int64))
 
 
-def _pickled(arrays: data.Arrays, folder: Path) -> None:
+def _pickled(source: Path, folder: Path) -> None:
     payload = np.empty(1, dtype=object)
     payload[0] = _Detonator(folder / "UNPICKLED")
-    _copy(arrays, folder, x_test=payload)
+    _copy(source, folder, x_test=payload)
 
 
-def _real(arrays: data.Arrays, folder: Path) -> None:
-    _copy(arrays, folder)
+def _real(source: Path, folder: Path) -> None:
+    """The verified file itself (a copy: a bug that wrote to it would not reach the session's MNIST)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, folder / data.FILE_NAME)
 
 
-def _missing(arrays: data.Arrays, folder: Path) -> None:
+def _missing(source: Path, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
 
 
@@ -95,8 +104,8 @@ CASES: list[tuple[str, list[str], Callable[[data.Arrays, Path], None], list[str]
 
 
 @pytest.fixture(scope="module")
-def mnist_arrays(mnist_dir: Path) -> data.Arrays:
-    return data.read_npz(mnist_dir / data.FILE_NAME)
+def mnist_file(mnist_dir: Path) -> Path:
+    return mnist_dir / data.FILE_NAME
 
 
 def _snapshot(folder: Path) -> dict[Path, str]:
@@ -108,12 +117,12 @@ def _snapshot(folder: Path) -> dict[Path, str]:
 
 
 def _fails_with_one_clear_message(
-    run, tmp_path: Path, arrays: data.Arrays, arguments: list[str], make_data, fragments: list[str]
+    run, tmp_path: Path, source: Path, arguments: list[str], make_data, fragments: list[str]
 ) -> None:
     """Run `arguments` through `run` (run_main or run_cli) on a data folder made by `make_data`; check
     what every bad input must give."""
     data_dir = tmp_path / "data"
-    make_data(arrays, data_dir)
+    make_data(source, data_dir)
     earlier_result = tmp_path / "outputs" / "metrics.json"  # a result from an earlier run must survive
     earlier_result.parent.mkdir()
     earlier_result.write_text('{"test_accuracy": 0.97}\n')
@@ -147,9 +156,9 @@ def _fails_with_one_clear_message(
 
 @pytest.mark.parametrize(("arguments", "make_data", "fragments"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_fails_with_one_clear_message(
-    tmp_path: Path, mnist_arrays: data.Arrays, arguments: list[str], make_data, fragments: list[str]
+    tmp_path: Path, mnist_file: Path, arguments: list[str], make_data, fragments: list[str]
 ) -> None:
-    _fails_with_one_clear_message(run_main, tmp_path, mnist_arrays, arguments, make_data, fragments)
+    _fails_with_one_clear_message(run_main, tmp_path, mnist_file, arguments, make_data, fragments)
 
 
 # As a user types them: one error of Hydra's, one of the config check, one of the data, one in a sweep.
@@ -161,9 +170,9 @@ CLI_CASES = ["unknown-optimizer", "wrong-type", "corrupt-npz", "one-bad-job-in-s
     ("arguments", "make_data", "fragments"), [c[1:] for c in CASES if c[0] in CLI_CASES], ids=CLI_CASES
 )
 def test_bad_input_on_the_command_line_fails_with_one_clear_message(
-    tmp_path: Path, mnist_arrays: data.Arrays, arguments: list[str], make_data, fragments: list[str]
+    tmp_path: Path, mnist_file: Path, arguments: list[str], make_data, fragments: list[str]
 ) -> None:
-    _fails_with_one_clear_message(run_cli, tmp_path, mnist_arrays, arguments, make_data, fragments)
+    _fails_with_one_clear_message(run_cli, tmp_path, mnist_file, arguments, make_data, fragments)
 
 
 def test_unwritable_checkpoint_folder_is_named_before_training(tmp_path: Path, mnist_dir: Path) -> None:
