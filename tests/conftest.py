@@ -219,7 +219,7 @@ def tracking_uri(uri: str) -> Iterator[str]:
 def _empty_store_template() -> Path:
     """An empty SQLite store with MLflow's tables made, cached per MLflow version like the MNIST fixture (built
     in a private file and renamed into place). MLflow makes a new store's tables by running its ~50 schema
-    migrations one by one: 3-5 s of CPU per store, paid by every test that starts from an empty folder."""
+    migrations one by one: 2-5 s of CPU per store, paid by every test that starts from an empty folder."""
     import sqlite3
 
     import mlflow
@@ -340,25 +340,27 @@ def optimizer_sweep(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -
 # The order modules start in: the longest first, so that two workers finish together
 # ------------------------------------------------------------------------------------------------
 
-# Seconds of test time per module in a whole run (docs/benchmarks.md, "The test suite"), longest first. pytest-xdist
-# hands whole modules (--dist loadfile) to whichever worker is free, in collection order when given
+# Modules ordered by their test time in a whole run (docs/benchmarks.md, "The test suite"), longest first.
+# pytest-xdist hands whole modules (--dist loadfile) to whichever worker is free, in collection order when given
 # --no-loadscope-reorder (its default orders them by number of tests): with the long ones first, the last
 # module to start is a short one and no worker idles at the end. A stale list costs minutes, never a result.
 LONGEST_FIRST = (
-    "test_scaling",
     "test_pipeline",
+    "test_scaling",
     "test_fair",
     "test_server",
     "test_reliability",
-    "test_sweep_stats",
     "test_train",
     "test_concurrency",
-    "test_homework",
+    "test_sweep_stats",
+    "test_bad_input",
     "test_secrets",
-    "test_links",
-    "test_registry",
+    "test_data",
     "test_plots_offline",
+    "test_homework",
+    "test_registry",
     "test_jax",
+    "test_links",
     "test_run_record",
 )
 
