@@ -64,7 +64,7 @@ hw3: install ## homework Q4: adam/adagrad/rmsprop x seeds 1-5 (batch 1000, 198 s
 # More pytest options: make test PYTEST_ARGS="--cov=src" (coverage), "-k registry"
 PYTEST_ARGS ?=
 # Two pytest-xdist workers, one test file each at a time (a file's shared fixtures stay in one worker), the
-# longest files first: 8 min 11 s-8 min 44 s (365 tests) on the 2-core machine; a third worker barely pays (docs/benchmarks.md).
+# longest files first: 7 min 46 s-8 min 44 s (365 tests) on the 2-core machine; a third worker barely pays (docs/benchmarks.md).
 TEST_WORKERS ?= 2
 test: install ## run the whole test suite on TEST_WORKERS=2 processes (prints the 15 slowest tests)
 	$(BIN)/python -m pytest --durations=15 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
