@@ -18,7 +18,7 @@ SERVER_PORT ?= 5001
 SERVE_PORT ?= 5002
 SERVER_DIR ?= $(CURDIR)/mlflow-server
 # The server's run store: SQLite by default; a team uses PostgreSQL. A password goes in a pgpass file (make db)
-# or an exported SERVER_STORE, never on make's command line, where `ps` shows it; it reaches src.server
+# or an exported SERVER_STORE, never on make's command line, where `ps` shows it; it reaches src.infra.mlflow_server
 # through the environment of `make server` alone (a global export would leak into every recipe, `make test`'s too).
 SERVER_STORE ?= sqlite:///$(SERVER_DIR)/mlflow.db
 SWEEP ?= optimizer=adam,adagrad,rmsprop
@@ -78,12 +78,12 @@ test-cluster: install ## the Ray cluster tests: 3 nodes on this machine, a node 
 # One person's UI: one uvicorn worker (MLflow's default is 4, each importing its server), no GenAI job runner.
 UI_WORKERS ?= 1
 ui: install ## MLflow UI for the project's store on http://$(HOST):$(PORT) (off loopback: ALLOW_ANONYMOUS=1)
-	@$(BIN)/python -m src.server check-ui-host --host "$(HOST)" $(if $(filter 1 true yes,$(ALLOW_ANONYMOUS)),--allow-anonymous)
+	@$(BIN)/python -m src.infra.mlflow_server check-ui-host --host "$(HOST)" $(if $(filter 1 true yes,$(ALLOW_ANONYMOUS)),--allow-anonymous)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
 		--host $(HOST) --port $(PORT) --workers $(UI_WORKERS)
 
 serve: install ## serve the registered model's champion on http://$(HOST):$(SERVE_PORT)/invocations (MLflow's scoring server)
-	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" $(BIN)/python -m src.serve --host $(HOST) --port $(SERVE_PORT)
+	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" $(BIN)/python -m src.tracking.serve --host $(HOST) --port $(SERVE_PORT)
 
 # make db: a PostgreSQL cluster of the project's own, on 127.0.0.1 (its password in $(DB_DIR)/pgpass, for PGPASSFILE)
 DB_DIR ?= $(CURDIR)/postgres
@@ -97,19 +97,19 @@ server: export SERVER_STORE := $(SERVER_STORE)
 ALLOW_ANONYMOUS :=
 server: install ## team tracking server on http://$(HOST):$(SERVER_PORT) (SERVER_STORE=postgresql://..., AUTH=1: logins)
 	@# not echoed: SERVER_STORE may hold a password (make db's keeps it in a pgpass file instead)
-	@PGPASSFILE="$${PGPASSFILE:-$(DB_DIR)/pgpass}" $(BIN)/python -m src.server serve \
+	@PGPASSFILE="$${PGPASSFILE:-$(DB_DIR)/pgpass}" $(BIN)/python -m src.infra.mlflow_server serve \
 		--server-dir "$(SERVER_DIR)" --host $(HOST) --port $(SERVER_PORT) --workers $(SERVER_WORKERS) \
 		$(if $(AUTH),--auth) $(if $(filter 1 true yes,$(ALLOW_ANONYMOUS)),--allow-anonymous) \
 		$(if $(ADMIN_PASSWORD_FILE),--admin-password-file "$(ADMIN_PASSWORD_FILE)")
 
 db: install ## start PostgreSQL in $(DB_DIR) on 127.0.0.1 (created on first use); prints the SERVER_STORE to use
-	$(BIN)/python -m src.server db-start "$(DB_DIR)"
+	$(BIN)/python -m src.infra.mlflow_server db-start "$(DB_DIR)"
 
 db-stop: install ## stop the PostgreSQL of make db (its data stays in $(DB_DIR))
-	$(BIN)/python -m src.server db-stop "$(DB_DIR)"
+	$(BIN)/python -m src.infra.mlflow_server db-stop "$(DB_DIR)"
 
 db-rm: install ## stop the PostgreSQL of make db and delete $(DB_DIR) with every run stored in it
-	$(BIN)/python -m src.server db-rm "$(DB_DIR)"
+	$(BIN)/python -m src.infra.mlflow_server db-rm "$(DB_DIR)"
 
 plots: install ## DVC's plots as one HTML page that renders offline (vega inlined): dvc_plots/index.html
 	$(BIN)/dvc plots show --html-template .dvc/plots/offline.html -o dvc_plots

@@ -73,7 +73,7 @@ def bare(
     import keras
 
     sys.path.insert(0, str(ROOT))
-    from src import data, models
+    from src.training import data, models
 
     splits = data.split(data.load_verified(ROOT / "data" / "mnist.npz"), 0.1, None, 42)
     train_inputs = _pipeline(pipeline, splits.x_train, splits.y_train, batch_size)
@@ -511,7 +511,7 @@ def main() -> None:
     if args.bare:
         print(json.dumps(bare(*json.loads(args.bare))))
         return
-    subprocess.run([sys.executable, "-m", "src.data"], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "src.stages.fetch"], cwd=ROOT, check=True, capture_output=True)
     print(describe_machine(), flush=True)
     table: list[list[str]] = []
     sections = args.sections.split(",")

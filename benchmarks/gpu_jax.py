@@ -2,14 +2,14 @@
 
 Made for a machine with JAX and CUDA but no TensorFlow, no MLflow and no network: it installs Keras
 (and its pure-Python dependencies namex and optree) from a folder of wheels when Keras is missing, reads
-MNIST from a given `mnist.npz`, and imports nothing of this project but `src/models.py` (Keras only).
+MNIST from a given `mnist.npz`, and imports nothing of this project but `src/training/models.py` (Keras only).
 
     python benchmarks/gpu_jax.py --mnist /path/to/mnist.npz [--wheels /path/to/wheels] [--epochs 4]
 
 Wheels: `pip download keras==3.15.1 namex optree --no-deps -d wheels/` on a machine with a network.
 `benchmarks/gpu_run.sh` runs it after the sweep benchmark; results on an H100: docs/benchmarks.md.
 For each setting it prints the median epoch time (the first epoch, which compiles, is left out) of:
-- "project": src.models.mlp (cast and Rescaling inside the model, raw uint8 pixels in), the project's way;
+- "project": src.training.models.mlp (cast and Rescaling inside the model, raw uint8 pixels in), the project's way;
 - "bare": Keras' own MLP 784-128-10 on inputs scaled beforehand, the reference's way;
 and the ratios to each other and to the reference figures below (bare Keras 3.15 on JAX, one H200).
 """
@@ -74,7 +74,7 @@ def main() -> None:
     import numpy as np
 
     sys.path.insert(0, str(ROOT))
-    from src.models import mlp  # Keras only
+    from src.training.models import mlp  # Keras only
 
     with np.load(args.mnist, allow_pickle=False) as npz:
         x_train, y_train = npz["x_train"][:54000], npz["y_train"][:54000]  # uint8, as src.train feeds them

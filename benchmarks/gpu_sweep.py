@@ -10,8 +10,8 @@ round 1) and the run/state dirs under --store-dir. Wall time of the whole comman
 `train_seconds` (its `model.fit`) and epochs from the job's metrics.json and history.json.
 
 Bare side (`--bare`, in a child process): one Python process that imports Keras once and, per optimizer,
-does what a job trains: the same split of the same mnist.npz (src.data, numpy only), the same model
-(src.models.mlp), the optimizer at the defaults of conf/optimizer/<name>.yaml (Keras' own), batch 32,
+does what a job trains: the same split of the same mnist.npz (src.training.data, numpy only), the same model
+(src.training.models.mlp), the optimizer at the defaults of conf/optimizer/<name>.yaml (Keras' own), batch 32,
 steps_per_execution 64, validation at batch 1024, at most 10 epochs with EarlyStopping(val_loss,
 patience 3), seed 42, then a test evaluation at batch 1024. No MLflow, Hydra, checkpoints or backups.
 
@@ -47,7 +47,7 @@ def bare(optimizers: list[str], epochs: int, limit: int | None) -> dict:
     import keras
 
     sys.path.insert(0, str(ROOT))
-    from src import data, models
+    from src.training import data, models
 
     train = CONFIG.train
     imported = time.perf_counter() - started

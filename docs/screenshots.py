@@ -26,7 +26,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from src.browser import launch, why_no_browser
+from src.infra.browser import launch, why_no_browser
 from src.tracking.links import children_url, run_page_url, runs_table_url
 
 if TYPE_CHECKING:

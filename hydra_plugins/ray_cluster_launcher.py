@@ -1,5 +1,5 @@
 """`hydra/launcher=ray_cluster`'s launcher. Hydra loads launchers only from the `hydra_plugins` namespace
-package, so this thin class lives here; src/cluster.py does the work (docs/scaling.md)."""
+package, so this thin class lives here; src/infra/cluster.py does the work (docs/scaling.md)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,6 @@ class RayClusterLauncher(RayLauncher):
         self.unschedulable_timeout_s = unschedulable_timeout_s
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from src.cluster import launch
+        from src.infra.cluster import launch
 
         return launch(self, job_overrides, initial_job_idx)

@@ -23,12 +23,13 @@ import psutil
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from src import data, resume, tracking
-from src.config import CONFIG_DIR, validate
-from src.errors import ConfigError, exit_on_user_error
-from src.files import write_atomic, write_text_atomic
-from src.masking import MaskedStream
+from src import tracking
+from src.infra.errors import ConfigError, exit_on_user_error
+from src.infra.files import write_atomic, write_text_atomic
+from src.infra.masking import MaskedStream
 from src.tracking.job import config_tags, log_datasets
+from src.training import data, resume
+from src.training.config import CONFIG_DIR, validate
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def _resumable_run(cfg: DictConfig, state: resume.JobState, experiment_id: str, 
 def train(cfg: DictConfig, data_path: Path) -> float:
     """Train, evaluate and log one job; return its best validation accuracy.
 
-    Skips a config that already has a FINISHED run and resumes an interrupted one (see src/resume.py).
+    Skips a config that already has a FINISHED run and resumes an interrupted one (see src/training/resume.py).
     The job holds its config's lock throughout: an identical job started meanwhile waits, then skips.
     """
     data_sha256 = data.sha256_file(data_path)
@@ -152,7 +153,7 @@ def _fit_and_log(
     import mlflow
     from hydra.utils import instantiate
 
-    from src.callbacks import BackupAndRestore, EpochStats, StopOnDivergence, diverged_epoch, from_config
+    from src.training.callbacks import BackupAndRestore, EpochStats, StopOnDivergence, diverged_epoch, from_config
 
     _freeze_imported_objects()
 

@@ -33,8 +33,8 @@ from hypothesis.configuration import set_hypothesis_home_dir
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from src import data
-from src.config import PROJECT_ROOT
+from src.training import data
+from src.training.config import PROJECT_ROOT
 
 
 def user_cache() -> Path:

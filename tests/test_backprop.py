@@ -8,7 +8,7 @@ import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from src.backprop import forward_backward, gradient_step, sigmoid
+from src.homework.backprop import forward_backward, gradient_step, sigmoid
 from tests.conftest import run_cli, run_main
 
 values = st.floats(min_value=-4, max_value=4, allow_nan=False)
@@ -55,18 +55,18 @@ def test_homework_weights_step_downhill() -> None:
 
 
 def test_command_prints_the_gradients_and_rejects_bad_values(tmp_path) -> None:
-    result = run_main("src.backprop", "x0=1.0", "x1=-2.0", "y=1", "lr=0.5", cwd=tmp_path)
+    result = run_main("src.homework.backprop", "x0=1.0", "x1=-2.0", "y=1", "lr=0.5", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     for line in ("z        = w0*x0 + w1*x1 + b         = 2.000000", "dL/dw1", "dL/db", "w0 = 2.012516"):
         assert line in result.stdout, line
     assert list(tmp_path.iterdir()) == []  # a calculator leaves no output folders behind
-    bad = run_main("src.backprop", "x1=abc", cwd=tmp_path)
+    bad = run_main("src.homework.backprop", "x1=abc", cwd=tmp_path)
     assert bad.returncode == 1 and bad.stderr.strip().endswith("x1='abc' is invalid: use a finite number")
 
 
 @pytest.mark.slow
 def test_cli_prints_the_gradients(tmp_path) -> None:
-    result = run_cli("src.backprop", "x0=1.0", "x1=-2.0", "y=1", "lr=0.5", cwd=tmp_path)
+    result = run_cli("src.homework.backprop", "x0=1.0", "x1=-2.0", "y=1", "lr=0.5", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "w0 = 2.012516" in result.stdout
     assert list(tmp_path.iterdir()) == []

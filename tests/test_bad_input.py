@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from src import data
+from src.training import data
 from tests.conftest import all_runs, run_cli, run_main, store_args
 
 
@@ -95,7 +95,7 @@ CASES: list[tuple[str, list[str], Callable[[data.Arrays, Path], None], list[str]
         _real,
         ["http://ana:***@127.0.0.1:9", "no MLflow server answers", "make server"],
     ),
-    ("corrupt-npz", [], _corrupt, ["not a readable MNIST npz", "python -m src.data"]),
+    ("corrupt-npz", [], _corrupt, ["not a readable MNIST npz", "python -m src.stages.fetch"]),
     ("wrong-shapes", [], _wrong_shapes, ["x_train has shape (100, 28, 28)", "expected (60000, 28, 28) uint8"]),
     ("wrong-dtype", [], _wrong_dtype, ["y_train has shape (60000,) and dtype int64"]),
     ("pickled-objects", [], _pickled, ["allow_pickle=False"]),

@@ -1,4 +1,4 @@
-"""The cluster sweep's store check (src/cluster.py), in-process: no Ray, no process, no training.
+"""The cluster sweep's store check (src/infra/cluster.py), in-process: no Ray, no process, no training.
 
 The real cluster (three `ray start` nodes, a tracking server) is in tests/test_scaling.py, marked slow.
 """
@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from src.cluster import check_launcher_found, check_store
-from src.errors import ConfigError
-from src.server import check_exposure
+from src.infra.cluster import check_launcher_found, check_store
+from src.infra.errors import ConfigError
+from src.infra.mlflow_server import check_exposure
 
 
 def test_a_file_store_is_refused_with_a_server_command_that_starts() -> None:

@@ -13,9 +13,9 @@ import yaml
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
-from src import compare
-from src.errors import ConfigError
-from src.pipeline import read_params, validate_seeds
+from src.infra.errors import ConfigError
+from src.stages import compare
+from src.stages.params import read_params, validate_seeds
 from tests.conftest import store_with_tables
 
 T_975_DF2 = 4.302652729911275  # Student's t quantile 0.975, 2 degrees of freedom (tables)

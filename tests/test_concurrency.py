@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from src import resume
-from src.config import PROJECT_ROOT
-from src.data import FILE_NAME, compose_config, sha256_file
+from src.training import resume
+from src.training.config import PROJECT_ROOT
+from src.training.data import FILE_NAME, compose_config, sha256_file
 from tests.conftest import all_runs, store_args, store_with_tables
 
 pytestmark = pytest.mark.slow
@@ -39,7 +39,7 @@ def _python(code: str, *args: str, **popen: object) -> subprocess.Popen:
 HOLD_THE_LOCK = """
 import sys, time
 from pathlib import Path
-from src.resume import JobState
+from src.training.resume import JobState
 state = JobState(Path(sys.argv[1]))
 with state.exclusive(Path("/runs/first")):
     state.backup_dir.mkdir(parents=True)
@@ -59,7 +59,10 @@ def test_a_second_job_waits_naming_the_first_and_a_sigkilled_holder_blocks_no_on
         assert holder.stdout.readline() == "held\n"
         threading.Timer(2.0, holder.kill).start()  # SIGKILL: the holder cannot release anything itself
         started = time.monotonic()
-        with caplog.at_level("WARNING", logger="src.resume"), resume.JobState(folder).exclusive(tmp_path / "second"):
+        with (
+            caplog.at_level("WARNING", logger="src.training.resume"),
+            resume.JobState(folder).exclusive(tmp_path / "second"),
+        ):
             waited = time.monotonic() - started
     finally:
         holder.kill()

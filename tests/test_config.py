@@ -11,8 +11,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from src.config import CONFIG_DIR, PROJECT_ROOT, validate
-from src.errors import ConfigError
+from src.infra.errors import ConfigError
+from src.training.config import CONFIG_DIR, PROJECT_ROOT, validate
 from tests.conftest import run_cli, run_main
 
 OPTIMIZERS = sorted(path.stem for path in (CONFIG_DIR / "optimizer").glob("*.yaml"))

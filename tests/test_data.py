@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from src import data
-from src.errors import DataError
+from src.infra.errors import DataError
+from src.training import data
 from tests.conftest import run_cli, run_main
 
 
@@ -158,10 +158,10 @@ def test_jobs_in_one_process_share_one_read_and_split_until_the_file_changes(mni
 
 def test_fetch_command_reports_the_file_or_what_to_set(mnist_dir: Path, tmp_path: Path) -> None:
     shutil.copy(mnist_dir / "mnist.npz", tmp_path / "mnist.npz")
-    result = run_main("src.data", f"data.dir={tmp_path}", cwd=tmp_path)
+    result = run_main("src.stages.fetch", f"data.dir={tmp_path}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "already present and verified" in result.stdout
-    bad = run_main("src.data", f"data.dir={tmp_path / 'new'}", "data.sources=[local]", cwd=tmp_path)
+    bad = run_main("src.stages.fetch", f"data.dir={tmp_path / 'new'}", "data.sources=[local]", cwd=tmp_path)
     assert bad.returncode != 0
     assert "data.local_path" in bad.stderr and "Traceback" not in bad.stderr
 
@@ -169,7 +169,7 @@ def test_fetch_command_reports_the_file_or_what_to_set(mnist_dir: Path, tmp_path
 @pytest.mark.slow
 def test_cli_fetch_reports_the_file(mnist_dir: Path, tmp_path: Path) -> None:
     shutil.copy(mnist_dir / "mnist.npz", tmp_path / "mnist.npz")
-    result = run_cli("src.data", f"data.dir={tmp_path}", cwd=tmp_path)
+    result = run_cli("src.stages.fetch", f"data.dir={tmp_path}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "already present and verified" in result.stdout
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from src.config import PROJECT_ROOT
+from src.training.config import PROJECT_ROOT
 
 PACKAGE = "src"
 NOT_SEARCHED = {".venv", ".git", ".dvc", "node_modules"}
@@ -71,7 +71,9 @@ def direct_imports(module: str) -> set[str]:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*anchor, *([node.module] if node.module else [])])
             names.add(base)
-            names.update(f"{base}.{alias.name}" for alias in node.names)  # `from src import data` imports src.data
+            names.update(
+                f"{base}.{alias.name}" for alias in node.names
+            )  # `from src.training import data` imports src.training.data
     return {found for name in names if name.split(".")[0] == PACKAGE for found in with_parents(name)}
 
 
@@ -91,7 +93,7 @@ def config_targets() -> set[str]:
     targets = set()
     for config in (PROJECT_ROOT / "conf").rglob("*.yaml"):
         for target in TARGET.findall(config.read_text()):
-            targets.update(with_parents(target))  # src.models.mlp -> src, src.models
+            targets.update(with_parents(target))  # src.training.models.mlp -> src, src.training.models
     return targets
 
 
@@ -133,6 +135,19 @@ def missing_deps(dvc_file: Path, stage: dict) -> list[str]:
     return sorted(str(path.relative_to(PROJECT_ROOT)) for path in uncovered)
 
 
+def needless_deps(dvc_file: Path, stage: dict) -> list[str]:
+    """Deps under src/ that the stage's command never runs: editing them would rerun it for nothing."""
+    workdir = (dvc_file.parent / stage.get("wdir", ".")).resolve()
+    files = {module_file(module) for entry in entry_modules(stage.get("cmd", "")) for module in modules_run_by(entry)}
+    deps = [(workdir / (dep if isinstance(dep, str) else next(iter(dep)))).resolve() for dep in stage.get("deps") or []]
+    source = PROJECT_ROOT / PACKAGE
+    return sorted(
+        str(dep.relative_to(PROJECT_ROOT))
+        for dep in deps
+        if (dep == source or source in dep.parents) and (dep.is_dir() or dep not in files)
+    )
+
+
 STAGES = [
     pytest.param(dvc_file, name, stage, id=f"{dvc_file.relative_to(PROJECT_ROOT)}:{name}")
     for dvc_file, name, stage in stages()
@@ -146,14 +161,31 @@ def test_every_module_a_stage_runs_is_one_of_its_deps(dvc_file: Path, name: str,
     assert not missing, f"{where}: stage {name!r} runs these files but lacks them in its deps: {', '.join(missing)}"
 
 
+@pytest.mark.parametrize(("dvc_file", "name", "stage"), STAGES)
+def test_no_stage_depends_on_code_it_does_not_run(dvc_file: Path, name: str, stage: dict) -> None:
+    """One file per module, never a folder: a folder dep reruns the stage for a sibling it never imports."""
+    needless = needless_deps(dvc_file, stage)
+    where = dvc_file.relative_to(PROJECT_ROOT)
+    assert not needless, f"{where}: stage {name!r} depends on files or folders it never runs: {', '.join(needless)}"
+
+
 def test_the_stages_are_found_and_their_imports_followed() -> None:
     """Guards the test above from passing vacuously: the root pipeline's stages and their known imports."""
     found = {name: stage for dvc_file, name, stage in stages() if dvc_file == PROJECT_ROOT / "dvc.yaml"}
     assert {"fetch", "train", "compare"} <= set(found)
-    assert entry_modules(found["train"]["cmd"]) == ["src.train_stage"]
-    train = modules_run_by("src.train_stage")
-    assert {"src.train", "src.callbacks", "src.tracking.job", "src.files"} <= train  # inside functions, too
-    assert "src.models" in train  # only through conf/model/*.yaml's _target_
-    assert "src.models" not in modules_run_by("src.data")  # composes the config, builds nothing from it
-    stale = {**found["compare"], "deps": [dep for dep in found["compare"]["deps"] if dep != "src/stats.py"]}
-    assert "src/stats.py" in missing_deps(PROJECT_ROOT / "dvc.yaml", stale)
+    assert entry_modules(found["train"]["cmd"]) == ["src.stages.train"]
+    train = modules_run_by("src.stages.train")
+    assert {
+        "src.train",
+        "src.training.callbacks",
+        "src.tracking.job",
+        "src.infra.files",
+    } <= train  # inside functions, too
+    assert "src.training.models" in train  # only through conf/model/*.yaml's _target_
+    assert "src.training.models" not in modules_run_by(
+        "src.stages.fetch"
+    )  # composes the config, builds nothing from it
+    stale = {**found["compare"], "deps": [dep for dep in found["compare"]["deps"] if dep != "src/analysis/stats.py"]}
+    assert "src/analysis/stats.py" in missing_deps(PROJECT_ROOT / "dvc.yaml", stale)
+    with_folder = {**found["compare"], "deps": [*found["compare"]["deps"], "src/tracking"]}
+    assert needless_deps(PROJECT_ROOT / "dvc.yaml", with_folder) == ["src/tracking"]

@@ -225,7 +225,7 @@ def _project_copy(root: Path, mnist_dir: Path) -> None:
     import re
     import subprocess
 
-    from src.config import PROJECT_ROOT
+    from src.training.config import PROJECT_ROOT
 
     listed = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
@@ -303,7 +303,7 @@ def _png_width(path: Path) -> int:
 
 def test_profile_uses_the_median_epochs_to_the_last_target_and_counts_misses_as_failures(tmp_path: Path) -> None:
     """Two workloads, two optimizers, synthetic judged runs: the profile's costs and its figure."""
-    from src import plots, replicates, stats
+    from src.analysis import plots, replicates, stats
     from src.fair import report
 
     def runs(optimizer: str, curves: list[list[float]]) -> list[replicates.Replicate]:

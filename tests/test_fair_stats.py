@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from src import stats
+from src.analysis import stats
 
 INF = math.inf
 

@@ -1,4 +1,4 @@
-"""The one atomic write (src/files.py): whole files only, no temp file left, concurrent writers safe."""
+"""The one atomic write (src/infra/files.py): whole files only, no temp file left, concurrent writers safe."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from src import files
-from src.config import PROJECT_ROOT
+from src.infra import files
+from src.training.config import PROJECT_ROOT
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -166,7 +166,7 @@ def test_concurrent_threads_never_leave_a_partial_or_mixed_file(tmp_path: Path) 
 def test_concurrent_processes_never_leave_a_partial_or_mixed_file(tmp_path: Path) -> None:
     target, stop, seen, errors = tmp_path / "shared.bin", threading.Event(), set(), []
     script = (
-        "import sys; from pathlib import Path; from src.files import write_bytes_atomic\n"
+        "import sys; from pathlib import Path; from src.infra.files import write_bytes_atomic\n"
         "content = bytes([65 + int(sys.argv[1])]) * 300_000\n"
         "for _ in range(40): write_bytes_atomic(Path(sys.argv[2]), content)\n"
     )

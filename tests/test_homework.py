@@ -1,4 +1,4 @@
-"""Homework Q4: the hw3_q4 preset, the verdicts of src.homework against hand-computed values, and the report
+"""Homework Q4: the hw3_q4 preset, the verdicts of src.homework.report against hand-computed values, and the report
 from a real sweep."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from hydra.utils import instantiate
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
-from src import homework
-from src.config import CONFIG_DIR
-from src.data import compose_config
-from src.replicates import Replicate
+from src.analysis.replicates import Replicate
+from src.homework import report as homework
+from src.training.config import CONFIG_DIR
+from src.training.data import compose_config
 from tests.conftest import all_runs, run_main, store_args, store_with_tables
 
 T_975_DF2 = 4.302652729911275  # Student's t quantile 0.975 with 2 degrees of freedom (tables)
@@ -22,7 +22,7 @@ T_975_DF3 = 3.182446305284263  # ... 3 degrees of freedom
 
 
 def seed(optimizer: str, number: int, accuracy: float | None, status: str = "FINISHED") -> Replicate:
-    """One child run of the sweep as src.homework reads it (src/replicates.py's record)."""
+    """One child run of the sweep as src.homework.report reads it (src/analysis/replicates.py's record)."""
     return Replicate(
         f"optimizer={optimizer}", number, status, {"test_accuracy": accuracy}, values={"optimizer": optimizer}
     )
@@ -61,7 +61,7 @@ def test_hw3_sweep_and_report(tmp_path: Path, mnist_dir: Path) -> None:
     assert all("effective_step_size" in c.data.metrics for c in children)
 
     uri = f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"
-    report = run_main("src.homework", uri, f"report_dir={tmp_path}/reports", *small, cwd=tmp_path)
+    report = run_main("src.homework.report", uri, f"report_dir={tmp_path}/reports", *small, cwd=tmp_path)
     assert report.returncode == 0, report.stderr[-3000:]
     assert "Not reproduced: adam (mean" in report.stdout
     table = (tmp_path / "reports" / "hw3_q4.md").read_text()

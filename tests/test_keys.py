@@ -1,4 +1,4 @@
-"""One definition of the keys that do not shape training (src.config.NOT_TRAINING_KEYS), four uses that agree.
+"""One definition of the keys that do not shape training (src.training.config.NOT_TRAINING_KEYS), four uses that agree.
 
 For every key of real composed configs, each use is observed by what it does, not by asking
 `shapes_training`: changing the key changes the config hash; the key is logged as an MLflow param (else as
@@ -17,12 +17,12 @@ import pytest
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from src import resume
-from src.compare import differing_settings, load_seed
-from src.config import CONFIG_DIR, flatten
-from src.data import compose_config
-from src.pipeline import seed_dir
+from src.stages.compare import differing_settings, load_seed
+from src.stages.params import seed_dir
 from src.tracking.job import CONFIG_TAG_PREFIX, SWEEP_ENV, config_params, config_tags, job_run_name
+from src.training import resume
+from src.training.config import CONFIG_DIR, flatten
+from src.training.data import compose_config
 
 # ${hydra:runtime.output_dir} resolves only inside a job: give the two output paths values of their own.
 OUTPUT_PATHS = ["callbacks.model_checkpoint.filepath=/tmp/out/best.keras", "callbacks.tensorboard.log_dir=/tmp/out/tb"]

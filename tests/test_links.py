@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from src.browser import launch, why_no_browser
+from src.infra.browser import launch, why_no_browser
 from src.tracking import links
 from tests.conftest import store_with_tables
 

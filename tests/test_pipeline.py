@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from src.config import PROJECT_ROOT
+from src.training.config import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 

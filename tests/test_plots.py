@@ -1,4 +1,4 @@
-"""src/plots.py: one colour per optimizer in the PNGs and in DVC's plot templates, figures that fit the page."""
+"""src/analysis/plots.py: one colour per optimizer in the PNGs and DVC's plot templates, figures that fit the page."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from src import plots
-from src.config import PROJECT_ROOT
-from src.stats import summarize
+from src.analysis import plots
+from src.analysis.stats import summarize
+from src.training.config import PROJECT_ROOT
 
 PAGE_PIXELS = 1100  # PAGE_WIDTH at the figures' 110 dpi: inside a 1280-pixel browser window with its margins
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from src.browser import launch, why_no_browser
+from src.infra.browser import launch, why_no_browser
 
 ROOT = Path(__file__).resolve().parent.parent
 DVC = str(Path(sys.executable).with_name("dvc"))

@@ -1,4 +1,4 @@
-"""The model registry and serving: register_best's versions, tags and champion rule (src/registry.py),
+"""The model registry and serving: register_best's versions, tags and champion rule (src/tracking/registry.py),
 the logged model taking mnist.npz's uint8 images quietly, and `make serve` answering over HTTP."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from src.config import PROJECT_ROOT, registered_model_name_problem
-from src.server import free_port, stop_group, wait_healthy
+from src.infra.mlflow_server import free_port, stop_group, wait_healthy
+from src.training.config import PROJECT_ROOT, registered_model_name_problem
 from tests.conftest import Sweep, run_main, store_with_tables, tracking_uri
 
 NAMES = ["mnist-optimizers", "a b", "model.v2", "x..", "", "  ", "a/b", "a:b", ".", "..", "../x", "a@b", "it's"]
@@ -43,7 +43,7 @@ def test_a_name_mlflow_rejects_is_rejected_before_anything_runs(tmp_path: Path) 
 
 def test_serve_without_a_champion_or_with_a_taken_port_says_what_to_do(tmp_path: Path) -> None:
     missing = run_main(
-        "src.serve",
+        "src.tracking.serve",
         "--port",
         str(free_port()),
         cwd=tmp_path,
@@ -58,7 +58,7 @@ def test_serve_without_a_champion_or_with_a_taken_port_says_what_to_do(tmp_path:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        busy = run_main("src.serve", "--port", str(port), cwd=tmp_path)
+        busy = run_main("src.tracking.serve", "--port", str(port), cwd=tmp_path)
     assert busy.returncode == 1
     [line] = busy.stderr.strip().splitlines()
     assert line.startswith(f"error: port {port} on 127.0.0.1 is not available") and "SERVE_PORT=" in line
@@ -75,8 +75,8 @@ def _logged_runs(count: int, artifacts: Path) -> list[str]:
     """`count` runs, each with the logged model of src.train (an untrained MLP: the registry does not care)."""
     import mlflow
 
-    from src.models import mlp
     from src.tracking import log_keras_model
+    from src.training.models import mlp
 
     # An experiment created without an artifact location keeps its artifacts in ./mlruns: the checkout.
     mlflow.set_experiment(experiment_id=mlflow.create_experiment("registry-test", artifact_location=artifacts.as_uri()))
@@ -95,8 +95,8 @@ def test_champion_moves_only_on_a_resolved_improvement(store: str, mnist_dir: Pa
     import mlflow
     from mlflow import MlflowClient
 
-    from src import data
-    from src.registry import champion, register_best
+    from src.tracking.registry import champion, register_best
+    from src.training import data
 
     first, unresolved, better, one_seed = _logged_runs(4, tmp_path / "artifacts")
     client = MlflowClient()
@@ -141,8 +141,8 @@ def test_champion_moves_only_on_a_resolved_improvement(store: str, mnist_dir: Pa
 def test_make_serve_answers_with_the_champions_classes(optimizer_sweep: Sweep, tmp_path: Path, mnist_dir: Path) -> None:
     import keras
 
-    from src import data
-    from src.registry import register_best
+    from src.tracking.registry import register_best
+    from src.training import data
 
     run = optimizer_sweep.children[0]  # adam, trained by the shared sweep; registered in a copy of its store
     with tracking_uri(optimizer_sweep.copy_store(tmp_path)) as uri:
@@ -183,7 +183,7 @@ def test_make_serve_answers_with_the_champions_classes(optimizer_sweep: Sweep, t
         status, answer = _post(f"{url}/invocations", {"inputs": images[:2].tolist()})  # still serving
         assert status == 200 and len(answer["predictions"]) == 2
 
-        again = run_main("src.serve", "--port", str(port), cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+        again = run_main("src.tracking.serve", "--port", str(port), cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
         assert again.returncode == 1 and "is not available" in again.stderr
         log_text = log_path.read_text()
         assert f"Serving mnist-optimizers version 1 (run {run.info.run_id}" in log_text

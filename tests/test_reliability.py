@@ -22,9 +22,10 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from src import callbacks, resume, tracking
-from src.config import PROJECT_ROOT
-from src.data import compose_config
+from src import tracking
+from src.training import callbacks, resume
+from src.training.config import PROJECT_ROOT
+from src.training.data import compose_config
 from tests.conftest import all_runs, run_cli, run_main, split_parent, store_args, store_with_tables
 
 # ------------------------------------------------------------------------------------------------

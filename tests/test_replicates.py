@@ -1,4 +1,4 @@
-"""src/replicates.py and src/replicate_tables.py on replicate records built by hand (values chosen so the
+"""src/analysis/replicates.py and src/analysis/tables.py on replicate records built by hand (values chosen so the
 statistics can be checked by hand): the one rule of which runs count, grouping, the comparison, the best
 run, Holm, "still improving", MLflow aggregates, tables and CSV. No MLflow store, no Keras."""
 
@@ -11,8 +11,8 @@ import math
 import pytest
 from mlflow.entities import Metric, Param, Run, RunData, RunInfo, RunTag
 
-from src import replicate_tables as tables
-from src import replicates as rep
+from src.analysis import replicates as rep
+from src.analysis import tables
 
 T_975_DF2 = 4.302652729911275  # Student's t quantile 0.975, 2 degrees of freedom (tables)
 

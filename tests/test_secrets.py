@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from src.errors import ConfigError, exit_on_user_error
-from src.masking import MaskedStream
-from src.postgres import PG_BIN, Cluster
+from src.infra.errors import ConfigError, exit_on_user_error
+from src.infra.masking import MaskedStream
+from src.infra.postgres import PG_BIN, Cluster
 from src.tracking.store import mask_log_records, mask_uri, masked_config
 from tests.conftest import run_cli, run_main
 
@@ -90,10 +90,13 @@ def test_a_one_line_error_prints_a_password_masked() -> None:
 
 def test_a_bad_override_of_compare_is_one_masked_line(tmp_path: Path) -> None:
     """Hydra's parse error quotes the whole override, the password in it; its next lines repeat it."""
-    done = run_main("src.compare", "mlflow.tracking_uri=postgresql://ana:s3cret@db:5432/m[", cwd=tmp_path)
+    done = run_main("src.stages.compare", "mlflow.tracking_uri=postgresql://ana:s3cret@db:5432/m[", cwd=tmp_path)
     assert done.returncode == 1 and "s3cret" not in done.stdout + done.stderr
     [line] = done.stderr.strip().splitlines()
-    assert line == "error: src.compare: Error parsing override 'mlflow.tracking_uri=postgresql://ana:***@db:5432/m['"
+    assert (
+        line
+        == "error: src.stages.compare: Error parsing override 'mlflow.tracking_uri=postgresql://ana:***@db:5432/m['"
+    )
 
 
 def test_a_masked_stream_masks_what_it_writes_and_passes_on_the_rest() -> None:

@@ -1,4 +1,4 @@
-"""src/stats.py against values computed by hand (closed forms for small n), no MLflow, no Keras."""
+"""src/analysis/stats.py against values computed by hand (closed forms for small n), no MLflow, no Keras."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from src import stats
+from src.analysis import stats
 
 T_975_DF1 = 12.706204736174707  # Student's t quantile 0.975, 1 degree of freedom (tables)
 T_975_DF2 = 4.302652729911275  # ... 2 degrees of freedom

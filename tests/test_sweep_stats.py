@@ -17,7 +17,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunData, RunInfo, RunTag
 
-from src import stats
+from src.analysis import stats
 from src.tracking.summary import summarize_sweep
 from tests.conftest import SMALL, all_runs, run_main, store_args, store_with_tables
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from src.config import PROJECT_ROOT
+from src.training.config import PROJECT_ROOT
 from tests.conftest import (
     SMALL,
     Sweep,
@@ -98,7 +98,7 @@ def test_logged_model_and_checkpoint_load_back_and_predict_digits(
     import keras
     import mlflow
 
-    from src import data
+    from src.training import data
 
     adam = optimizer_sweep.children[0]
     arrays = data.read_npz(mnist_dir / "mnist.npz")

@@ -9,8 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-from src import update_rules
-from src.callbacks import effective_step_sizes
+from src.training import update_rules
+from src.training.callbacks import effective_step_sizes
 
 STEPS = 25
 

@@ -16,8 +16,6 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from src import resume
-from src.errors import ConfigError
 from src.fair import trials as trial_runs
 from src.fair.protocol import (
     Protocol,
@@ -26,6 +24,8 @@ from src.fair.protocol import (
     lr_text,
     tune_trials,
 )
+from src.infra.errors import ConfigError
+from src.training import resume
 
 
 @dataclass(frozen=True)

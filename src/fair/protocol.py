@@ -18,9 +18,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from src.config import CONFIG_DIR, validate
-from src.errors import ConfigError
-from src.stats import seed_problem
+from src.analysis.stats import seed_problem
+from src.infra.errors import ConfigError
+from src.training.config import CONFIG_DIR, validate
 
 GROUP = "fair"
 DEFAULT_PRESET = "default"
@@ -230,7 +230,7 @@ def tune_trials(protocol: Protocol, optimizer: str, workload: str) -> list[Trial
 
 
 def judge_trials(protocol: Protocol, optimizer: str, workload: str, learning_rates: Sequence[float]) -> list[Trial]:
-    """Seed-major, so consecutive runs share a seed and so a data split (src.data caches one)."""
+    """Seed-major, so consecutive runs share a seed and so a data split (src.training.data caches one)."""
     return [
         Trial(JUDGE, workload, optimizer, lr, seed)
         for seed in protocol.judge_seeds

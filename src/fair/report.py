@@ -1,8 +1,8 @@
 """`python -m src.fair report`: reports/fair/ from the trial records (the DVC stage `report`).
 
-The judged runs are replicates (src/replicates.py: which runs count, the comparison, the verdicts); the
+The judged runs are replicates (src/analysis/replicates.py: which runs count, the comparison, the verdicts); the
 tuning trials give the learning-rate sensitivity and the expected best accuracy against the tuning budget
-(src/stats.py). Per workload the report holds, per optimizer: the one-shot row (Keras' default learning
+(src/analysis/stats.py). Per workload the report holds, per optimizer: the one-shot row (Keras' default learning
 rate, judged with the same seeds and budget as the tuned runs), the tuned learning rate, the tuned test
 accuracy, the gain from tuning, the epochs to reach each validation-accuracy target, the verdict against
 the best (Holm-corrected), and the trials that diverged. Files: fair.md, summary.csv, runs.csv,
@@ -18,11 +18,11 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from src import replicates, stats
-from src.errors import ConfigError
+from src.analysis import replicates, stats
 from src.fair import phases
 from src.fair import protocol as fair
 from src.fair.trials import first_epoch_reaching, read_record
+from src.infra.errors import ConfigError
 
 COMPARED = "test_accuracy"
 
@@ -127,7 +127,7 @@ def _mean_std(setting: replicates.Setting | None) -> str:
 
 
 def _counted_values(runs: Sequence[replicates.Replicate]) -> list[float]:
-    """The compared metric of the runs that count (src/replicates.py's rule)."""
+    """The compared metric of the runs that count (src/analysis/replicates.py's rule)."""
     return [value for setting in replicates.group(runs) for value in setting.values_of(COMPARED)]
 
 

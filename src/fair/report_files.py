@@ -7,7 +7,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from src import plots, replicate_tables, stats
+from src.analysis import plots, stats
+from src.analysis import tables as replicate_tables
 from src.fair import protocol as fair
 from src.fair.report import (
     COMPARED,
@@ -19,7 +20,7 @@ from src.fair.report import (
     ranking_lines,
     summary_table,
 )
-from src.files import markdown_table, write_text_atomic
+from src.infra.files import markdown_table, write_text_atomic
 
 TAUS = [1 + step / 20 for step in range(61)]  # τ from 1 to 4 for the performance profile
 SUMMARY_HEADER = (

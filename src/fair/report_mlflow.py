@@ -3,7 +3,7 @@
 The children carry the tags `phase` (tune / judge), `optimizer`, `workload`, `learning_rate` and `seed`
 (set when they were trained) and, from here, `lr_choice` (tuned / default / tuned+default for a judged run),
 so the UI's "Group by" and charts work on them. The parent gets the protocol as params, the per-optimizer
-aggregates of the tuned comparison (src/replicates.py), each tuned learning rate and gain from tuning as
+aggregates of the tuned comparison (src/analysis/replicates.py), each tuned learning rate and gain from tuning as
 metrics, and every report file as an artifact. It never stays RUNNING: FAILED or KILLED on any error. The earlier
 parents it leaves without children are tagged `superseded_by=<its id>` and deleted, so one parent remains.
 """
@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from src import replicates
+from src.analysis import replicates
 from src.fair import protocol as fair
 from src.fair.report import WorkloadResult, gain
 

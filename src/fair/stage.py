@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from src.errors import ConfigError, exit_on_user_error
+from src.infra.errors import ConfigError, exit_on_user_error
 
 TRAINING_STAGES = ("tune", "judge")
 

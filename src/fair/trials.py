@@ -10,7 +10,7 @@ the end (no TensorBoard, no checkpoints, no logged MLflow model). What each phas
 - judge: the same, plus test_loss/test_accuracy of the final weights and the trained model as a
   `.keras` file artifact (`model/model.keras`; load it with `keras.saving.load_model`).
 
-A trial's folder holds `trial.json` once its run ended FINISHED: the trial's config hash (src/resume.py:
+A trial's folder holds `trial.json` once its run ended FINISHED: the trial's config hash (src/training/resume.py:
 the resolved training config, the MNIST file's sha256, the Keras backend), its metrics and history. A
 folder with the current hash is kept; any other is trained again. So an interrupted protocol resumes
 without retraining finished trials, and a wider grid trains only the new learning rates.
@@ -34,9 +34,9 @@ from typing import Any
 import psutil
 from omegaconf import DictConfig
 
-from src import resume
 from src.fair.protocol import JUDGE, Trial, lr_text
-from src.files import write_text_atomic
+from src.infra.files import write_text_atomic
+from src.training import resume
 
 log = logging.getLogger(__name__)
 RECORD = "trial.json"
@@ -86,7 +86,8 @@ class Context:
 
 def open_context(cfg: DictConfig, optimizer: str, workload: str) -> Context:
     """The verified MNIST file (fetched if the config allows) and the protocol's MLflow experiment."""
-    from src import data, tracking
+    from src import tracking
+    from src.training import data
 
     tracking.check_reachable(str(cfg.mlflow.tracking_uri))
     _, data_path = data.load_for_training(
@@ -138,10 +139,10 @@ def train_one(trial: Trial, cfg: DictConfig, context: Context, config_hash: str)
     from hydra.utils import instantiate
     from mlflow import MlflowClient
 
-    from src import data
-    from src.callbacks import EpochStats, StopOnDivergence, diverged_epoch, from_config
     from src.tracking import config_params
     from src.train import summarize_history
+    from src.training import data
+    from src.training.callbacks import EpochStats, StopOnDivergence, diverged_epoch, from_config
 
     # Every trial builds a new model, so TensorFlow traces its train step anew: expected, not worth a warning
     logging.getLogger("tensorflow").setLevel(logging.ERROR)

@@ -15,7 +15,7 @@ Run model:
 mlflow is imported inside functions: config errors are reported before its ~2 s import.
 """
 
-from src.errors import ConfigError
+from src.infra.errors import ConfigError
 from src.tracking.job import (
     adopt_into_sweep,
     config_params,

@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from src.config import flatten, shapes_training
 from src.tracking.store import mask_uri, masked_config, retry_duplicate_insert
+from src.training.config import flatten, shapes_training
 
 if TYPE_CHECKING:
     from mlflow import ActiveRun
     from mlflow.entities import Run
 
-    from src.data import Splits
+    from src.training.data import Splits
 
 # The sweep in progress, as JSON {"parent_run_id": ..., "swept": [keys]}: set by MlflowSweepCallback,
 # read by each job. The callback sets it in its own process (basic launcher) and, through ship_to_jobs,
@@ -37,7 +37,7 @@ DATASET_NAME = "mnist"
 
 
 def config_params(cfg: DictConfig, choices: Mapping[str, str]) -> dict[str, str]:
-    """The keys of the resolved config that shape training (`src.config.shapes_training`), flattened into
+    """The keys of the resolved config that shape training (`src.training.config.shapes_training`), flattened into
     MLflow params, plus each such config group's choice. The other keys are tags (`config_tags`), so that
     "show diff only" in MLflow's compare view lists settings, not the paths that differ between runs.
 

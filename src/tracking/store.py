@@ -17,8 +17,8 @@ from urllib.parse import unquote, urlparse
 
 from omegaconf import DictConfig, OmegaConf
 
-from src.errors import ConfigError
-from src.masking import mask_log_records, mask_uri  # their home; imported from here by tracking/ and its callers
+from src.infra.errors import ConfigError
+from src.infra.masking import mask_log_records, mask_uri  # their home; imported from here by tracking/ and its callers
 
 T = TypeVar("T")
 
@@ -154,7 +154,7 @@ def _prepare_sqlite(database: Path) -> None:
 
     from mlflow import MlflowClient
 
-    from src.files import exclusive_lock
+    from src.infra.files import exclusive_lock
 
     try:
         database.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""A sweep's summary: its child runs read into replicates (src/replicates.py groups and compares them),
+"""A sweep's summary: its child runs read into replicates (src/analysis/replicates.py groups and compares them),
 rendered as summary.md, summary.csv and summary_runs.csv. The MLflow calls that read the children and log
 the results stay in sweep.py.
 
@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from src import replicate_tables as tables
-from src import replicates as rep
-from src.files import markdown_table
-from src.stats import SEED_KEY
+from src.analysis import replicates as rep
+from src.analysis import tables
+from src.analysis.stats import SEED_KEY
+from src.infra.files import markdown_table
 from src.tracking.job import CONFIG_TAG_PREFIX
 
 if TYPE_CHECKING:

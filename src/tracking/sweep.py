@@ -14,16 +14,16 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from src.cluster import preflight
-from src.config import validate
-from src.errors import ConfigError, exit_on_user_error
-from src.files import write_text_atomic
-from src.replicates import log_aggregates
-from src.stats import SEED_KEY, seed_problem
+from src.analysis.replicates import log_aggregates
+from src.analysis.stats import SEED_KEY, seed_problem
+from src.infra.cluster import preflight
+from src.infra.errors import ConfigError, exit_on_user_error
+from src.infra.files import write_text_atomic
 from src.tracking.job import SWEEP_ENV, override_key, ship_to_jobs
 from src.tracking.links import children_url
 from src.tracking.store import mask_uri, use_experiment
 from src.tracking.summary import SweepSummary, summarize_sweep
+from src.training.config import validate
 
 # The child tag naming its setting group: MLflow's runs table groups the seeds of a setting by it.
 SETTING_TAG = "setting"
@@ -48,7 +48,7 @@ def _parse_sweep(config: DictConfig) -> tuple[list[str], list[list[str]]]:
 
 
 def check_seeds(override: str, seeds: list[Any]) -> None:
-    """The seeds of a sweep are its replicates (src.stats.seed_problem says what is allowed)."""
+    """The seeds of a sweep are its replicates (src.analysis.stats.seed_problem says what is allowed)."""
     problem = seed_problem(seeds)
     if problem:
         allowed = f"give distinct integers >= 0, e.g. {SEED_KEY}=1,2,3 or {SEED_KEY}='range(1,4)'"
@@ -93,7 +93,7 @@ class MlflowSweepCallback(Callback):
 
         with exit_on_user_error():
             self.swept, job_count = validate_sweep(config)
-            preflight(config)  # a Ray cluster launcher: store, address, resources, runtime_env (src/cluster.py)
+            preflight(config)  # a Ray cluster launcher: store, address, resources, runtime_env (src/infra/cluster.py)
         if not self.swept:  # another sweeper (Optuna): it draws the values of its params
             self.swept = [override_key(key) for key in (config.hydra.sweeper.get("params") or {})]
         self.register = bool(config.mlflow.get("register", False))
@@ -191,13 +191,13 @@ class MlflowSweepCallback(Callback):
         print(f"\nSweep summary (also in the parent run's summary.md{where}):\n\n" + files["summary.md"])
 
     def _register(self, summary: SweepSummary, status: str) -> None:
-        """mlflow.register=true: register the best setting's best seed (src/registry.py decides whether it
+        """mlflow.register=true: register the best setting's best seed (src/tracking/registry.py decides whether it
         becomes the champion); a sweep with a failed job registers nothing."""
         best = summary.comparison.best_run()
         if status != "FINISHED" or best is None:
             print(f"Model registry: nothing registered (sweep {status.lower()}, best run: {best and best.name})")
             return
-        from src.registry import register_best
+        from src.tracking.registry import register_best
 
         message = register_best(best.run_id, summary.comparison.best_values(), self.registered_model_name)
         if message:

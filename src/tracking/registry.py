@@ -6,7 +6,7 @@ config hash and data hash, its setting and the test accuracies of that setting's
 `champion` (what `make serve` serves) moves to the new version only when it is *better*:
 
 - the metric is the mean test accuracy over the setting's seeds (`test_accuracy_mean`);
-- better = a higher mean by a difference that Welch's t-test resolves (src/stats.py: p < 0.05) against
+- better = a higher mean by a difference that Welch's t-test resolves (src/analysis/stats.py: p < 0.05) against
   the champion's own per-seed values, stored on its version;
 - a tie is never better, and neither is a difference the test does not resolve, so the champion stays;
 - with one seed on either side nothing is resolved: the first version registered becomes the champion
@@ -24,9 +24,9 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from src import stats
-from src.config import registered_model_name_problem
-from src.errors import ConfigError
+from src.analysis import stats
+from src.infra.errors import ConfigError
+from src.training.config import registered_model_name_problem
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

@@ -1,7 +1,7 @@
 """Resuming interrupted jobs and skipping finished ones.
 
 A job's identity is its *config hash*: the resolved training config without the keys that only say where
-things go (paths, the MLflow store, verbosity: `src.config.NOT_TRAINING_KEYS`), plus the sha256 of the
+things go (paths, the MLflow store, verbosity: `src.training.config.NOT_TRAINING_KEYS`), plus the sha256 of the
 MNIST file and the Keras backend.
 Every run is tagged with it. Before a job trains:
 
@@ -36,8 +36,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from src.config import training_tree
-from src.files import TEMP_PREFIX, exclusive_lock, write_text_atomic
+from src.infra.files import TEMP_PREFIX, exclusive_lock, write_text_atomic
+from src.training.config import training_tree
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """A throwaway PostgreSQL cluster for the team server's run store (`make db`, `make db-stop`, `make db-rm`).
 
-`python -m src.server db-start DIR` (src/server.py's command line) creates, the first time, and starts a
-cluster in DIR, listening on 127.0.0.1 only, on a free port (kept across restarts), with a socket dir
-inside DIR. It has one login role and database, both `mlflow`, whose random password is written to
+`python -m src.infra.mlflow_server db-start DIR` (src/infra/mlflow_server.py's command line) creates, the first
+time, and starts a cluster in DIR, listening on 127.0.0.1 only, on a free port (kept across restarts),
+with a socket dir inside DIR. It has one login role and database, both `mlflow`, whose random password is written to
 `DIR/pgpass` (mode 600, libpq's password-file format): the store URI it prints carries no password, and
 `make server` passes the file to the server as `PGPASSFILE`. Loopback TCP asks for that password
 (scram-sha-256); only the socket dir, private to the cluster's owner, is trusted. The tests start the
@@ -23,8 +23,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from src.errors import ConfigError
-from src.files import write_text_atomic
+from src.infra.errors import ConfigError
+from src.infra.files import write_text_atomic
 
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 PG_SERVICE_USER = "postgres"  # who runs PostgreSQL when we are root
@@ -33,7 +33,7 @@ START_TIMEOUT_S = 60
 
 
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (for a new cluster, and for the servers src/server.py starts)."""
+    """A TCP port free on 127.0.0.1 now (for a new cluster, and for the servers src/infra/mlflow_server.py starts)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

@@ -1,4 +1,4 @@
-"""`python -m src.backprop x0=1.0 x1=-2.0 y=1`: homework Q3, backpropagation through one neuron by hand.
+"""`python -m src.homework.backprop x0=1.0 x1=-2.0 y=1`: homework Q3, backpropagation through one neuron by hand.
 
     z = w0*x0 + w1*x1 + b,   p = sigmoid(z),   L = (y - p)^2
 
@@ -20,8 +20,8 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from src.config import CONFIG_DIR
-from src.errors import ConfigError, exit_on_user_error
+from src.infra.errors import ConfigError, exit_on_user_error
+from src.training.config import CONFIG_DIR
 
 KEYS = ("x0", "x1", "y", "w0", "w1", "b", "lr")
 

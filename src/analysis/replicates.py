@@ -1,15 +1,15 @@
 """Runs as replicates of settings: the one place that says which runs count, groups them by setting,
 compares the settings and turns the result into tables, CSV, MLflow metrics and mean ± std curves.
 
-The sweep summary (src/tracking/summary.py), the DVC comparison (src/compare.py), the homework report
-(src/homework.py) and the fair protocol read their runs into `Replicate` records and call this module;
-src/stats.py does the numbers. The rules, once:
+The sweep summary (src/tracking/summary.py), the DVC comparison (src/stages/compare.py), the homework report
+(src/homework/report.py) and the fair protocol read their runs into `Replicate` records and call this module;
+src/analysis/stats.py does the numbers. The rules, once:
 - a run *counts* when it ended FINISHED, did not diverge, and has a finite value of the compared metric;
   every other run is listed with the reason (`seed 3 (diverged)`) and counted in no statistic;
 - settings are compared on the mean of the compared metric (test accuracy), each against the best, by
   Welch's t-test, optionally Holm-corrected over those pairs; the run to keep is the best setting's run
   with the highest best validation accuracy (runs are chosen on validation data, settings judged on test);
-Its rows for markdown and CSV are in src/replicate_tables.py.
+Its rows for markdown and CSV are in src/analysis/tables.py.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from src import stats
+from src.analysis import stats
 
 FINISHED, DIVERGED = "FINISHED", "diverged"
 RUN_METRICS = ("test_accuracy", "best_val_accuracy", "best_epoch", "stopped_epoch", "train_seconds")

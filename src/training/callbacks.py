@@ -2,7 +2,7 @@
 
 Two of Keras' callbacks are subclassed, keeping their parameters, because a crash must never leave a
 half-written file that a later run accepts:
-- `ModelCheckpoint` saves through `src.files.write_atomic` (Keras writes in place);
+- `ModelCheckpoint` saves through `src.infra.files.write_atomic` (Keras writes in place);
 - `BackupAndRestore` commits each backup with one atomic rename of its metadata, keeps the logs of every
   completed epoch (a resumed run knows its whole history) and restores the state of EarlyStopping and
   ModelCheckpoint from them (Keras resets both, so a resumed run would forget its best epoch).
@@ -27,8 +27,8 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from src import update_rules
-from src.files import write_atomic, write_text_atomic
+from src.infra.files import write_atomic, write_text_atomic
+from src.training import update_rules
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def from_config(callbacks_cfg: DictConfig | None, backup_dir: Path | None = None
 
 def effective_step_sizes(optimizer: keras.optimizers.Optimizer) -> np.ndarray | None:
     """What the optimizer now multiplies each parameter's gradient (Adam: first moment) by, from its own
-    state (src/update_rules.py has the formulas); None for optimizers without a simple per-parameter form."""
+    state (src/training/update_rules.py has the formulas); None for optimizers without a simple per-parameter form."""
 
     def state(variables: list) -> np.ndarray:
         return np.concatenate([keras.ops.convert_to_numpy(v).ravel() for v in variables])

@@ -1,6 +1,6 @@
 """`make serve`: serve the registered model's champion over HTTP with MLflow's scoring server.
 
-`python -m src.serve [--host 127.0.0.1] [--port 5002] [--model-name mnist-optimizers]` checks what would
+`python -m src.tracking.serve [--host 127.0.0.1] [--port 5002] [--model-name mnist-optimizers]` checks what would
 otherwise fail with a traceback or a half-started server (no store, no champion yet, a port already in
 use), prints which version it serves, then replaces itself with
 
@@ -21,8 +21,8 @@ import os
 import socket
 import sys
 
-from src.config import PROJECT_ROOT, registered_model_name_problem
-from src.errors import ConfigError, UserError, exit_on_user_error
+from src.infra.errors import ConfigError, UserError, exit_on_user_error
+from src.training.config import PROJECT_ROOT, registered_model_name_problem
 
 DEFAULT_PORT = 5002
 DEFAULT_TRACKING_URI = f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
@@ -50,8 +50,7 @@ def check_port_free(host: str, port: int) -> None:
 def champion_uri(uri: str, model_name: str) -> str:
     """`models:/<name>@champion` after checking that it exists in the store `uri`; a one-line UserError
     saying what to do when it does not."""
-    from src import registry
-    from src.tracking import check_reachable, mask_uri, sqlite_path
+    from src.tracking import check_reachable, mask_uri, registry, sqlite_path
 
     problem = registered_model_name_problem(model_name)
     if problem:
@@ -75,7 +74,7 @@ def champion_uri(uri: str, model_name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m src.serve", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m src.tracking.serve", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1", help="where to listen (127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--model-name", default="mnist-optimizers", help="the registered model (its @champion)")

@@ -15,9 +15,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from src.errors import ConfigError
+from src.infra.errors import ConfigError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = PROJECT_ROOT / "conf"
 
 
@@ -26,7 +26,7 @@ def project_root() -> str:
 
     A named function, not a lambda: Hydra ships the driver's resolvers to Ray workers (Singleton state), a
     lambda with the driver's PROJECT_ROOT inside, a named function by name, so that on another node it
-    resolves to the copy of the project that node runs (src/cluster.py).
+    resolves to the copy of the project that node runs (src/infra/cluster.py).
     """
     return str(PROJECT_ROOT)
 
@@ -40,13 +40,13 @@ DATA_SOURCES = ("keras", "pypi", "local")
 VERBOSE_CHOICES = ("auto", 0, 1, 2)
 
 # Keys that say where things go, how a run is filed or how chatty it is: not what is trained. This one
-# definition decides the config hash (src/resume.py), run names and MLflow params vs tags
-# (src/tracking/job.py) and the comparison's "settings that differ" (src/compare.py); a test checks that
+# definition decides the config hash (src/training/resume.py), run names and MLflow params vs tags
+# (src/tracking/job.py) and the comparison's "settings that differ" (src/stages/compare.py); a test checks that
 # all four agree. A key and everything below it (`mlflow` covers `mlflow.tags.dvc_stage`).
 NOT_TRAINING_KEYS = (
     "hydra",
     "mlflow",
-    "report_dir",  # where src.homework writes its report (experiment=hw3_q4)
+    "report_dir",  # where src.homework.report writes its report (experiment=hw3_q4)
     "train.verbose",
     "train.resume",
     "train.skip_finished",

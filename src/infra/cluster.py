@@ -28,7 +28,7 @@ from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf
 
-from src.errors import ConfigError
+from src.infra.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ SHIPPED_ENV = (
 TCP_TIMEOUT_S = 5.0  # how long the head's address may take to accept a connection
 POLL_S = 2.0  # how often the launcher looks at the jobs and the nodes
 # How a cluster sweep gets a store every node reaches. A server off loopback refuses to start without AUTH=1
-# (src/server.py), so the sweep logs in: the credentials are shipped to the jobs with SHIPPED_ENV.
+# (src/infra/mlflow_server.py), so the sweep logs in: the credentials are shipped to the jobs with SHIPPED_ENV.
 SERVER_ADVICE = (
     "`make server AUTH=1 HOST=0.0.0.0` on one machine, then mlflow.tracking_uri=http://<its-host>:5001 (or export "
     "MLFLOW_TRACKING_URI) with MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD exported (passed on to the jobs)"
@@ -78,7 +78,7 @@ def check_launcher_found(launcher: DictConfig) -> None:
 
     target = str(launcher.get("_target_", ""))
     module = target.rpartition(".")[0]
-    project = Path(__file__).resolve().parent.parent
+    project = Path(__file__).resolve().parents[2]
     if not module.startswith("hydra_plugins.") or not (project / f"{module.replace('.', '/')}.py").is_file():
         return  # a launcher installed with its own package
     try:

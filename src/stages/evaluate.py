@@ -1,15 +1,15 @@
 """Scoring the best checkpoint of every seed of one optimizer on the MNIST test set.
 
-The DVC stage train@<name> (src/train_stage.py) calls `evaluate_seeds` in its own process right after
+The DVC stage train@<name> (src/stages/train.py) calls `evaluate_seeds` in its own process right after
 training, so the pipeline pays one TensorFlow import per optimizer, not one per stage. To score again
-without training: `python -m src.evaluate <name>` (the seeds of params.yaml).
+without training: `python -m src.stages.evaluate <name>` (the seeds of params.yaml).
 
 Writes `reports/eval/<name>/`:
 - scores.json: per seed ("seed1", ...) test loss and accuracy; precision and recall per digit of the
-  seeds' pooled predictions (a plain file: `dvc metrics show` shows only what src.compare aggregates);
+  seeds' pooled predictions (a plain file: `dvc metrics show` shows only what src.stages.compare aggregates);
 - predictions.csv: seed,actual,predicted for every seed (DVC's confusion plot counts the rows, so it
   shows the sum over the seeds);
-- confusion.json: each seed's confusion matrix (src.compare draws their sum).
+- confusion.json: each seed's confusion matrix (src.stages.compare draws their sum).
 A seed that diverged (its metrics.json says `"diverged": true`) is listed as diverged and not scored: its
 weights are no model of MNIST, and its NaN loss would make scores.json invalid JSON.
 """
@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from src import data
-from src.config import PROJECT_ROOT
-from src.errors import DataError, UserError, exit_on_user_error
-from src.files import write_text_atomic
-from src.pipeline import EVAL_DIR, RUNS_DIR, read_params, seed_dir
+from src.infra.errors import DataError, UserError, exit_on_user_error
+from src.infra.files import write_text_atomic
+from src.stages.params import EVAL_DIR, RUNS_DIR, read_params, seed_dir
+from src.training import data
+from src.training.config import PROJECT_ROOT
 
 
 def confusion_matrix(actual: np.ndarray, predicted: np.ndarray, classes: int = 10) -> np.ndarray:

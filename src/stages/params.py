@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
-from src.config import PROJECT_ROOT
-from src.errors import ConfigError
-from src.stats import seed_problem
+from src.analysis.stats import seed_problem
+from src.infra.errors import ConfigError
+from src.training.config import PROJECT_ROOT
 
 PARAMS_FILE = PROJECT_ROOT / "params.yaml"
 RUNS_DIR = PROJECT_ROOT / "runs"

@@ -3,8 +3,9 @@
 `make db` / `make db-stop` / `make db-rm` and `make server [AUTH=1]` call this module's command line; the
 tests use the same functions, so what they exercise is what a user starts.
 
-- `python -m src.server db-start|db-stop|db-rm DIR`: the throwaway PostgreSQL cluster of src/postgres.py.
-- `python -m src.server serve ...` checks the run store, then replaces itself with `mlflow server`;
+- `python -m src.infra.mlflow_server db-start|db-stop|db-rm DIR`: the throwaway PostgreSQL cluster
+  of src/infra/postgres.py.
+- `python -m src.infra.mlflow_server serve ...` checks the run store, then replaces itself with `mlflow server`;
   with `--auth` it runs MLflow's own access control (`--app-name basic-auth`) with a config file it
   writes into the server dir. The admin password comes from MLFLOW_AUTH_ADMIN_PASSWORD or a file
   outside git (`--admin-password-file`), never from a default. On any address but loopback it refuses
@@ -26,10 +27,10 @@ import sys
 import time
 from pathlib import Path
 
-from src.errors import ConfigError, exit_on_user_error
-from src.files import write_text_atomic
-from src.postgres import Cluster
-from src.postgres import free_port as free_port  # re-exported: tests and benchmarks take it from here
+from src.infra.errors import ConfigError, exit_on_user_error
+from src.infra.files import write_text_atomic
+from src.infra.postgres import Cluster
+from src.infra.postgres import free_port as free_port  # re-exported: tests and benchmarks take it from here
 
 
 def wait_healthy(
@@ -187,7 +188,7 @@ def serve(arguments: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m src.server", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m src.infra.mlflow_server", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     for name in ("db-start", "db-stop", "db-rm"):
         commands.add_parser(name).add_argument("folder", help="the cluster's folder (make db: DB_DIR)")

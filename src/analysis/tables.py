@@ -1,4 +1,4 @@
-"""A Comparison (src/replicates.py) as rows: the per-setting and per-run tables of the markdown reports
+"""A Comparison (src/analysis/replicates.py) as rows: the per-setting and per-run tables of the markdown reports
 and their CSV files. One rule for how a value prints: a missing value is "n/a" in markdown and an empty
 cell in CSV; CSV numbers are fractions rounded to 5 decimals; markdown shows accuracies in %.
 """
@@ -10,8 +10,8 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
-from src import stats
-from src.replicates import MEAN_METRICS, RUN_METRICS, SPREAD_METRICS, Comparison, Setting
+from src.analysis import stats
+from src.analysis.replicates import MEAN_METRICS, RUN_METRICS, SPREAD_METRICS, Comparison, Setting
 
 
 def number(value: Any, digits: int = 5) -> str:

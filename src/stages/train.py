@@ -1,8 +1,8 @@
-"""`python -m src.train_stage <optimizer>`: the DVC stage train@<optimizer>.
+"""`python -m src.stages.train <optimizer>`: the DVC stage train@<optimizer>.
 
 Trains `<optimizer>` once per seed of params.yaml in ONE process (a Hydra multirun of `src.train`,
 `train.seed=<the seeds to train>`), then scores every seed's best checkpoint on the test set
-(src.evaluate) in the same process: one TensorFlow import per optimizer instead of one per seed and
+(src.stages.evaluate) in the same process: one TensorFlow import per optimizer instead of one per seed and
 stage (measured: docs/benchmarks.md, "The DVC pipeline").
 
 Only the seeds that need it are trained. DVC keeps `runs/<optimizer>/` between runs (`persist: true` in
@@ -22,9 +22,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from src.errors import ConfigError, exit_on_user_error
-from src.files import write_text_atomic
-from src.pipeline import RUNS_DIR, read_params, seed_dir
+from src.infra.errors import ConfigError, exit_on_user_error
+from src.infra.files import write_text_atomic
+from src.stages.params import RUNS_DIR, read_params, seed_dir
 
 RECORD = "stage.json"
 
@@ -40,14 +40,14 @@ def job_overrides(optimizer: str) -> list[str]:
 
 
 def config_hashes(optimizer: str, seeds: Sequence[int]) -> dict[int, str]:
-    """{seed: the config hash src.train will compute for that job} (src.resume.config_hash, which
+    """{seed: the config hash src.train will compute for that job} (src.training.resume.config_hash, which
     includes the sha256 of the MNIST file)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from src import data, resume
-    from src.config import CONFIG_DIR
+    from src.training import data, resume
+    from src.training.config import CONFIG_DIR
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=job_overrides(optimizer), return_hydra_config=True)
@@ -112,7 +112,7 @@ def train_seeds(optimizer: str, seeds: Sequence[int], runs_dir: Path) -> None:
 
 def run_stage(optimizer: str, runs_dir: Path = RUNS_DIR) -> list[int]:
     """Train what is missing, record each trained seed's hash, score every seed; return the seeds trained."""
-    from src import evaluate
+    from src.stages import evaluate
 
     _, seeds = read_params()  # fails on bad seeds before anything trains
     hashes = config_hashes(optimizer, seeds)

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from src.files import save_figure_atomic
-from src.stats import Summary
+from src.analysis.stats import Summary
+from src.infra.files import save_figure_atomic
 
 # One colour per optimizer of conf/optimizer/: matplotlib's tab10 for the first ten, then tab20's light
 # shades. .dvc/plots/*.json repeat this mapping as a vega-lite colour scale (tests/test_plots.py checks it).

@@ -6,7 +6,7 @@ writes:
 - `reports/hw3_q4.md`: per optimizer n, mean ± std of test accuracy over the seeds, the homework's number,
   the difference, where the homework's number falls among the seeds, and whether it is reproduced;
 - `reports/hw3_q4.png`: validation accuracy (mean ± std of the seeds) and the optimizer's effective step
-  size (median over the parameters of what each gradient is multiplied by, see src/update_rules.py) per
+  size (median over the parameters of what each gradient is multiplied by, see src/training/update_rules.py) per
   gradient step: the data behind "AdaGrad reached only ~53 %".
 
 "Reproduced" needs both (docs/homework.md says why):
@@ -14,7 +14,7 @@ writes:
 - the homework's number inside the 95 % prediction interval of one run, mean ± t(0.975, n-1) · std · √(1 + 1/n):
   the range a single further seed of this setup lands in 95 % of the time. The homework's number is one
   run, so that is the question to ask of it. It needs n >= 2: one seed has no spread.
-Which seeds count (finished, not diverged, with a test accuracy) is src/replicates.py's rule; the table
+Which seeds count (finished, not diverged, with a test accuracy) is src/analysis/replicates.py's rule; the table
 says which were left out and why. Both files are also logged to the sweep's parent run. An optimizer that
 is not reproduced is named in the last line printed (exit code 0: a finding, not a failure). Takes the
 same overrides as the sweep (e.g. `mlflow.tracking_uri=...`).
@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from src import replicates as rep
-from src import stats
-from src.errors import DataError, exit_on_user_error
-from src.files import markdown_table, write_text_atomic
+from src.analysis import replicates as rep
+from src.analysis import stats
+from src.infra.errors import DataError, exit_on_user_error
+from src.infra.files import markdown_table, write_text_atomic
 
 # Homework 3, Q4: test accuracy after training MNIST with each optimizer at Keras' defaults (one run each).
 HOMEWORK_ACCURACY = {"adam": 0.9384, "adagrad": 0.5277, "rmsprop": 0.9349}
@@ -205,7 +205,7 @@ def with_history(client: Any, seeds: Sequence[rep.Replicate], metrics: Sequence[
 def plot(seeds: Sequence[rep.Replicate], batch_size: int, steps_per_epoch: float, path: Path) -> None:
     """Validation accuracy (mean ± std of the seeds, the homework's test accuracy dotted) and effective
     step size per gradient step."""
-    from src import plots
+    from src.analysis import plots
 
     panels = [
         plots.Panel(
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     from mlflow import MlflowClient
 
     from src import tracking
-    from src.data import compose_config
+    from src.training.data import compose_config
 
     with exit_on_user_error():
         cfg = compose_config(["experiment=hw3_q4", *(sys.argv[1:] if argv is None else argv)])

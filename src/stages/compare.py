@@ -1,8 +1,8 @@
-"""`python -m src.compare [mlflow.register=true]`: the DVC `compare` stage, the optimizers side by side.
+"""`python -m src.stages.compare [mlflow.register=true]`: the DVC `compare` stage, the optimizers side by side.
 
 Every optimizer of params.yaml was trained once per seed (`runs/<name>/seed<k>/`) and scored on the test
-set (`reports/eval/<name>/scores.json`). This stage reads those files into replicates (src/replicates.py
-groups, compares and tabulates them; src/plots.py draws them) and writes:
+set (`reports/eval/<name>/scores.json`). This stage reads those files into replicates (src/analysis/replicates.py
+groups, compares and tabulates them; src/analysis/plots.py draws them) and writes:
 - reports/comparison.md: one row per optimizer (n, the seeds excluded and why, mean ± std and 95 % CI of
   test and best val accuracy, mean best/stopped epoch and train seconds), the verdict (each optimizer
   against the best: difference of means, its 95 % CI, resolved or not by Welch's t-test), the optimizers
@@ -15,7 +15,7 @@ groups, compares and tabulates them; src/plots.py draws them) and writes:
 
 In MLflow it opens one parent run for the comparison, makes every seed's training run its child (tagged
 `setting=optimizer=<name>`), logs the aggregates and the reports, and tags the best run; with
-`mlflow.register=true` (what dvc.yaml runs) the best run's model is registered (src/registry.py).
+`mlflow.register=true` (what dvc.yaml runs) the best run's model is registered (src/tracking/registry.py).
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ from typing import Any
 
 import yaml
 
-from src import replicate_tables as tables
-from src import replicates as rep
-from src.config import PROJECT_ROOT, flatten, shapes_training
-from src.errors import UserError, exit_on_user_error
-from src.evaluate import seed_scores
-from src.files import markdown_table, write_text_atomic
-from src.pipeline import read_params, seed_dir
+from src.analysis import replicates as rep
+from src.analysis import tables
+from src.infra.errors import UserError, exit_on_user_error
+from src.infra.files import markdown_table, write_text_atomic
+from src.stages.evaluate import seed_scores
+from src.stages.params import read_params, seed_dir
+from src.training.config import PROJECT_ROOT, flatten, shapes_training
 
 RUNS_DIR = PROJECT_ROOT / "runs"
 REPORTS_DIR = PROJECT_ROOT / "reports"
@@ -169,7 +169,7 @@ def verdict_lines(comparison: rep.Comparison, explain: bool = False) -> list[str
 
 
 def plot(comparison: rep.Comparison, reports_dir: Path) -> None:
-    from src import plots
+    from src.analysis import plots
 
     panels = []
     for metric, title in (("val_accuracy", "validation accuracy"), ("val_loss", "validation loss")):
@@ -194,7 +194,7 @@ def confusion_matrices(comparison: rep.Comparison, eval_dir: Path) -> list[tuple
     """(title, the test-set confusion summed over the counted seeds) per optimizer."""
     import numpy as np
 
-    from src.stats import format_mean_std
+    from src.analysis.stats import format_mean_std
 
     result = []
     for setting in comparison.settings:
@@ -305,7 +305,7 @@ def _fill_parent(
     if winner and winner.run_id in {run.run_id for run in children}:
         client.set_tag(parent_id, "best_child_run_id", winner.run_id)
         if settings.get("register"):
-            from src.registry import register_best
+            from src.tracking.registry import register_best
 
             message = register_best(winner.run_id, comparison.best_values(), settings.registered_model_name)
             if message:
@@ -313,18 +313,18 @@ def _fill_parent(
 
 
 def mlflow_config(overrides: list[str]) -> Any:
-    """conf/'s `mlflow` group with the command line's overrides (`python -m src.compare mlflow.register=true`)."""
+    """conf/'s `mlflow` group with the command line's overrides (`... mlflow.register=true`)."""
     from hydra.errors import HydraException
 
-    from src.config import validate
-    from src.data import compose_config
+    from src.training.config import validate
+    from src.training.data import compose_config
 
     try:
         cfg = compose_config(overrides)
     except HydraException as error:
         # One line: Hydra's next lines repeat the override (a password in it too) and list its search path
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise UserError(f"src.compare: {first_line}") from None
+        raise UserError(f"src.stages.compare: {first_line}") from None
     validate(cfg)  # mlflow.register, mlflow.registered_model_name: before any run exists
     return cfg.mlflow
 

@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from src.masking import mask_uri
+from src.infra.masking import mask_uri
 
 
 class UserError(Exception):

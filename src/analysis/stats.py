@@ -1,5 +1,5 @@
 """Seeds as replicates, the numbers: summarize a group of values, compare two groups, and say which
-differences the data resolves. Plain functions over numbers (no MLflow, no Keras); src/replicates.py
+differences the data resolves. Plain functions over numbers (no MLflow, no Keras); src/analysis/replicates.py
 groups runs into settings and calls them.
 
 The statistics:
@@ -101,7 +101,7 @@ def welch(setting: Sequence[float], best: Sequence[float], setting_name: str = "
 def seed_problem(seeds: Sequence[Any]) -> str | None:
     """What is wrong with a list of seeds used as replicates, or None: at least one, each an integer >= 0,
     none twice (a repeated seed trains the same run again and counts it as a second replicate). One rule
-    for a sweep's `train.seed=...` (src/tracking/sweep.py) and params.yaml's `seeds` (src/pipeline.py)."""
+    for a sweep's `train.seed=...` (src/tracking/sweep.py) and params.yaml's `seeds` (src/stages/params.py)."""
     if not seeds:
         return "holds no seed"
     for seed in seeds:

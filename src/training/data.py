@@ -1,4 +1,4 @@
-"""Fetch, verify and load MNIST. `python -m src.data [key=value ...]` is the DVC `fetch` stage.
+"""Fetch, verify and load MNIST (the DVC `fetch` stage is src/stages/fetch.py).
 
 The file written is Keras' own layout (`data/mnist.npz`: x_train, y_train, x_test, y_test, uint8). Every
 array is checked against known hashes before anything is written, so whatever source it came from,
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from src.errors import DataError
-from src.files import write_atomic
+from src.infra.errors import DataError
+from src.infra.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,8 @@ def fetch(
     raise DataError(
         "could not obtain MNIST; tried:\n  "
         + "\n  ".join(failures or ["no sources (data.sources is empty)"])
-        + "\nIf you have Keras' mnist.npz (~11 MB), pass it with: python -m src.data data.local_path=/path/to/mnist.npz"
+        + "\nIf you have Keras' mnist.npz (~11 MB), pass it with: "
+        "python -m src.stages.fetch data.local_path=/path/to/mnist.npz"
     )
 
 
@@ -216,12 +217,12 @@ def load_for_training(
     target = Path(data_dir) / FILE_NAME
     if not target.exists():
         if not fetch_if_missing:
-            raise DataError(f"{target} is missing; fetch it with `dvc repro fetch` (or `python -m src.data`)")
+            raise DataError(f"{target} is missing; fetch it with `dvc repro fetch` (or `python -m src.stages.fetch`)")
         fetch(data_dir, sources, local_path, cache_dir)
     try:
         return _load_verified_once(_file_identity(target)), target
     except DataError as error:
-        raise DataError(f"{error}; replace it with `python -m src.data`") from error
+        raise DataError(f"{error}; replace it with `python -m src.stages.fetch`") from error
 
 
 def _file_identity(path: Path) -> tuple[str, int, int, int, int]:
@@ -291,32 +292,7 @@ def compose_config(overrides: list[str]):
     """Compose conf/config.yaml with command-line overrides (Hydra's compose API: no output dirs)."""
     from hydra import compose, initialize_config_dir
 
-    from src.config import CONFIG_DIR
+    from src.training.config import CONFIG_DIR
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=overrides)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Fetch MNIST as configured by `data.*` (e.g. `python -m src.data data.local_path=~/mnist.npz`)."""
-    from hydra.errors import HydraException
-
-    from src.errors import UserError, exit_on_user_error
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = sys.argv[1:] if argv is None else argv
-    if any(arg in ("-h", "--help") for arg in args):
-        print(__doc__.strip() + "\n\nOverrides: data.dir=... data.sources=[pypi] data.local_path=... (see conf/data/)")
-        return
-    with exit_on_user_error():
-        try:
-            data = compose_config(args).data
-        except HydraException as error:
-            raise UserError(str(error)) from None  # reported masked: an override may carry a password
-        result = fetch(Path(data.dir), list(data.sources), data.local_path, Path(data.cache_dir))
-        state = "already present and verified" if result.source == "existing" else f"fetched from {result.source}"
-        print(f"MNIST {state}: {result.path}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,38 @@
+"""DVC stage `fetch`: MNIST in Keras' layout at data/mnist.npz, verified against known array hashes.
+
+`python -m src.stages.fetch [key=value ...]` takes the `data.*` overrides of conf/data/mnist.yaml; the
+sources, the hashes and the loading live in src/training/data.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from src.training.data import compose_config, fetch
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Fetch MNIST as configured by `data.*` (e.g. `python -m src.training.data data.local_path=~/mnist.npz`)."""
+    from hydra.errors import HydraException
+
+    from src.infra.errors import UserError, exit_on_user_error
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = sys.argv[1:] if argv is None else argv
+    if any(arg in ("-h", "--help") for arg in args):
+        print(__doc__.strip() + "\n\nOverrides: data.dir=... data.sources=[pypi] data.local_path=... (see conf/data/)")
+        return
+    with exit_on_user_error():
+        try:
+            data = compose_config(args).data
+        except HydraException as error:
+            raise UserError(str(error)) from None  # reported masked: an override may carry a password
+        result = fetch(Path(data.dir), list(data.sources), data.local_path, Path(data.cache_dir))
+        state = "already present and verified" if result.source == "existing" else f"fetched from {result.source}"
+        print(f"MNIST {state}: {result.path}")
+
+
+if __name__ == "__main__":
+    main()
