@@ -18,6 +18,13 @@ class RayClusterLauncher(RayLauncher):
         self.preflight_timeout_s = preflight_timeout_s
         self.unschedulable_timeout_s = unschedulable_timeout_s
 
+    @staticmethod
+    def preflight(config: DictConfig) -> None:
+        """Called by the sweep's MLflow callback before its parent run exists (src/tracking/sweep.py)."""
+        from src.infra.cluster import preflight
+
+        preflight(config)
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from src.infra.cluster import launch
 

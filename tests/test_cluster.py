@@ -10,11 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from src.infra.cluster import check_launcher_found, check_store
+from src.infra.cluster import check_store
 from src.infra.errors import ConfigError
 from src.infra.mlflow_server import check_exposure
+from src.tracking.sweep import launcher_preflight
 
 
 def test_a_file_store_is_refused_with_a_server_command_that_starts() -> None:
@@ -64,17 +65,24 @@ def test_the_refusal_masks_a_password() -> None:
     assert "s3cret" not in str(refused.value) and "ana:***@" in str(refused.value)
 
 
+def sweep_config(target: str) -> DictConfig:
+    return OmegaConf.create(
+        {"hydra": {"launcher": {"_target_": target}, "runtime": {"choices": {"hydra/launcher": "ray_cluster"}}}}
+    )
+
+
 def test_the_projects_launcher_is_found_from_its_folder_and_named_when_not(monkeypatch: pytest.MonkeyPatch) -> None:
     """hydra_plugins/ is not an installed package: from another folder, without PYTHONPATH, Hydra could
     not import the launcher, and would say so only after the sweep's parent run exists."""
-    launcher = OmegaConf.create({"_target_": "hydra_plugins.ray_cluster_launcher.RayClusterLauncher"})
-    check_launcher_found(launcher)  # the project's folder is on sys.path here, as with `python -m` from it
+    basic = sweep_config("hydra._internal.core_plugins.basic_launcher.BasicLauncher")
+    launcher_preflight(basic)  # Hydra's own launcher has no pre-flight: nothing to check
 
     project = str(Path(__file__).resolve().parent.parent)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", project)])
     monkeypatch.delitem(sys.modules, "hydra_plugins.ray_cluster_launcher", raising=False)
     with pytest.raises(ConfigError) as refused:
-        check_launcher_found(launcher)
-    assert f"PYTHONPATH={project}" in str(refused.value)
-    # an installed launcher (hydra-ray-launcher's) is not the project's to check
-    check_launcher_found(OmegaConf.create({"_target_": "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"}))
+        launcher_preflight(sweep_config("hydra_plugins.ray_cluster_launcher.RayClusterLauncher"))
+    assert f"PYTHONPATH={project}" in str(refused.value) and "hydra/launcher=ray_cluster" in str(refused.value)
+    with pytest.raises(ConfigError) as refused:
+        launcher_preflight(sweep_config("no_such_package.Launcher"))
+    assert "install the package" in str(refused.value)

@@ -189,3 +189,6 @@ def test_the_stages_are_found_and_their_imports_followed() -> None:
     assert "src/analysis/stats.py" in missing_deps(PROJECT_ROOT / "dvc.yaml", stale)
     with_folder = {**found["compare"], "deps": [*found["compare"]["deps"], "src/tracking"]}
     assert needless_deps(PROJECT_ROOT / "dvc.yaml", with_folder) == ["src/tracking"]
+    # the Ray pre-flight lives with its launcher: no training stage and no part of tracking imports it
+    for stage in ("src.stages.train", "src.fair.stage"):
+        assert "src.infra.cluster" not in modules_run_by(stage), stage

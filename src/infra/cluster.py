@@ -56,40 +56,11 @@ class JobLost(RuntimeError):
     """A job that did not finish on the cluster: its node was lost, or no alive node can take it."""
 
 
-def is_ray_launcher(launcher: DictConfig) -> bool:
-    """hydra/launcher=ray (hydra-ray-launcher's RayLauncher) or ray_cluster (hydra_plugins/ray_cluster_launcher.py)."""
-    target = str(launcher.get("_target_", ""))
-    return target.endswith((".ray_launcher.RayLauncher", ".ray_cluster_launcher.RayClusterLauncher"))
-
-
 def ray_address(launcher: DictConfig) -> str | None:
     """The cluster a Ray launcher joins, or None for a private instance that ray.init starts itself."""
     init = launcher.get("ray", {}).get("init") or {}
     address = init.get("address") or os.environ.get("RAY_ADDRESS")
     return None if address in (None, "", "local") else str(address)
-
-
-def check_launcher_found(launcher: DictConfig) -> None:
-    """The project's own launcher (hydra_plugins/ray_cluster_launcher.py) is a portion of Hydra's
-    `hydra_plugins` namespace found only when the project's folder is on sys.path, as with `python -m` from
-    it (it is not installed as a package: docs/scaling.md). Checked before the sweep's parent run exists:
-    Hydra would fail on it after that run is created."""
-    import importlib.util
-
-    target = str(launcher.get("_target_", ""))
-    module = target.rpartition(".")[0]
-    project = Path(__file__).resolve().parents[2]
-    if not module.startswith("hydra_plugins.") or not (project / f"{module.replace('.', '/')}.py").is_file():
-        return  # a launcher installed with its own package
-    try:
-        found = importlib.util.find_spec(module) is not None
-    except ImportError:  # no `hydra_plugins` at all on sys.path
-        found = False
-    if not found:
-        raise ConfigError(
-            f"hydra.launcher._target_={target} is not importable from {Path.cwd()}: start the sweep from the "
-            f"project's folder ({project}) or set PYTHONPATH={project}"
-        )
 
 
 def check_store(tracking_uri: str, address: str, launcher_name: str) -> None:
@@ -233,23 +204,15 @@ def probe(remote: Mapping[str, Any], timeout: float) -> tuple[str, str]:
 
 
 def preflight(config: DictConfig) -> None:
-    """Before a sweep with a Ray launcher creates its parent run: the checks of the module docstring.
-
-    The project's launcher must be importable first; a private Ray instance (no address) needs nothing
-    more; the plugin's own `hydra/launcher=ray` only gets the store check, `hydra/launcher=ray_cluster` all.
-    """
+    """The checks of the module docstring, before the sweep's parent run exists (RayClusterLauncher.preflight,
+    called by the sweep's MLflow callback). A private Ray instance (no address) needs none of them."""
     launcher = config.hydra.launcher
-    if not is_ray_launcher(launcher):
-        return
-    check_launcher_found(launcher)
     address = ray_address(launcher)
     if address is None:
         return
     tracking_uri = str(config.mlflow.tracking_uri)
-    launcher_name = str(config.hydra.runtime.choices.get("hydra/launcher", "ray"))
+    launcher_name = str(config.hydra.runtime.choices.get("hydra/launcher", "ray_cluster"))
     check_store(tracking_uri, address, launcher_name)
-    if "preflight_timeout_s" not in launcher:  # the plugin's own launcher
-        return
     check_answers(address)
     connect(launcher, tracking_uri)
     remote = OmegaConf.to_container(launcher.ray.remote, resolve=True) or {}

@@ -16,14 +16,13 @@ from omegaconf import DictConfig
 
 from src.analysis.replicates import log_aggregates
 from src.analysis.stats import SEED_KEY, seed_problem
-from src.infra.cluster import preflight
 from src.infra.errors import ConfigError, exit_on_user_error
 from src.infra.files import write_text_atomic
 from src.tracking.job import SWEEP_ENV, override_key, ship_to_jobs
 from src.tracking.links import children_url
 from src.tracking.store import mask_uri, use_experiment
 from src.tracking.summary import SweepSummary, summarize_sweep
-from src.training.config import validate
+from src.training.config import PROJECT_ROOT, validate
 
 # The child tag naming its setting group: MLflow's runs table groups the seeds of a setting by it.
 SETTING_TAG = "setting"
@@ -75,6 +74,34 @@ def validate_sweep(config: DictConfig) -> tuple[list[str], int]:
     return swept, len(jobs)
 
 
+def launcher_preflight(config: DictConfig) -> None:
+    """Import the sweep's launcher class and run its `preflight(config)`, if it has one, before the parent
+    run exists: a launcher that runs jobs elsewhere (hydra_plugins/ray_cluster_launcher.py) checks there that
+    they can start and reach the store. Hydra would import the class only after the parent run is created,
+    and fail there. The class names its own checks, so tracking knows nothing of Ray."""
+    from hydra.utils import get_class
+
+    target = str(config.hydra.launcher.get("_target_", ""))
+    try:
+        launcher_class = get_class(target)
+    except Exception as error:  # Hydra wraps the ImportError; its message says what was missing
+        choice = config.hydra.runtime.choices.get("hydra/launcher", "?")
+        module_file = PROJECT_ROOT / f"{target.rpartition('.')[0].replace('.', '/')}.py"
+        local = target.startswith("hydra_plugins.") and module_file.is_file()
+        advice = (
+            f"it is this project's (hydra_plugins/), found only from the project's folder: start the sweep from "
+            f"{PROJECT_ROOT} or set PYTHONPATH={PROJECT_ROOT}"
+            if local
+            else "install the package that provides it (make install installs the Ray launcher)"
+        )
+        raise ConfigError(
+            f"hydra/launcher={choice}: hydra.launcher._target_={target} is not importable from {Path.cwd()}: {advice}"
+        ) from error
+    check = getattr(launcher_class, "preflight", None)
+    if callable(check):
+        check(config)
+
+
 class MlflowSweepCallback(Callback):
     """Hydra callback: a multirun is one MLflow parent run; each job's run becomes its child."""
 
@@ -93,7 +120,7 @@ class MlflowSweepCallback(Callback):
 
         with exit_on_user_error():
             self.swept, job_count = validate_sweep(config)
-            preflight(config)  # a Ray cluster launcher: store, address, resources, runtime_env (src/infra/cluster.py)
+            launcher_preflight(config)  # e.g. the Ray cluster's: store, address, resources, runtime_env
         if not self.swept:  # another sweeper (Optuna): it draws the values of its params
             self.swept = [override_key(key) for key in (config.hydra.sweeper.get("params") or {})]
         self.register = bool(config.mlflow.get("register", False))
