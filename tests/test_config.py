@@ -108,6 +108,8 @@ def test_default_config_is_valid() -> None:
 BAD_VALUES = [
     ("optimizer.learning_rate=0", "optimizer.learning_rate=0"),
     ("optimizer.learning_rate=-0.1", "optimizer.learning_rate=-0.1"),
+    ("optimizer.learning_rate=inf", "optimizer.learning_rate=inf"),  # a setting is finite (src/infra/predicates.py)
+    ("callbacks.early_stopping.min_delta=inf", "callbacks.early_stopping.min_delta=inf"),
     ("optimizer.beta_1=1.5", "optimizer.beta_1=1.5"),
     ("callbacks.early_stopping.patience=-1", "callbacks.early_stopping.patience=-1"),
     ("data.val_split=0", "data.val_split=0"),

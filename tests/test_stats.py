@@ -99,14 +99,3 @@ def test_formatting_of_a_summary_and_an_interval():
     assert stats.format_interval(0.1, 0.2) == "10.00 … 20.00"
     assert stats.format_interval(-0.001, 0.002, signed=True) == "-0.10 … +0.20"
     assert stats.format_interval(math.nan, 0.2) == "n/a"
-    assert stats.is_number(1) and not stats.is_number(True) and not stats.is_number(math.nan)
-    assert not stats.is_number(None) and not stats.is_number("1")
-
-
-def test_seed_problem_is_one_rule_for_sweeps_and_params_yaml():
-    assert stats.seed_problem([3, 1, 2]) is None
-    assert stats.seed_problem([]) == "holds no seed"
-    assert stats.seed_problem([1, 2.5]) == "holds 2.5, not a non-negative integer"
-    assert stats.seed_problem([True]) == "holds True, not a non-negative integer"
-    assert stats.seed_problem([-1]) == "holds -1, not a non-negative integer"
-    assert stats.seed_problem([1, 2, 1, 2]) == "repeats 1, 2"

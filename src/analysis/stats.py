@@ -16,7 +16,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+
+# Number predicates live in src/infra/predicates.py. These two names stay importable from here only until
+# src/tracking/sweep.py (seed_problem), src/analysis/replicates.py and src/analysis/tables.py (is_number)
+# import them from there.
+from src.infra.predicates import is_recorded_number as is_number  # noqa: F401
+from src.infra.predicates import seed_problem  # noqa: F401
 
 CONFIDENCE = 0.95
 ALPHA = 1 - CONFIDENCE
@@ -98,21 +103,6 @@ def welch(setting: Sequence[float], best: Sequence[float], setting_name: str = "
     )
 
 
-def seed_problem(seeds: Sequence[Any]) -> str | None:
-    """What is wrong with a list of seeds used as replicates, or None: at least one, each an integer >= 0,
-    none twice (a repeated seed trains the same run again and counts it as a second replicate). One rule
-    for a sweep's `train.seed=...` (src/tracking/sweep.py) and params.yaml's `seeds` (src/stages/params.py)."""
-    if not seeds:
-        return "holds no seed"
-    for seed in seeds:
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            return f"holds {seed!r}, not a non-negative integer"
-    repeated = sorted({seed for seed in seeds if list(seeds).count(seed) > 1})
-    if repeated:
-        return "repeats " + ", ".join(map(str, repeated))
-    return None
-
-
 def compare_to_best(
     groups: Mapping[str, Sequence[float]], higher_is_better: bool = True
 ) -> tuple[str | None, list[Difference]]:
@@ -177,11 +167,6 @@ def verdict_line(difference: Difference, unit: str = "pp", scale: float = 100.0)
     verdict = "resolved" if d.resolved else "not resolved"
     p_value = f"p = {d.p_value:.2g}" if math.isnan(d.p_adjusted) else f"Holm-adjusted p = {d.p_adjusted:.2g}"
     return f"{head} (95 % CI {interval}), {verdict} with {seeds} (Welch's t-test, {p_value})"
-
-
-def is_number(value: Any) -> bool:
-    """A real metric value: an int or float that is not nan (a bool, None or a string is not)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
 
 
 def expected_max(scores: Sequence[float], budget: int) -> float:

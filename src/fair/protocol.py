@@ -10,7 +10,6 @@ StopOnDivergence), and nothing writes files a trial does not need (checkpoints, 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +17,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from src.analysis.stats import seed_problem
 from src.infra.errors import ConfigError
+from src.infra.predicates import is_finite_number, is_integer, seed_problem
 from src.training.config import CONFIG_DIR, validate
 
 GROUP = "fair"
@@ -56,14 +55,6 @@ def _fail(key: str, value: Any, allowed: str) -> ConfigError:
     return ConfigError(f"fair.{key}={value!r} is invalid: {allowed}")
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _name_list(key: str, value: Any, folder: str) -> tuple[str, ...]:
     allowed = _names(folder)
     what = f"a non-empty list of distinct names of conf/{folder}/*.yaml ({', '.join(allowed)})"
@@ -83,7 +74,7 @@ def read_protocol(fair: Mapping[str, Any]) -> Protocol:
     if not isinstance(grid, list) or not grid:
         raise _fail("lr_grid", grid, "a non-empty list of learning rates > 0, e.g. [1.0e-04, 1.0e-03, 1.0e-02]")
     for lr in grid:
-        if not _is_number(lr) or lr <= 0:
+        if not is_finite_number(lr) or lr <= 0:
             raise _fail("lr_grid", grid, f"{lr!r} is not a number > 0; every learning rate must be > 0")
     if len({float(lr) for lr in grid}) != len(grid):
         raise _fail("lr_grid", grid, "a learning rate is listed twice; list each once")
@@ -93,7 +84,7 @@ def read_protocol(fair: Mapping[str, Any]) -> Protocol:
         why = problem or "holds fewer than 2 seeds (one seed resolves nothing)"
         raise _fail("judge_seeds", seeds, f"{why}; use at least 2 distinct integers >= 0, e.g. [1, 2, 3, 4, 5]")
     for key, minimum in (("tune_seed", 0), ("epochs", 1), ("batch_size", 1), ("bootstrap", 1)):
-        if not _is_int(fair.get(key)) or fair.get(key) < minimum:
+        if not is_integer(fair.get(key)) or fair.get(key) < minimum:
             raise _fail(key, fair.get(key), f"use an integer >= {minimum}")
     targets = fair.get("targets")
     if not isinstance(targets, Mapping):
@@ -104,7 +95,7 @@ def read_protocol(fair: Mapping[str, Any]) -> Protocol:
         if not isinstance(values, list) or not values:
             raise _fail(f"targets.{workload}", values, "a non-empty list of validation accuracies in (0, 1]")
         for value in values:
-            if not _is_number(value) or not 0 < value <= 1:
+            if not is_finite_number(value) or not 0 < value <= 1:
                 raise _fail(f"targets.{workload}", values, f"{value!r} is outside (0, 1]; targets are accuracies")
         chosen[workload] = tuple(float(v) for v in values)
     name = fair.get("experiment_name")

@@ -12,8 +12,6 @@ numpy only, no Keras; tests/test_backprop.py checks it against TensorFlow's auto
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 
 import hydra
@@ -21,6 +19,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from src.infra.errors import ConfigError, exit_on_user_error
+from src.infra.predicates import is_finite_number
 from src.training.config import CONFIG_DIR
 
 KEYS = ("x0", "x1", "y", "w0", "w1", "b", "lr")
@@ -68,7 +67,7 @@ def _values(cfg: DictConfig) -> dict[str, float]:
     problems = [f"unknown key {key!r}; the keys are {', '.join(KEYS)}" for key in unknown]
     for key in KEYS:
         value = cfg.get(key)
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        if not is_finite_number(value):
             problems.append(f"{key}={value!r} is invalid: use a finite number")
     if problems:
         raise ConfigError("; ".join(problems))

@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from src.analysis.stats import seed_problem
 from src.infra.errors import ConfigError
+from src.infra.predicates import seed_problem
 from src.training.config import PROJECT_ROOT
 
 PARAMS_FILE = PROJECT_ROOT / "params.yaml"

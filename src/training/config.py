@@ -6,7 +6,6 @@ MLflow run), so a typo costs a second, not a training run.
 
 from __future__ import annotations
 
-import numbers
 import posixpath
 import re
 from collections.abc import Iterator, Mapping
@@ -16,6 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from src.infra.errors import ConfigError
+from src.infra.predicates import is_finite_number, is_integer
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = PROJECT_ROOT / "conf"
@@ -80,14 +80,6 @@ def training_tree(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     }
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 class _Checker:
     """Collects every problem of a config so that one error lists them all."""
 
@@ -98,13 +90,13 @@ class _Checker:
         self.problems.append(f"{key}={value!r} is invalid: {allowed}")
 
     def integer(self, key: str, value: Any, minimum: int) -> None:
-        if not _is_int(value) or value < minimum:
+        if not is_integer(value) or value < minimum:
             self.fail(key, value, f"use an integer >= {minimum}")
 
     def number(
         self, key: str, value: Any, low: float, high: float | None = None, *, low_open: bool, high_open: bool = True
     ) -> None:
-        ok = _is_number(value) and (value > low if low_open else value >= low)
+        ok = is_finite_number(value) and (value > low if low_open else value >= low)
         if ok and high is not None:
             ok = value < high if high_open else value <= high
         if not ok:
@@ -117,7 +109,7 @@ class _Checker:
             self.fail(key, value, "use one of " + ", ".join(str(a) for a in allowed))
 
     def frequency(self, key: str, value: Any, words: tuple[str, ...]) -> None:
-        if value not in words and not (_is_int(value) and value >= 1):
+        if value not in words and not (is_integer(value) and value >= 1):
             self.fail(key, value, f"use {' or '.join(repr(w) for w in words)} or an integer >= 1")
 
 
@@ -191,7 +183,7 @@ def _check_model(check: _Checker, model: Mapping[str, Any]) -> None:
     for key in ("hidden_units", "filters"):
         if key in model:
             units = model[key]
-            if not isinstance(units, list) or not units or not all(_is_int(u) and u >= 1 for u in units):
+            if not isinstance(units, list) or not units or not all(is_integer(u) and u >= 1 for u in units):
                 check.fail(f"model.{key}", units, "use a non-empty list of integers >= 1, e.g. [128]")
     if "kernel_size" in model:
         check.integer("model.kernel_size", model["kernel_size"], 1)
@@ -205,7 +197,7 @@ def _check_data(check: _Checker, data: Mapping[str, Any]) -> None:
     limit = data.get("limit")
     if limit is not None:
         check.integer("data.limit", limit, 1)
-        if _is_int(limit) and limit >= 1 and _is_number(val_split) and 0 < val_split < 1:
+        if is_integer(limit) and limit >= 1 and is_finite_number(val_split) and 0 < val_split < 1:
             n_val = int(round(limit * val_split))
             if n_val < 1 or n_val >= limit:
                 check.fail(
