@@ -10,8 +10,7 @@ from typing import Any
 from src.analysis import plots, stats
 from src.analysis import tables as replicate_tables
 from src.fair import protocol as fair
-from src.fair.report import (
-    COMPARED,
+from src.fair.results import (
     WorkloadResult,
     edge_lines,
     epochs_to_target,
@@ -116,8 +115,8 @@ def summary_rows(workload: WorkloadResult) -> list[list[Any]]:
     rows = []
     for result in workload.optimizers:
         tuned, default = workload.tuned.setting(result.optimizer), workload.default.setting(result.optimizer)
-        t = tuned.summaries.get(COMPARED) if tuned else None
-        d = default.summaries.get(COMPARED) if default else None
+        t = tuned.summaries.get(tuned.metric) if tuned else None
+        d = default.summaries.get(default.metric) if default else None
         g = gain(result)
         row: list[Any] = [workload.workload, result.optimizer, result.default_lr, d.mean if d else None]
         row += [result.selection.best_lr, t.n if t else 0]

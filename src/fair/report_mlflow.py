@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from src.analysis import replicates
 from src.fair import protocol as fair
-from src.fair.report import WorkloadResult, gain
+from src.fair.results import WorkloadResult, gain
 
 
 def _children(results: Sequence[WorkloadResult]) -> dict[str, dict[str, str]]:
