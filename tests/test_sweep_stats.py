@@ -1,4 +1,4 @@
-"""Seeds as replicates in Hydra sweeps: the parent's grouped summary, aggregates, verdict and setting tags.
+"""Seeds as replicates in Hydra sweeps: the parent's grouped summary, verdict, best and the children's setting tags.
 
 The fast tests summarize MLflow Run entities built by hand (values chosen so the statistics can be checked
 by hand); the slow ones run real sweeps (`python -m src.train -m ...`) into a real SQLite store.
@@ -154,36 +154,48 @@ def test_done_when_sweep_prints_the_grouped_summary_and_verdict(seed_sweep) -> N
     assert out.count("| FINISHED |") == 6  # the per-seed table
 
 
+def settings_rows(folder: Path) -> dict[str, dict[str, str]]:
+    """summary.csv of the sweep written under `folder`/multirun, by setting (what the parent's artifact holds)."""
+    rows = csv.DictReader(io.StringIO((folder / "multirun" / "summary.csv").read_text()))
+    return {row["setting"]: row for row in rows}
+
+
 @pytest.mark.slow
-def test_parent_holds_aggregates_by_setting_and_children_their_setting_tag(seed_sweep) -> None:
+def test_parent_holds_the_summary_and_the_best_and_children_their_setting_tag(seed_sweep) -> None:
     folder, _ = seed_sweep
     parent, children = parent_and_children(folder)
     assert parent.info.status == "FINISHED" and len(children) == 6
-    metrics = parent.data.metrics
+    rows = settings_rows(folder)
     groups: dict[str, list[Run]] = {}
     for child in children:
         assert child.data.tags["setting"] == f"optimizer={child.data.params['optimizer']}"
         groups.setdefault(child.data.tags["setting"], []).append(child)
     for label, members in groups.items():
-        name = label.replace("=", ":")
         test = [c.data.metrics["test_accuracy"] for c in members]
         mean = sum(test) / 3
         std = math.sqrt(sum((v - mean) ** 2 for v in test) / 2)
-        assert metrics[f"test_accuracy_n/{name}"] == 3
-        assert metrics[f"test_accuracy_mean/{name}"] == pytest.approx(mean, abs=1e-12)
-        assert metrics[f"test_accuracy_std/{name}"] == pytest.approx(std, abs=1e-12)
-        assert metrics[f"test_accuracy_ci_high/{name}"] == pytest.approx(mean + T_975_DF2 * std / math.sqrt(3))
+        row = rows[label]  # CSV numbers are rounded to 5 decimals
+        assert row["n"] == "3"
+        assert float(row["test_accuracy_mean"]) == pytest.approx(mean, abs=1e-5)
+        assert float(row["test_accuracy_std"]) == pytest.approx(std, abs=1e-5)
+        assert float(row["test_accuracy_ci_high"]) == pytest.approx(mean + T_975_DF2 * std / math.sqrt(3), abs=1e-5)
         val = [c.data.metrics["best_val_accuracy"] for c in members]
-        assert metrics[f"best_val_accuracy_mean/{name}"] == pytest.approx(sum(val) / 3, abs=1e-12)
-        assert metrics[f"train_seconds_mean/{name}"] > 0 and metrics[f"stopped_epoch_mean/{name}"] == 2
-    means = {label: sum(c.data.metrics["test_accuracy"] for c in members) for label, members in groups.items()}
+        assert float(row["best_val_accuracy_mean"]) == pytest.approx(sum(val) / 3, abs=1e-5)
+        assert float(row["train_seconds_mean"]) > 0 and float(row["stopped_epoch_mean"]) == 2
+    means = {label: sum(c.data.metrics["test_accuracy"] for c in members) / 3 for label, members in groups.items()}
     best = max(means, key=means.get)
     best_seed = max(groups[best], key=lambda c: c.data.metrics["best_val_accuracy"])
     tags = parent.data.tags
     assert tags["best_setting"] == best and tags["best_child_run_id"] == best_seed.info.run_id
+    assert tags["best_child_run_name"] == best_seed.info.run_name
     other = [c.data.metrics["test_accuracy"] for label, ms in groups.items() if label != best for c in ms]
     resolved = stats.welch(other, [c.data.metrics["test_accuracy"] for c in groups[best]]).resolved
     assert tags["best_resolved"] == str(resolved).lower()
+    # the parent's numbers: the two a search sorts parents on, not one chart per setting and statistic
+    assert parent.data.metrics == {
+        "best_setting_test_accuracy_mean": pytest.approx(means[best], abs=1e-12),
+        "best_val_accuracy": best_seed.data.metrics["best_val_accuracy"],
+    }
 
 
 @pytest.mark.slow
@@ -224,10 +236,10 @@ def test_a_failed_and_a_diverged_seed_are_excluded_and_the_others_reported(
     assert parent.info.status == "FAILED" and parent.data.tags["failed_jobs"] == "1"
     assert [c.info.status for c in children] == ["FINISHED"] * 3 + ["FAILED"] + ["FINISHED"] * 4
     assert all(c.data.tags["setting"] == f"optimizer={c.data.params['optimizer']}" for c in children)
-    metrics = parent.data.metrics
-    assert metrics["test_accuracy_n/optimizer:adam"] == 3 and metrics["test_accuracy_n/optimizer:rmsprop"] == 3
+    rows = settings_rows(tmp_path)
+    assert rows["optimizer=adam"]["n"] == "3" and rows["optimizer=rmsprop"]["n"] == "3"
     counted = [c.data.metrics["test_accuracy"] for c in children[4:] if c.info.run_id != diverged.info.run_id]
-    assert metrics["test_accuracy_mean/optimizer:rmsprop"] == pytest.approx(sum(counted) / 3, abs=1e-12)
+    assert float(rows["optimizer=rmsprop"]["test_accuracy_mean"]) == pytest.approx(sum(counted) / 3, abs=1e-5)
     assert parent.data.tags["best_child_run_id"] not in (diverged.info.run_id, children[3].info.run_id)
     diverged_seed = diverged.data.params["train.seed"]
     assert "| adam | 3 | seed 4 (failed) |" in result.stdout
@@ -244,7 +256,9 @@ def test_seeds_alone_are_one_group_and_adopted_runs_get_this_sweeps_setting(
     assert "| all | 3 |" in result.stdout and "Only one setting (all): nothing to compare." in result.stdout
     assert [c.data.params["optimizer"] for c in children] == ["adam"] * 3  # adopted, not trained again
     assert [c.data.tags["setting"] for c in children] == ["all"] * 3
-    assert parent.data.metrics["test_accuracy_n/all"] == 3 and parent.data.tags["best_resolved"] == "false"
+    assert settings_rows(tmp_path)["all"]["n"] == "3" and parent.data.tags["best_resolved"] == "false"
+    mean = sum(c.data.metrics["test_accuracy"] for c in children) / 3
+    assert parent.data.metrics["best_setting_test_accuracy_mean"] == pytest.approx(mean, abs=1e-12)
 
 
 @pytest.mark.slow

@@ -1,15 +1,16 @@
 """Runs as replicates of settings: the one place that says which runs count, groups them by setting,
-compares the settings and turns the result into tables, CSV, MLflow metrics and mean ± std curves.
+compares the settings on the verdict metric and gives the mean ± std curves.
 
 The sweep summary (src/tracking/summary.py), the DVC comparison (src/stages/compare.py), the homework report
 (src/homework/report.py) and the fair protocol read their runs into `Replicate` records and call this module;
 src/analysis/stats.py does the numbers. The rules, once:
 - a run *counts* when it ended FINISHED, did not diverge, and has a finite value of the compared metric;
   every other run is listed with the reason (`seed 3 (diverged)`) and counted in no statistic;
-- settings are compared on the mean of the compared metric (test accuracy), each against the best, by
-  Welch's t-test, optionally Holm-corrected over those pairs; the run to keep is the best setting's run
-  with the highest best validation accuracy (runs are chosen on validation data, settings judged on test);
-Its rows for markdown and CSV are in src/analysis/tables.py.
+- settings are compared on the mean of the verdict metric (VERDICT_METRIC, test accuracy), each against the
+  best, by Welch's t-test, optionally Holm-corrected over those pairs; the run to keep is the best setting's
+  run with the highest best validation accuracy (runs are chosen on validation data, settings judged on test).
+Its rows for markdown and CSV are in src/analysis/tables.py; what an MLflow parent run shows of a comparison
+is src/tracking/parent.py's.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ FINISHED, DIVERGED = "FINISHED", "diverged"
 RUN_METRICS = ("test_accuracy", "best_val_accuracy", "best_epoch", "stopped_epoch", "train_seconds")
 SPREAD_METRICS = ("test_accuracy", "best_val_accuracy")  # summarized as mean ± std and 95 % CI
 MEAN_METRICS = ("best_epoch", "stopped_epoch", "train_seconds")  # summarized by their mean
-VERDICT_METRIC = "test_accuracy"  # settings are compared on it
+VERDICT_METRIC = "test_accuracy"  # settings are compared on it: THE verdict metric (a Comparison's default)
 SELECT_METRIC = "best_val_accuracy"  # the run to keep is chosen on it
 HOLM = "holm"
 MORE_SEEDS = "`train.seed=1,2,3` in a sweep, `seeds: [1, 2, 3]` in params.yaml"
@@ -80,14 +81,6 @@ def excluded_text(replicates: Iterable[Replicate], metric: str = VERDICT_METRIC,
 def setting_label(keys: Sequence[str], values: Sequence[Any]) -> str:
     """`optimizer=adam,train.batch_size=64`: a setting's name; `all` when only the seed varied."""
     return ",".join(f"{key}={value}" for key, value in zip(keys, values, strict=True)) or "all"
-
-
-def metric_name(metric: str, stat: str, label: str) -> str:
-    """The MLflow metric of one setting's aggregate: `test_accuracy_mean/optimizer:adam train.epochs:5`.
-    MLflow's UI groups charts by the part before "/", and metric names may not hold "=" or ","."""
-    safe = label.replace("=", ":").replace(",", " ")
-    safe = "".join(c if c.isalnum() or c in "_-. /:" else "_" for c in safe)
-    return f"{metric}_{stat}/{safe}"
 
 
 @dataclass(frozen=True)
@@ -274,35 +267,6 @@ def _or_lowest(value: float | None) -> float:
 
 def _percent(value: float | None) -> str:
     return f"{value * 100:.2f}" if value is not None else "n/a"
-
-
-def aggregate_metrics(comparison: Comparison) -> dict[str, float]:
-    """The per-setting metrics of a parent run, for MlflowClient.log_batch: `<metric>_mean/<label>` and
-    `_n`, plus `_std`, `_ci_low`, `_ci_high` where n >= 2 (MLflow gets no nan), and MEAN_METRICS' means."""
-    metrics: dict[str, float] = {}
-    for setting in comparison.settings:
-        for metric in SPREAD_METRICS:
-            s = setting.summaries.get(metric)
-            if s is None:
-                continue
-            metrics[metric_name(metric, "mean", setting.label)] = s.mean
-            metrics[metric_name(metric, "n", setting.label)] = float(s.n)
-            if s.n >= 2:
-                for stat in ("std", "ci_low", "ci_high"):
-                    metrics[metric_name(metric, stat, setting.label)] = getattr(s, stat)
-        for metric in MEAN_METRICS:
-            if metric in setting.summaries:
-                metrics[metric_name(metric, "mean", setting.label)] = setting.summaries[metric].mean
-    return metrics
-
-
-def log_aggregates(client: Any, run_id: str, comparison: Comparison) -> None:
-    """Log aggregate_metrics to `run_id` in batches (MLflow takes at most 1000 metrics per call)."""
-    from mlflow.entities import Metric
-
-    metrics = [Metric(key, value, 0, 0) for key, value in aggregate_metrics(comparison).items()]
-    for start in range(0, len(metrics), 1000):
-        client.log_batch(run_id, metrics=metrics[start : start + 1000])
 
 
 def from_mlflow_run(run: Any, keys: Sequence[str], seed_key: str = stats.SEED_KEY, tag_prefix: str = "") -> Replicate:

@@ -13,8 +13,8 @@ groups, compares and tabulates them; src/analysis/plots.py draws them) and write
 - reports/curves.json (val_accuracy and val_loss per epoch and seed, for DVC's plots), reports/curves.png
   (mean ± 1 std over the seeds) and reports/confusion_grid.png (test-set confusion summed over the seeds).
 
-In MLflow it opens one parent run for the comparison, makes every seed's training run its child (tagged
-`setting=optimizer=<name>`), logs the aggregates and the reports, and tags the best run; with
+In MLflow it opens one parent run for the comparison (src/tracking/parent.py), makes every seed's training run
+its child (tagged `setting=optimizer=<name>`), logs the reports, and tags the best run; with
 `mlflow.register=true` (what dvc.yaml runs) the best run's model is registered (src/tracking/registry.py).
 """
 
@@ -247,69 +247,38 @@ def compare(
 
 
 def log_to_mlflow(comparison: rep.Comparison, reports_dir: Path, settings: Any) -> str | None:
-    """One parent run per comparison; every seed's training run found in the store becomes its child.
-    `settings`: conf/'s `mlflow` group (store, experiment, register, registered_model_name)."""
+    """One parent run per comparison; every seed's training run found in the store becomes its child,
+    tagged with its setting; the reports are its artifacts, the best run is tagged (and, with
+    `mlflow.register=true`, registered). `settings`: conf/'s `mlflow` group (store, experiment, register,
+    registered_model_name). None when no seed's run is in this store."""
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
     from src.tracking import use_experiment
+    from src.tracking.parent import SETTING_TAG, existing_runs, open_parent
 
     experiment_id = use_experiment(settings)  # the store and experiment `src.train` used
     client = MlflowClient()
-    children = []
-    for run in comparison.replicates:
-        try:
-            if run.run_id and client.get_run(run.run_id):
-                children.append(run)
-        except MlflowException:  # runs/ came from `dvc pull`, the runs from another store
-            continue
+    found = existing_runs(client, (run.run_id for run in comparison.replicates))
+    children = [run for run in comparison.replicates if run.run_id in found]
     if not children:
         return None
     names = ",".join(s.values["optimizer"] for s in comparison.settings)
     seeds = ",".join(map(str, sorted({r.seed for r in comparison.replicates})))
-    parent = client.create_run(
-        experiment_id, run_name=f"dvc compare: {names}, seeds {seeds}", tags={"dvc_stage": "compare", "sweep": "parent"}
-    )
-    parent_id = parent.info.run_id
-    try:
-        _fill_parent(client, parent_id, comparison, children, reports_dir, settings)
-    except BaseException as error:  # never leave the comparison's parent RUNNING
-        client.set_terminated(parent_id, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
-        raise
-    client.set_terminated(parent_id, "FINISHED")
-    return parent_id
-
-
-def _fill_parent(
-    client: Any,
-    parent_id: str,
-    comparison: rep.Comparison,
-    children: list[rep.Replicate],
-    reports_dir: Path,
-    settings: Any,
-) -> None:
-    """Link the seeds' runs to the parent, log its aggregates and reports, tag (and register) the best run."""
-    from src.tracking.sweep import SETTING_TAG
-
-    for run in children:
-        client.set_tag(run.run_id, "mlflow.parentRunId", parent_id)
-        client.set_tag(run.run_id, SETTING_TAG, run.setting)
-    rep.log_aggregates(client, parent_id, comparison)
-    for report in REPORT_FILES:
-        client.log_artifact(parent_id, str(reports_dir / report))
-    client.log_artifacts(parent_id, str(reports_dir / "metrics"), "metrics")
-    client.set_tag(parent_id, "best_resolved", str(comparison.best_resolved).lower())
-    if comparison.best:
-        client.set_tag(parent_id, "best_setting", comparison.best)
-    winner = comparison.best_run()
-    if winner and winner.run_id in {run.run_id for run in children}:
-        client.set_tag(parent_id, "best_child_run_id", winner.run_id)
-        if settings.get("register"):
+    name = f"dvc compare: {names}, seeds {seeds}"
+    with open_parent(experiment_id, name, {"dvc_stage": "compare", "sweep": "parent"}, client) as parent:
+        for run in children:
+            parent.adopt(run.run_id, {SETTING_TAG: run.setting})
+        parent.log_files([*(reports_dir / report for report in REPORT_FILES), reports_dir / "metrics"])
+        winner = comparison.best_run()
+        winner = winner if winner is not None and winner.run_id in found else None
+        parent.tag_best(comparison, winner)
+        if winner is not None and settings.get("register"):
             from src.tracking.registry import register_best
 
             message = register_best(winner.run_id, comparison.best_values(), settings.registered_model_name)
             if message:
                 print(message)
+    return parent.run_id
 
 
 def mlflow_config(overrides: list[str]) -> Any:

@@ -21,6 +21,8 @@ import os
 from collections.abc import Mapping
 from urllib.parse import quote, urlencode, urlparse
 
+from src.tracking.parent import children_filter
+
 UI_HOST_ENV, UI_PORT_ENV = "MLFLOW_UI_HOST", "MLFLOW_UI_PORT"
 DEFAULT_UI_HOST, DEFAULT_UI_PORT = "127.0.0.1", "5000"
 MODEL_TRAINING = {"workflowType": "machine_learning"}  # the "Model training" view, not GenAI
@@ -72,11 +74,11 @@ def children_url(parent_run_id: str, tracking_uri: str | None = None, base_url: 
     tracking_uri = tracking_uri or get_tracking_uri()
     client = MlflowClient(tracking_uri)
     experiment_id = client.get_run(parent_run_id).info.experiment_id
-    children_filter = f"tags.mlflow.parentRunId = '{parent_run_id}'"
+    search_filter = children_filter(parent_run_id)
     children = client.search_runs(
-        [experiment_id], children_filter, max_results=MAX_COMPARED + 1, order_by=["attributes.start_time ASC"]
+        [experiment_id], search_filter, max_results=MAX_COMPARED + 1, order_by=["attributes.start_time ASC"]
     )
     base_url = base_url or ui_base_url(tracking_uri)
     if not children or len(children) > MAX_COMPARED:
-        return runs_table_url(base_url, experiment_id, children_filter)
+        return runs_table_url(base_url, experiment_id, search_filter)
     return compare_runs_url(base_url, experiment_id, [child.info.run_id for child in children])

@@ -14,18 +14,15 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from src.analysis.replicates import log_aggregates
 from src.analysis.stats import SEED_KEY, seed_problem
 from src.infra.errors import ConfigError, exit_on_user_error
 from src.infra.files import write_text_atomic
 from src.tracking.job import SWEEP_ENV, override_key, ship_to_jobs
 from src.tracking.links import children_url
+from src.tracking.parent import FINISHED, SETTING_TAG, ParentRun, status_with_children
 from src.tracking.store import mask_uri, use_experiment
 from src.tracking.summary import SweepSummary, summarize_sweep
 from src.training.config import PROJECT_ROOT, validate
-
-# The child tag naming its setting group: MLflow's runs table groups the seeds of a setting by it.
-SETTING_TAG = "setting"
 
 
 def _parse_sweep(config: DictConfig) -> tuple[list[str], list[list[str]]]:
@@ -106,8 +103,7 @@ class MlflowSweepCallback(Callback):
     """Hydra callback: a multirun is one MLflow parent run; each job's run becomes its child."""
 
     def __init__(self) -> None:
-        self.parent_run_id: str | None = None
-        self.experiment_id: str | None = None
+        self.parent: ParentRun | None = None
         self.swept: list[str] = []
         self.run_name = ""
         self.sweep_dir: Path | None = None
@@ -115,7 +111,6 @@ class MlflowSweepCallback(Callback):
         self.registered_model_name = "mnist-optimizers"
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from mlflow import MlflowClient
         from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
         with exit_on_user_error():
@@ -125,7 +120,7 @@ class MlflowSweepCallback(Callback):
             self.swept = [override_key(key) for key in (config.hydra.sweeper.get("params") or {})]
         self.register = bool(config.mlflow.get("register", False))
         self.registered_model_name = str(config.mlflow.get("registered_model_name", self.registered_model_name))
-        self.experiment_id = use_experiment(config.mlflow)
+        experiment_id = use_experiment(config.mlflow)
         task_overrides = list(config.hydra.overrides.task)
         # Named after what it sweeps and the config groups chosen on the command line (experiment preset,
         # search, optimizer, model), then the sweep params a preset or search adds.
@@ -145,75 +140,57 @@ class MlflowSweepCallback(Callback):
             "sweep_dir": str(config.hydra.sweep.dir),
             "sweep_jobs": str(job_count),
         }
-        client = MlflowClient()
-        run = client.create_run(self.experiment_id, run_name=run_name, tags=tags)
-        self.parent_run_id = run.info.run_id
+        self.parent = ParentRun.create(experiment_id, run_name, tags)
         self.run_name, self.sweep_dir = run_name, Path(config.hydra.sweep.dir)
-        _close_killed_parents(client, self.experiment_id, tags["hydra_overrides"], self.parent_run_id)
-        sweep = json.dumps({"parent_run_id": self.parent_run_id, "swept": self.swept})
+        if "'" not in tags["hydra_overrides"]:  # cannot be quoted in a filter string; leave such parents alone
+            # a rerun of a sweep whose process died (SIGKILL, power loss) takes over its parent
+            self.parent.take_over(f"tags.sweep = 'parent' and tags.hydra_overrides = '{tags['hydra_overrides']}'")
+        sweep = json.dumps({"parent_run_id": self.parent.run_id, "swept": self.swept})
         os.environ[SWEEP_ENV] = sweep
         ship_to_jobs(config, sweep)
         atexit.register(self.close, "FAILED")  # Hydra skips on_multirun_end when a job fails
         global _open_sweep
         _open_sweep = self
-        print(f"MLflow parent run {run_name!r} ({self.parent_run_id}) in {mask_uri(str(config.mlflow.tracking_uri))}")
+        print(f"MLflow parent run {run_name!r} ({self.parent.run_id}) in {mask_uri(str(config.mlflow.tracking_uri))}")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self.close("FINISHED")
+        self.close(FINISHED)
 
     def close(self, status: str) -> None:
         """Summarize the children on the parent run and end it with `status` (FAILED if a child failed,
         KILLED if one was killed), even when the summary cannot be written."""
-        from mlflow import MlflowClient
-
-        if self.parent_run_id is None:
+        if self.parent is None or self.parent.ended:
             return
-        parent_run_id, self.parent_run_id = self.parent_run_id, None
+        parent = self.parent
         os.environ.pop(SWEEP_ENV, None)
-        client = MlflowClient()
-        children = client.search_runs(
-            [self.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=10000
-        )
-        children = sorted(children, key=lambda run: int(run.data.tags.get("job_num", 0)))
-        children = [_end_if_lost(client, child, status) for child in children]
-        statuses = {child.info.status for child in children}
-        failed = sum(child.info.status != "FINISHED" for child in children)
-        if status == "FINISHED" and failed:
-            status = "FAILED"
-        if status == "FAILED" and "KILLED" in statuses:
-            status = "KILLED"
         try:
-            client.set_tag(parent_run_id, "failed_jobs", str(failed))
+            children = sorted(parent.children(), key=lambda run: int(run.data.tags.get("job_num", 0)))
+            children = parent.close_lost_children(children, status)
+            status = status_with_children(status, children)
+            failed = sum(child.info.status != FINISHED for child in children)
+            parent.client.set_tag(parent.run_id, "failed_jobs", str(failed))
             if children:
                 summary = summarize_sweep(children, self.swept)
-                self._report(client, parent_run_id, children, summary)
+                self._report(parent, children, summary)
                 if self.register:
                     self._register(summary, status)
-                print(f"The runs side by side in the MLflow UI (make ui): {children_url(parent_run_id)}")
+                print(f"The runs side by side in the MLflow UI (make ui): {children_url(parent.run_id)}")
         finally:
-            client.set_terminated(parent_run_id, status)
+            parent.end(status)
 
-    def _report(self, client: Any, parent_run_id: str, children: list[Any], summary: SweepSummary) -> None:
+    def _report(self, parent: ParentRun, children: list[Any], summary: SweepSummary) -> None:
         """Tag each child with its setting (adopted runs of an earlier sweep too: the label depends on what
-        this sweep varies), log the summary files and aggregates to the parent, name the best, print it."""
+        this sweep varies), log the summary files to the parent and name the best; print the summary."""
         for child in children:
             setting = summary.setting_of(child.info.run_id)
             if child.data.tags.get(SETTING_TAG) != setting:
-                client.set_tag(child.info.run_id, SETTING_TAG, setting)
+                parent.adopt(child.info.run_id, {SETTING_TAG: setting})
         files = summary.files(self.run_name)
-        for name, text in files.items():
-            client.log_text(parent_run_id, text, name)
-            if self.sweep_dir is not None and self.sweep_dir.is_dir():
+        parent.log_texts(files)
+        if self.sweep_dir is not None and self.sweep_dir.is_dir():
+            for name, text in files.items():
                 write_text_atomic(self.sweep_dir / name, text)
-        log_aggregates(client, parent_run_id, summary.comparison)
-        best = summary.comparison.best_run()
-        client.set_tag(parent_run_id, "best_resolved", str(summary.comparison.best_resolved).lower())
-        if best is not None:
-            client.set_tag(parent_run_id, "best_setting", best.setting)
-            client.set_tag(parent_run_id, "best_child_run_id", best.run_id)
-            client.set_tag(parent_run_id, "best_child_run_name", best.name)
-            if best.value("best_val_accuracy") is not None:
-                client.log_metric(parent_run_id, "best_val_accuracy", best.value("best_val_accuracy"))
+        parent.tag_best(summary.comparison, summary.comparison.best_run())
         where = f" and in {self.sweep_dir}" if self.sweep_dir is not None else ""
         print(f"\nSweep summary (also in the parent run's summary.md{where}):\n\n" + files["summary.md"])
 
@@ -221,7 +198,7 @@ class MlflowSweepCallback(Callback):
         """mlflow.register=true: register the best setting's best seed (src/tracking/registry.py decides whether it
         becomes the champion); a sweep with a failed job registers nothing."""
         best = summary.comparison.best_run()
-        if status != "FINISHED" or best is None:
+        if status != FINISHED or best is None:
             print(f"Model registry: nothing registered (sweep {status.lower()}, best run: {best and best.name})")
             return
         from src.tracking.registry import register_best
@@ -229,33 +206,6 @@ class MlflowSweepCallback(Callback):
         message = register_best(best.run_id, summary.comparison.best_values(), self.registered_model_name)
         if message:
             print(message)
-
-
-def _end_if_lost(client: Any, child: Any, sweep_status: str) -> Any:
-    """A child still RUNNING when its sweep ends lost its process (a Ray node died, a worker was killed):
-    end it FAILED (KILLED with a killed sweep), so that no run stays RUNNING; a rerun trains it again."""
-    if child.info.status != "RUNNING":
-        return child
-    client.set_tag(child.info.run_id, "lost", "still RUNNING when its sweep ended: its process or node was lost")
-    client.set_terminated(child.info.run_id, "KILLED" if sweep_status == "KILLED" else "FAILED")
-    return client.get_run(child.info.run_id)
-
-
-def _close_killed_parents(client: Any, experiment_id: str, hydra_overrides: str, new_parent_run_id: str) -> None:
-    """A rerun of a sweep whose process died (SIGKILL, power loss) takes over: the dead sweep's parent,
-    still RUNNING, ends KILLED, tagged with the parent that resumes its jobs."""
-    if "'" in hydra_overrides:  # cannot be quoted in a filter string; leave such parents alone
-        return
-    stale = client.search_runs(
-        [experiment_id],
-        filter_string=(
-            f"tags.sweep = 'parent' and tags.hydra_overrides = '{hydra_overrides}' and attributes.status = 'RUNNING'"
-        ),
-    )
-    for run in stale:
-        if run.info.run_id != new_parent_run_id:
-            client.set_tag(run.info.run_id, "resumed_by_parent_run_id", new_parent_run_id)
-            client.set_terminated(run.info.run_id, "KILLED")
 
 
 _open_sweep: MlflowSweepCallback | None = None
