@@ -18,8 +18,8 @@ import pytest
 from mlflow import MlflowClient
 
 from src.training import resume
-from src.training.config import PROJECT_ROOT
-from src.training.data import FILE_NAME, compose_config, sha256_file
+from src.training.config import PROJECT_ROOT, compose
+from src.training.data import FILE_NAME, sha256_file
 from tests.conftest import all_runs, store_args, store_with_tables
 
 pytestmark = pytest.mark.slow
@@ -152,7 +152,7 @@ def test_a_job_waiting_for_the_lock_never_touches_the_holders_backup(tmp_path: P
     The second job is the real command (its lock, its log line, its SIGTERM); it is stopped before it
     would import TensorFlow, so it costs an MLflow import, not a training."""
     output_paths = ["callbacks.model_checkpoint.filepath=/o/best.keras", "callbacks.tensorboard.log_dir=/o"]
-    cfg = compose_config([*TINY, *output_paths])  # outside a Hydra job the output dir has no value: given here
+    cfg = compose([*TINY, *output_paths])  # outside a Hydra job the output dir has no value: given here
     folder = tmp_path / "state" / resume.config_hash(cfg, sha256_file(mnist_dir / FILE_NAME))
     holder = _python(HOLD_THE_LOCK, str(folder), stdout=subprocess.PIPE)
     log = tmp_path / "second.log"

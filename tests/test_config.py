@@ -7,12 +7,11 @@ from pathlib import Path
 
 import keras
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from src.infra.errors import ConfigError
-from src.training.config import CONFIG_DIR, PROJECT_ROOT, validate
+from src.training.config import CONFIG_DIR, PROJECT_ROOT, compose, validate
 from tests.conftest import run_cli, run_main
 
 OPTIMIZERS = sorted(path.stem for path in (CONFIG_DIR / "optimizer").glob("*.yaml"))
@@ -22,8 +21,7 @@ CALLBACKS = sorted(
 
 
 def compose_config(*overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    return compose(overrides, return_hydra_config=True)
 
 
 def _same(configured, actual) -> bool:
@@ -139,6 +137,17 @@ def test_several_problems_are_reported_together() -> None:
     with pytest.raises(ConfigError) as caught:
         validate(compose_config("train.epochs=0", "data.val_split=2"))
     assert "train.epochs=0" in str(caught.value) and "data.val_split=2" in str(caught.value)
+
+
+def test_hydras_own_error_is_one_line_led_by_the_command() -> None:
+    """compose() is how every module that is not a Hydra app reads conf/: Hydra's error is one line, its
+    next lines (the override again, a password in it too, and the search path) dropped."""
+    with pytest.raises(ConfigError) as caught:
+        compose(["optimizer=adamm"], command="src.stages.fetch")
+    message = str(caught.value)
+    assert message.startswith("src.stages.fetch: ") and "optimizer/adamm" in message and "\n" not in message
+    with pytest.raises(ConfigError, match=r"^Error parsing override 'mlflow.tracking_uri=postgresql://a:s@db/m\['$"):
+        compose(["mlflow.tracking_uri=postgresql://a:s@db/m["])
 
 
 @pytest.mark.slow

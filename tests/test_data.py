@@ -164,6 +164,12 @@ def test_fetch_command_reports_the_file_or_what_to_set(mnist_dir: Path, tmp_path
     bad = run_main("src.stages.fetch", f"data.dir={tmp_path / 'new'}", "data.sources=[local]", cwd=tmp_path)
     assert bad.returncode != 0
     assert "data.local_path" in bad.stderr and "Traceback" not in bad.stderr
+    typo = run_main("src.stages.fetch", "data.dir=postgresql://ana:s3cret@db/m[", cwd=tmp_path)  # Hydra's own error
+    [line] = typo.stderr.strip().splitlines()
+    assert (
+        typo.returncode == 1
+        and line == "error: src.stages.fetch: Error parsing override 'data.dir=postgresql://ana:***@db/m['"
+    )
 
 
 @pytest.mark.slow

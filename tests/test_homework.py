@@ -13,8 +13,7 @@ from omegaconf import OmegaConf
 
 from src.analysis.replicates import Replicate
 from src.homework import report as homework
-from src.training.config import CONFIG_DIR
-from src.training.data import compose_config
+from src.training.config import CONFIG_DIR, compose
 from tests.conftest import all_runs, run_main, store_args, store_with_tables
 
 T_975_DF2 = 4.302652729911275  # Student's t quantile 0.975 with 2 degrees of freedom (tables)
@@ -33,14 +32,14 @@ def seeds(optimizer: str, *accuracies: float) -> list[Replicate]:
 
 
 def test_hw3_preset_is_keras_defaults_at_batch_1000_for_198_steps() -> None:
-    cfg = compose_config(["experiment=hw3_q4"])
+    cfg = compose(["experiment=hw3_q4"])
     assert (cfg.train.batch_size, cfg.train.epochs * cfg.train.steps_per_epoch) == (1000, 198)
     assert 54000 % (cfg.train.batch_size * cfg.train.steps_per_epoch) == 0  # "epochs" cut the passes evenly
     preset = OmegaConf.load(CONFIG_DIR / "experiment" / "hw3_q4.yaml")  # compose() leaves out the hydra node
     assert dict(preset.hydra.sweeper.params) == {"optimizer": "adam,adagrad,rmsprop", "train.seed": "1,2,3,4,5"}
     assert cfg.mlflow.experiment_name == "hw3-q4" and not cfg.callbacks.early_stopping.enabled
     for name in ("adam", "adagrad", "rmsprop"):
-        optimizer = instantiate(compose_config(["experiment=hw3_q4", f"optimizer={name}"]).optimizer)
+        optimizer = instantiate(compose(["experiment=hw3_q4", f"optimizer={name}"]).optimizer)
         assert abs(float(optimizer.learning_rate) - 0.001) < 1e-9, name  # Keras' default for all three
 
 
@@ -163,3 +162,9 @@ def test_latest_sweep_keeps_children_of_every_status(tmp_path: Path) -> None:
         2: ("optimizer=adam", "FAILED", None),
         3: ("optimizer=adam", "diverged", None),  # its NaN accuracy is no value
     }
+
+
+def test_report_names_a_bad_override_in_one_line(tmp_path: Path) -> None:
+    result = run_main("src.homework.report", "optimizer=adamm", cwd=tmp_path)
+    [line] = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and line.startswith("error: src.homework.report: ") and "optimizer/adamm" in line

@@ -21,8 +21,7 @@ from src.stages.compare import differing_settings, load_seed
 from src.stages.params import seed_dir
 from src.tracking.job import CONFIG_TAG_PREFIX, SWEEP_ENV, config_params, config_tags, job_run_name
 from src.training import resume
-from src.training.config import CONFIG_DIR, flatten
-from src.training.data import compose_config
+from src.training.config import CONFIG_DIR, compose, flatten
 
 # ${hydra:runtime.output_dir} resolves only inside a job: give the two output paths values of their own.
 OUTPUT_PATHS = ["callbacks.model_checkpoint.filepath=/tmp/out/best.keras", "callbacks.tensorboard.log_dir=/tmp/out/tb"]
@@ -88,7 +87,7 @@ def test_hash_params_run_names_and_comparison_agree_on_every_key(
     overrides: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(SWEEP_ENV, raising=False)  # run names outside a sweep
-    cfg = compose_config([*OUTPUT_PATHS, *overrides])
+    cfg = compose([*OUTPUT_PATHS, *overrides])
     keys = [key for key, _ in flatten(OmegaConf.to_container(cfg, resolve=True))]
     params = config_params(cfg, {})
     tags = config_tags(cfg)
@@ -115,14 +114,14 @@ def test_hash_params_run_names_and_comparison_agree_on_every_key(
 def test_group_choices_are_params_but_hydras_own_are_not(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(SWEEP_ENV, raising=False)
     choices = {"optimizer": "sgd", "model": "mlp", "callbacks": "default", "hydra/launcher": "joblib"}
-    params = config_params(compose_config(OUTPUT_PATHS), choices)
+    params = config_params(compose(OUTPUT_PATHS), choices)
     assert {params[g] for g in ("optimizer", "model", "callbacks")} == {"sgd", "mlp", "default"}
     assert "hydra/launcher" not in params
     assert job_run_name(["hydra/launcher=joblib", "optimizer=sgd"], choices) == "optimizer=sgd"
 
 
 def test_tags_mask_the_tracking_password_and_keep_long_values_whole() -> None:
-    cfg = compose_config(["mlflow.tracking_uri=postgresql://ana:s3cret@db/mlflow", *OUTPUT_PATHS])
+    cfg = compose(["mlflow.tracking_uri=postgresql://ana:s3cret@db/mlflow", *OUTPUT_PATHS])
     tags = config_tags(cfg)
     assert tags["config.mlflow.tracking_uri"] == "postgresql://ana:***@db/mlflow"
     assert tags["config.data.sources"] == "['keras', 'pypi', 'local']"
@@ -138,7 +137,7 @@ def test_the_dvc_runs_params_differ_in_the_optimizer_alone() -> None:
             f"callbacks.model_checkpoint.filepath=/runs/{name}/best.keras",
             f"callbacks.tensorboard.log_dir=/runs/{name}/tb",
         ]
-        cfg = compose_config([*paths, f"optimizer={name}", f"+mlflow.tags.dvc_stage=train@{name}"])
+        cfg = compose([*paths, f"optimizer={name}", f"+mlflow.tags.dvc_stage=train@{name}"])
         runs.append(config_params(cfg, {"optimizer": name, "model": "mlp", "callbacks": "default"}))
     differing = {key for key in set().union(*runs) if len({run.get(key) for run in runs}) > 1}
     assert "optimizer.learning_rate" not in differing  # all three at 0.001

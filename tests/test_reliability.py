@@ -24,8 +24,7 @@ from mlflow.entities import Run
 
 from src import tracking
 from src.training import callbacks, resume
-from src.training.config import PROJECT_ROOT
-from src.training.data import compose_config
+from src.training.config import PROJECT_ROOT, compose
 from tests.conftest import all_runs, run_cli, run_main, split_parent, store_args, store_with_tables
 
 # ------------------------------------------------------------------------------------------------
@@ -43,7 +42,7 @@ def test_mask_uri_hides_only_the_password() -> None:
 
 
 def test_params_and_logged_config_never_hold_the_tracking_password() -> None:
-    cfg = compose_config(["mlflow.tracking_uri=postgresql://ana:s3cret@db/mlflow", *OUTPUT_PATHS])
+    cfg = compose(["mlflow.tracking_uri=postgresql://ana:s3cret@db/mlflow", *OUTPUT_PATHS])
     params = tracking.config_params(cfg, {"optimizer": "adam"})
     tags = tracking.job.config_tags(cfg)  # the tracking URI is a location: a tag, not a param
     assert tags["config.mlflow.tracking_uri"] == "postgresql://ana:***@db/mlflow"
@@ -61,7 +60,7 @@ def test_unreachable_tracking_server_fails_within_seconds() -> None:
 
 def test_config_hash_ignores_where_things_go_but_not_what_is_trained() -> None:
     def config_hash(*overrides: str) -> str:
-        return resume.config_hash(compose_config([*OUTPUT_PATHS, *overrides]), "0" * 64)
+        return resume.config_hash(compose([*OUTPUT_PATHS, *overrides]), "0" * 64)
 
     base = config_hash()
     assert base == config_hash("mlflow.experiment_name=other", "data.dir=/elsewhere", "train.verbose=0")
@@ -69,9 +68,9 @@ def test_config_hash_ignores_where_things_go_but_not_what_is_trained() -> None:
     assert base != config_hash("optimizer.learning_rate=0.01")
     assert base != config_hash("callbacks.early_stopping.patience=0")
     assert base == config_hash("callbacks.model_checkpoint.filepath=/elsewhere/best.keras")
-    assert base != resume.config_hash(compose_config(OUTPUT_PATHS), "1" * 64)  # other data
+    assert base != resume.config_hash(compose(OUTPUT_PATHS), "1" * 64)  # other data
     other_backend = "jax" if resume.keras_backend_name() != "jax" else "tensorflow"
-    assert base != resume.config_hash(compose_config(OUTPUT_PATHS), "0" * 64, other_backend)
+    assert base != resume.config_hash(compose(OUTPUT_PATHS), "0" * 64, other_backend)
 
 
 def _tiny_model() -> keras.Model:

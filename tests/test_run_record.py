@@ -17,8 +17,9 @@ from src.infra.errors import ConfigError
 from src.tracking.job import DATASET_NAME, dataset_digest
 from src.train import summarize_history
 from src.training.callbacks import StopOnDivergence, diverged_epoch
+from src.training.config import compose as compose_config
 from src.training.config import shapes_training, validate
-from src.training.data import compose_config, sha256_file
+from src.training.data import sha256_file
 from tests.conftest import SMALL, all_runs, run_main, split_parent, store_args, store_with_tables
 
 SELECTION = {"data.limit": None, "data.val_split": 0.1, "train.seed": 42}

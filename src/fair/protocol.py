@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from src.infra.errors import ConfigError
 from src.infra.predicates import is_finite_number, is_integer, seed_problem
 from src.training.config import CONFIG_DIR, validate
+from src.training.config import compose as compose_config
 
 GROUP = "fair"
 DEFAULT_PRESET = "default"
@@ -137,16 +138,8 @@ def with_group(overrides: Sequence[str]) -> list[str]:
 
 def compose(overrides: Sequence[str], optimizer: str | None = None, workload: str | None = None) -> DictConfig:
     """conf/config.yaml + the fair group + `overrides` (+ the optimizer and model when given)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.errors import HydraException
-
     extra = [f"optimizer={optimizer}"] * bool(optimizer) + [f"model={workload}"] * bool(workload)
-    try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return hydra_compose(config_name="config", overrides=[*with_group(overrides), *extra])
-    except HydraException as error:
-        raise ConfigError(f"src.fair: {error}".splitlines()[0]) from None
+    return compose_config([*with_group(overrides), *extra], command="src.fair")
 
 
 def load(

@@ -259,10 +259,10 @@ def main(argv: list[str] | None = None) -> None:
     from mlflow import MlflowClient
 
     from src import tracking
-    from src.training.data import compose_config
+    from src.training.config import compose
 
     with exit_on_user_error():
-        cfg = compose_config(["experiment=hw3_q4", *(sys.argv[1:] if argv is None else argv)])
+        cfg = compose(["experiment=hw3_q4", *(sys.argv[1:] if argv is None else argv)], command="src.homework.report")
         tracking.check_reachable(str(cfg.mlflow.tracking_uri))
         client = MlflowClient(str(cfg.mlflow.tracking_uri))
         parent, children = latest_sweep(client, str(cfg.mlflow.experiment_name))

@@ -10,14 +10,13 @@ import logging
 import sys
 from pathlib import Path
 
-from src.training.data import compose_config, fetch
+from src.training.config import compose
+from src.training.data import fetch
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Fetch MNIST as configured by `data.*` (e.g. `python -m src.training.data data.local_path=~/mnist.npz`)."""
-    from hydra.errors import HydraException
-
-    from src.infra.errors import UserError, exit_on_user_error
+    """Fetch MNIST as configured by `data.*` (e.g. `python -m src.stages.fetch data.local_path=~/mnist.npz`)."""
+    from src.infra.errors import exit_on_user_error
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = sys.argv[1:] if argv is None else argv
@@ -25,10 +24,7 @@ def main(argv: list[str] | None = None) -> None:
         print(__doc__.strip() + "\n\nOverrides: data.dir=... data.sources=[pypi] data.local_path=... (see conf/data/)")
         return
     with exit_on_user_error():
-        try:
-            data = compose_config(args).data
-        except HydraException as error:
-            raise UserError(str(error)) from None  # reported masked: an override may carry a password
+        data = compose(args, command="src.stages.fetch").data  # Hydra's error: one line, reported masked
         result = fetch(Path(data.dir), list(data.sources), data.local_path, Path(data.cache_dir))
         state = "already present and verified" if result.source == "existing" else f"fetched from {result.source}"
         print(f"MNIST {state}: {result.path}")

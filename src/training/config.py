@@ -1,4 +1,4 @@
-"""Config helpers shared by every entry point: the `project_root` resolver, validation, flattening.
+"""Config helpers shared by every entry point: the `project_root` resolver, composing, validation, flattening.
 
 Validation runs on the composed config before anything expensive happens (no TensorFlow import, no
 MLflow run), so a typo costs a second, not a training run.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,31 @@ def project_root() -> str:
 
 
 OmegaConf.register_new_resolver("project_root", project_root, replace=True)
+
+
+def compose(overrides: Sequence[str] = (), *, command: str = "", return_hydra_config: bool = False) -> DictConfig:
+    """conf/config.yaml with command-line `overrides`, through Hydra's compose API: how every module that is
+    not itself a Hydra app reads the config (DVC stages, the fair protocol, reports, tests). It makes no
+    output folder and sets up no logging; `return_hydra_config` keeps the `hydra` node (its `${hydra:...}`
+    paths resolve once HydraConfig is set from it).
+
+    Hydra's own errors (an unknown group option, a malformed override) become a one-line ConfigError led by
+    `command`, the name the user typed: Hydra's further lines repeat the override, a password in it too,
+    and list its search path.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return hydra_compose(
+                config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config
+            )
+    except HydraException as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ConfigError(f"{command}: {first_line}" if command else first_line) from None
+
 
 # What model.fit logs every epoch, and so what a callback may `monitor`.
 LOGGED_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")

@@ -19,6 +19,7 @@ import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -288,11 +289,9 @@ def _split_once(identity: tuple[str, int, int, int, int], val_split: float, limi
     return splits
 
 
-def compose_config(overrides: list[str]):
-    """Compose conf/config.yaml with command-line overrides (Hydra's compose API: no output dirs)."""
-    from hydra import compose, initialize_config_dir
+def compose_config(overrides: list[str]) -> Any:
+    """src.training.config.compose as src/stages/compare.py calls it; kept only until compare.py calls
+    `compose(overrides, command="src.stages.compare")` itself (then delete this)."""
+    from src.training.config import compose
 
-    from src.training.config import CONFIG_DIR
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+    return compose(overrides, command="src.stages.compare")
