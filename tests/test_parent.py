@@ -130,6 +130,19 @@ def test_a_new_parent_takes_over_a_dead_one_and_retires_an_empty_one(store) -> N
     assert active == {finished.run_id, new.run_id}
 
 
+def test_a_run_adopted_from_another_parent_names_it(store) -> None:
+    client, experiment_id = store
+    first, second = (ParentRun.create(experiment_id, name, {}, client) for name in ("first", "second"))
+    run_id = child(client, experiment_id, "adam", 1, 0.97, 0.96)
+    parent_run.adopt_run(client, client.get_run(run_id), first.run_id)
+    parent_run.adopt_run(client, client.get_run(run_id), first.run_id)  # already its child: nothing changes
+    assert "previous_parent_run_id" not in client.get_run(run_id).data.tags
+    parent_run.adopt_run(client, client.get_run(run_id), second.run_id)
+    tags = client.get_run(run_id).data.tags
+    assert tags["mlflow.parentRunId"] == second.run_id and tags["previous_parent_run_id"] == first.run_id
+    assert [c.info.run_id for c in second.children()] == [run_id] and first.children() == []
+
+
 def test_existing_runs_leaves_out_ids_of_another_store(store) -> None:
     client, experiment_id = store
     here = client.create_run(experiment_id).info.run_id

@@ -7,6 +7,8 @@
   without children is retired (`retire_childless`).
 - adopt: `adopt` makes a run a child (`mlflow.parentRunId`), with tags such as its `setting`: MLflow's runs
   table folds children under their parent, and "Group by -> setting" draws each setting's mean and range.
+  `adopt_run` does it knowing only the parent's id (a sweep job). No other module writes or reads the tag:
+  `children_filter` finds the children.
 - report: `log_texts` / `log_files` (the summary table, CSVs, figures) and `tag_best`.
 - end: `end` (idempotent); `close_lost_children` first ends children still RUNNING whose process was lost,
   and `status_with_children` turns FINISHED into FAILED or KILLED when a child did. No run stays RUNNING.
@@ -68,6 +70,17 @@ def log_batched(
     for kind, items, limit in entities:
         for start in range(0, len(items), limit):
             client.log_batch(run_id, **{kind: items[start : start + limit]})
+
+
+def adopt_run(client: MlflowClient, run: Run, parent_run_id: str) -> None:
+    """Make `run` a child of `parent_run_id` knowing only the parent's id (a sweep job adopting the finished
+    run of its config, src/tracking/job.py); a run that moves from another parent keeps that one's id as
+    the tag `previous_parent_run_id`."""
+    previous = run.data.tags.get(PARENT_TAG)
+    if previous == parent_run_id:
+        return
+    tags = {PARENT_TAG: parent_run_id} | ({"previous_parent_run_id": previous} if previous else {})
+    log_batched(client, run.info.run_id, tags=tags)
 
 
 def existing_runs(client: MlflowClient, run_ids: Iterable[str]) -> set[str]:
