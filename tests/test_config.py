@@ -10,6 +10,7 @@ import pytest
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from src.fair import protocol as fair_protocol
 from src.infra.errors import ConfigError
 from src.training.config import CONFIG_DIR, PROJECT_ROOT, compose, validate
 from tests.conftest import run_cli, run_main
@@ -148,6 +149,56 @@ def test_hydras_own_error_is_one_line_led_by_the_command() -> None:
     assert message.startswith("src.stages.fetch: ") and "optimizer/adamm" in message and "\n" not in message
     with pytest.raises(ConfigError, match=r"^Error parsing override 'mlflow.tracking_uri=postgresql://a:s@db/m\['$"):
         compose(["mlflow.tracking_uri=postgresql://a:s@db/m["])
+
+
+def _fair_group() -> dict:
+    return OmegaConf.to_container(fair_protocol.compose([])[fair_protocol.GROUP], resolve=True)
+
+
+def test_the_fair_protocol_lists_every_bad_key_one_line_each_like_the_training_config() -> None:
+    fair = _fair_group()
+    assert fair_protocol.read_protocol(fair).workloads == ("mlp",)  # the shipped protocol is valid
+    bad = {
+        **fair,
+        "optimizers": ["adam", "adamm"],
+        "lr_grid": [0.1, 0],
+        "epochs": 0,
+        "targets": {**fair["targets"], "mlp": [0.9, 1.5]},
+        "experiment_name": " ",
+    }
+    with pytest.raises(ConfigError) as caught:
+        fair_protocol.read_protocol(bad)
+    head, *lines = str(caught.value).splitlines()
+    assert head == "invalid config:" and len(lines) == 5, lines
+    for line, fragment in zip(
+        lines,
+        [
+            "'adamm' has no conf/optimizer/adamm.yaml",
+            "0 is not a number > 0",
+            "fair.epochs=0 is invalid: use an integer >= 1",
+            "fair.targets.mlp=[0.9, 1.5] is invalid: 1.5 is outside (0, 1]",
+            "fair.experiment_name=' ' is invalid",
+        ],
+        strict=True,
+    ):
+        assert line.startswith("  fair.") and fragment in line, (fragment, line)
+
+
+@pytest.mark.parametrize(
+    ("changes", "line"),
+    [
+        ({"epochs": 0}, "invalid config: fair.epochs=0 is invalid: use an integer >= 1"),
+        ({"tune_seed": 1.5}, "invalid config: fair.tune_seed=1.5 is invalid: use an integer >= 0"),
+        ({"lr_grid": [0.1, math.inf]}, "inf is not a number > 0"),
+        ({"targets": "high"}, "invalid config: fair.targets='high' is invalid: a mapping workload -> list"),
+        # a workload without a conf/model/ file is one problem, not a second one about its targets
+        ({"workloads": ["rnn"]}, "'rnn' has no conf/model/rnn.yaml"),
+    ],
+)
+def test_one_bad_key_of_the_fair_protocol_is_one_line(changes: dict, line: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        fair_protocol.read_protocol({**_fair_group(), **changes})
+    assert "\n" not in str(caught.value) and line in str(caught.value)
 
 
 @pytest.mark.slow

@@ -164,6 +164,17 @@ def test_latest_sweep_keeps_children_of_every_status(tmp_path: Path) -> None:
     }
 
 
+def test_backprop_lists_every_bad_value_one_line_each_like_the_training_config(tmp_path: Path) -> None:
+    result = run_main("src.homework.backprop", "x1=abc", "lr=inf", "+x3=1", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: invalid config:",
+        "  unknown key 'x3'; the keys are x0, x1, y, w0, w1, b, lr",
+        "  x1='abc' is invalid: use a finite number",
+        "  lr=inf is invalid: use a finite number",
+    ]
+
+
 def test_report_names_a_bad_override_in_one_line(tmp_path: Path) -> None:
     result = run_main("src.homework.report", "optimizer=adamm", cwd=tmp_path)
     [line] = result.stderr.strip().splitlines()

@@ -18,8 +18,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.infra.errors import ConfigError
-from src.infra.predicates import is_finite_number, is_integer, seed_problem
-from src.training.config import CONFIG_DIR, validate
+from src.infra.predicates import is_finite_number, seed_problem
+from src.training.config import CONFIG_DIR, ConfigCheck, validate
 from src.training.config import compose as compose_config
 
 GROUP = "fair"
@@ -52,56 +52,56 @@ class Protocol:
     report_dir: Path
 
 
-def _fail(key: str, value: Any, allowed: str) -> ConfigError:
-    return ConfigError(f"fair.{key}={value!r} is invalid: {allowed}")
-
-
-def _name_list(key: str, value: Any, folder: str) -> tuple[str, ...]:
+def _name_list(check: ConfigCheck, key: str, value: Any, folder: str) -> tuple[str, ...]:
+    """The names in `value` that have a conf/<folder>/<name>.yaml (what later checks may rely on); the first
+    one without, a repeated or a missing list is a problem of `key`."""
     allowed = _names(folder)
     what = f"a non-empty list of distinct names of conf/{folder}/*.yaml ({', '.join(allowed)})"
     if not isinstance(value, list) or not value or len(set(map(str, value))) != len(value):
-        raise _fail(key, value, what)
-    for name in value:
-        if name not in allowed:
-            raise _fail(key, value, f"{name!r} has no conf/{folder}/{name}.yaml; use {what}")
-    return tuple(value)
+        check.fail(key, value, what)
+        return ()
+    unknown = [name for name in value if name not in allowed]
+    if unknown:
+        check.fail(key, value, f"{unknown[0]!r} has no conf/{folder}/{unknown[0]}.yaml; use {what}")
+    return tuple(name for name in value if name in allowed)
 
 
 def read_protocol(fair: Mapping[str, Any]) -> Protocol:
-    """The Protocol of a composed `fair` group, or a one-line ConfigError naming the first bad key."""
-    optimizers = _name_list("optimizers", fair.get("optimizers"), "optimizer")
-    workloads = _name_list("workloads", fair.get("workloads"), "model")
+    """The Protocol of a composed `fair` group, or one ConfigError listing every bad key, one line each."""
+    check = ConfigCheck()
+    optimizers = _name_list(check, "fair.optimizers", fair.get("optimizers"), "optimizer")
+    workloads = _name_list(check, "fair.workloads", fair.get("workloads"), "model")
     grid = fair.get("lr_grid")
     if not isinstance(grid, list) or not grid:
-        raise _fail("lr_grid", grid, "a non-empty list of learning rates > 0, e.g. [1.0e-04, 1.0e-03, 1.0e-02]")
-    for lr in grid:
-        if not is_finite_number(lr) or lr <= 0:
-            raise _fail("lr_grid", grid, f"{lr!r} is not a number > 0; every learning rate must be > 0")
-    if len({float(lr) for lr in grid}) != len(grid):
-        raise _fail("lr_grid", grid, "a learning rate is listed twice; list each once")
+        check.fail("fair.lr_grid", grid, "a non-empty list of learning rates > 0, e.g. [1.0e-04, 1.0e-03, 1.0e-02]")
+    elif not_positive := [lr for lr in grid if not is_finite_number(lr) or lr <= 0]:
+        check.fail("fair.lr_grid", grid, f"{not_positive[0]!r} is not a number > 0; every learning rate must be > 0")
+    elif len({float(lr) for lr in grid}) != len(grid):
+        check.fail("fair.lr_grid", grid, "a learning rate is listed twice; list each once")
     seeds = fair.get("judge_seeds")
     problem = seed_problem(seeds) if isinstance(seeds, list) else "is not a list"
     if problem or len(seeds) < 2:
         why = problem or "holds fewer than 2 seeds (one seed resolves nothing)"
-        raise _fail("judge_seeds", seeds, f"{why}; use at least 2 distinct integers >= 0, e.g. [1, 2, 3, 4, 5]")
+        check.fail("fair.judge_seeds", seeds, f"{why}; use at least 2 distinct integers >= 0, e.g. [1, 2, 3, 4, 5]")
     for key, minimum in (("tune_seed", 0), ("epochs", 1), ("batch_size", 1), ("bootstrap", 1)):
-        if not is_integer(fair.get(key)) or fair.get(key) < minimum:
-            raise _fail(key, fair.get(key), f"use an integer >= {minimum}")
+        check.integer(f"fair.{key}", fair.get(key), minimum)
     targets = fair.get("targets")
-    if not isinstance(targets, Mapping):
-        raise _fail("targets", targets, "a mapping workload -> list of validation accuracies in (0, 1]")
     chosen: dict[str, tuple[float, ...]] = {}
-    for workload in workloads:
+    if not isinstance(targets, Mapping):
+        check.fail("fair.targets", targets, "a mapping workload -> list of validation accuracies in (0, 1]")
+    # One problem, one line: a bad workload name is fair.workloads' problem, a bad mapping fair.targets'
+    for workload in workloads if isinstance(targets, Mapping) else ():
         values = targets.get(workload)
         if not isinstance(values, list) or not values:
-            raise _fail(f"targets.{workload}", values, "a non-empty list of validation accuracies in (0, 1]")
-        for value in values:
-            if not is_finite_number(value) or not 0 < value <= 1:
-                raise _fail(f"targets.{workload}", values, f"{value!r} is outside (0, 1]; targets are accuracies")
-        chosen[workload] = tuple(float(v) for v in values)
+            check.fail(f"fair.targets.{workload}", values, "a non-empty list of validation accuracies in (0, 1]")
+        elif outside := [value for value in values if not is_finite_number(value) or not 0 < value <= 1]:
+            check.fail(f"fair.targets.{workload}", values, f"{outside[0]!r} is outside (0, 1]; targets are accuracies")
+        else:
+            chosen[workload] = tuple(float(v) for v in values)
     name = fair.get("experiment_name")
     if not isinstance(name, str) or not name.strip():
-        raise _fail("experiment_name", name, "use a non-empty MLflow experiment name")
+        check.fail("fair.experiment_name", name, "use a non-empty MLflow experiment name")
+    check.raise_if_any()
     return Protocol(
         optimizers=optimizers,
         workloads=workloads,

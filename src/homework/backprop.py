@@ -18,9 +18,9 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from src.infra.errors import ConfigError, exit_on_user_error
+from src.infra.errors import exit_on_user_error
 from src.infra.predicates import is_finite_number
-from src.training.config import CONFIG_DIR
+from src.training.config import CONFIG_DIR, ConfigCheck
 
 KEYS = ("x0", "x1", "y", "w0", "w1", "b", "lr")
 
@@ -63,14 +63,13 @@ def gradient_step(w0: float, w1: float, b: float, result: Pass, lr: float) -> tu
 
 
 def _values(cfg: DictConfig) -> dict[str, float]:
-    unknown = sorted(set(cfg) - set(KEYS))
-    problems = [f"unknown key {key!r}; the keys are {', '.join(KEYS)}" for key in unknown]
+    check = ConfigCheck()
+    for key in sorted(set(cfg) - set(KEYS)):
+        check.add(f"unknown key {key!r}; the keys are {', '.join(KEYS)}")
     for key in KEYS:
-        value = cfg.get(key)
-        if not is_finite_number(value):
-            problems.append(f"{key}={value!r} is invalid: use a finite number")
-    if problems:
-        raise ConfigError("; ".join(problems))
+        if not is_finite_number(cfg.get(key)):
+            check.fail(key, cfg.get(key), "use a finite number")
+    check.raise_if_any()
     return {key: float(cfg[key]) for key in KEYS}
 
 

@@ -105,14 +105,21 @@ def training_tree(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     }
 
 
-class _Checker:
-    """Collects every problem of a config so that one error lists them all."""
+class ConfigCheck:
+    """Every problem of a config, collected so that one error lists them all, one line each: the one style
+    of config validation (`validate` here, the fair protocol's `read_protocol`, src.homework.backprop).
+
+    A user who fixes one typo learns of the next one at once instead of after another run."""
 
     def __init__(self) -> None:
         self.problems: list[str] = []
 
+    def add(self, line: str) -> None:
+        """A problem in words of its own (it names its key)."""
+        self.problems.append(line)
+
     def fail(self, key: str, value: Any, allowed: str) -> None:
-        self.problems.append(f"{key}={value!r} is invalid: {allowed}")
+        self.add(f"{key}={value!r} is invalid: {allowed}")
 
     def integer(self, key: str, value: Any, minimum: int) -> None:
         if not is_integer(value) or value < minimum:
@@ -137,8 +144,14 @@ class _Checker:
         if value not in words and not (is_integer(value) and value >= 1):
             self.fail(key, value, f"use {' or '.join(repr(w) for w in words)} or an integer >= 1")
 
+    def raise_if_any(self) -> None:
+        """Raise one ConfigError listing every problem (on one line when there is one), if there is any."""
+        if self.problems:
+            separator = "\n  " if len(self.problems) > 1 else " "
+            raise ConfigError("invalid config:" + separator + separator.join(self.problems))
 
-def _check_optimizer(check: _Checker, optimizer: Mapping[str, Any]) -> None:
+
+def _check_optimizer(check: ConfigCheck, optimizer: Mapping[str, Any]) -> None:
     if "_target_" not in optimizer:
         check.fail("optimizer._target_", None, "every optimizer config needs a _target_ class")
     learning_rate = optimizer.get("learning_rate")
@@ -157,7 +170,7 @@ def _check_optimizer(check: _Checker, optimizer: Mapping[str, Any]) -> None:
             check.number(f"optimizer.{key}", optimizer[key], 0, low_open=key != "weight_decay")
 
 
-def _check_callback(check: _Checker, name: str, callback: Mapping[str, Any]) -> None:
+def _check_callback(check: ConfigCheck, name: str, callback: Mapping[str, Any]) -> None:
     prefix = f"callbacks.{name}"
     enabled = callback.get("enabled", True)
     if not isinstance(enabled, bool):
@@ -204,7 +217,7 @@ def _check_callback(check: _Checker, name: str, callback: Mapping[str, Any]) -> 
             check.fail(f"{prefix}.filepath", filepath, f"Keras needs a path ending in {suffix}")
 
 
-def _check_model(check: _Checker, model: Mapping[str, Any]) -> None:
+def _check_model(check: ConfigCheck, model: Mapping[str, Any]) -> None:
     for key in ("hidden_units", "filters"):
         if key in model:
             units = model[key]
@@ -216,7 +229,7 @@ def _check_model(check: _Checker, model: Mapping[str, Any]) -> None:
         check.number("model.dropout", model["dropout"], 0, 1, low_open=False)
 
 
-def _check_data(check: _Checker, data: Mapping[str, Any]) -> None:
+def _check_data(check: ConfigCheck, data: Mapping[str, Any]) -> None:
     val_split = data.get("val_split")
     check.number("data.val_split", val_split, 0, 1, low_open=True)
     limit = data.get("limit")
@@ -259,7 +272,7 @@ def validate(cfg: DictConfig) -> None:
     Reads values unresolved where they may hold `${hydra:...}` (checkpoint paths): validation also runs
     on sweep jobs that Hydra has not launched yet.
     """
-    check = _Checker()
+    check = ConfigCheck()
     train = cfg.train
     check.integer("train.epochs", train.epochs, 1)
     check.integer("train.batch_size", train.batch_size, 1)
@@ -289,9 +302,7 @@ def validate(cfg: DictConfig) -> None:
     model_name = cfg.mlflow.get("registered_model_name", "mnist-optimizers")
     if registered_model_name_problem(model_name):
         check.fail("mlflow.registered_model_name", model_name, registered_model_name_problem(model_name))
-    if check.problems:
-        separator = "\n  " if len(check.problems) > 1 else " "
-        raise ConfigError("invalid config:" + separator + separator.join(check.problems))
+    check.raise_if_any()
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
