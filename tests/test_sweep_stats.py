@@ -18,7 +18,9 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunData, RunInfo, RunTag
 
 from src.analysis import stats
+from src.tracking.parent import ParentRun
 from src.tracking.summary import summarize_sweep
+from src.tracking.sweep import MlflowSweepCallback
 from tests.conftest import SMALL, all_runs, run_main, store_args, store_with_tables
 
 T_975_DF2 = 4.302652729911275  # Student's t quantile 0.975, 2 degrees of freedom (tables)
@@ -93,6 +95,23 @@ def test_a_sweep_without_seeds_lists_its_runs() -> None:
         ("adam", "FINISHED", "0.975"),
         ("rmsprop", "FINISHED", "0.974"),
     ]
+
+
+def test_a_parent_whose_summary_fails_ends_failed_not_running(tmp_path: Path) -> None:
+    """The sweep callback's close on a real store, no Hydra: a child whose `job_num` is not a number stops
+    the summary; the error reaches the user and the parent ends FAILED."""
+    client = MlflowClient(store_with_tables(tmp_path))
+    experiment_id = client.create_experiment("sweep", artifact_location=(tmp_path / "artifacts").as_uri())
+    callback = MlflowSweepCallback()
+    callback.parent = ParentRun.create(experiment_id, "optimizer=adam", {"sweep": "parent"}, client)
+    run_id = client.create_run(experiment_id, tags={"job_num": "one"}).info.run_id
+    callback.parent.adopt(run_id)
+    client.set_terminated(run_id, "FINISHED")
+    with pytest.raises(ValueError, match="one"):
+        callback.close("FINISHED")
+    assert client.get_run(callback.parent.run_id).info.status == "FAILED"
+    callback.close("FINISHED")  # the atexit hook's second call changes nothing
+    assert client.get_run(callback.parent.run_id).info.status == "FAILED"
 
 
 # ---- real sweeps ----------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from src.infra.errors import ConfigError, exit_on_user_error
 from src.infra.files import write_text_atomic
 from src.tracking.job import SWEEP_ENV, override_key, ship_to_jobs
 from src.tracking.links import children_url
-from src.tracking.parent import FINISHED, SETTING_TAG, ParentRun, status_with_children
+from src.tracking.parent import FAILED, FINISHED, KILLED, SETTING_TAG, ParentRun, status_with_children
 from src.tracking.store import mask_uri, use_experiment
 from src.tracking.summary import SweepSummary, summarize_sweep
 from src.training.config import PROJECT_ROOT, validate
@@ -142,23 +142,23 @@ class MlflowSweepCallback(Callback):
         }
         self.parent = ParentRun.create(experiment_id, run_name, tags)
         self.run_name, self.sweep_dir = run_name, Path(config.hydra.sweep.dir)
+        atexit.register(self.close, FAILED)  # Hydra skips on_multirun_end when a job fails
+        global _open_sweep
+        _open_sweep = self
         if "'" not in tags["hydra_overrides"]:  # cannot be quoted in a filter string; leave such parents alone
             # a rerun of a sweep whose process died (SIGKILL, power loss) takes over its parent
             self.parent.take_over(f"tags.sweep = 'parent' and tags.hydra_overrides = '{tags['hydra_overrides']}'")
         sweep = json.dumps({"parent_run_id": self.parent.run_id, "swept": self.swept})
         os.environ[SWEEP_ENV] = sweep
         ship_to_jobs(config, sweep)
-        atexit.register(self.close, "FAILED")  # Hydra skips on_multirun_end when a job fails
-        global _open_sweep
-        _open_sweep = self
         print(f"MLflow parent run {run_name!r} ({self.parent.run_id}) in {mask_uri(str(config.mlflow.tracking_uri))}")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self.close(FINISHED)
 
     def close(self, status: str) -> None:
-        """Summarize the children on the parent run and end it with `status` (FAILED if a child failed,
-        KILLED if one was killed), even when the summary cannot be written."""
+        """Summarize the children on the parent run and end it with `status` (FAILED if a child failed or the
+        summary could not be written, KILLED if a child was killed or Ctrl-C came during the summary)."""
         if self.parent is None or self.parent.ended:
             return
         parent = self.parent
@@ -175,6 +175,9 @@ class MlflowSweepCallback(Callback):
                 if self.register:
                     self._register(summary, status)
                 print(f"The runs side by side in the MLflow UI (make ui): {children_url(parent.run_id)}")
+        except BaseException as error:
+            status = KILLED if isinstance(error, KeyboardInterrupt) or status == KILLED else FAILED
+            raise
         finally:
             parent.end(status)
 
