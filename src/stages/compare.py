@@ -283,17 +283,9 @@ def log_to_mlflow(comparison: rep.Comparison, reports_dir: Path, settings: Any) 
 
 def mlflow_config(overrides: list[str]) -> Any:
     """conf/'s `mlflow` group with the command line's overrides (`... mlflow.register=true`)."""
-    from hydra.errors import HydraException
+    from src.training.config import compose, validate
 
-    from src.training.config import validate
-    from src.training.data import compose_config
-
-    try:
-        cfg = compose_config(overrides)
-    except HydraException as error:
-        # One line: Hydra's next lines repeat the override (a password in it too) and list its search path
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise UserError(f"src.stages.compare: {first_line}") from None
+    cfg = compose(overrides, command="src.stages.compare")  # Hydra's error as one line led by the command
     validate(cfg)  # mlflow.register, mlflow.registered_model_name: before any run exists
     return cfg.mlflow
 
