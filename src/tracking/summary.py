@@ -1,6 +1,7 @@
 """A sweep's summary: its child runs read into replicates (src/analysis/replicates.py groups and compares them),
-rendered as summary.md, summary.csv and summary_runs.csv. The MLflow calls that read the children and log
-the results stay in sweep.py.
+rendered as summary.md, summary.csv and summary_runs.csv: what a person reads on the sweep's parent run (no
+per-setting metrics: MLflow's "Group by -> setting" draws those). The MLflow calls that read the children
+and log the results are sweep.py's and parent.py's.
 
 - A sweep over `train.seed`: one row per *setting* (every swept key but the seed): n, the runs excluded and
   why, mean ± std and 95 % CI of test and best validation accuracy, mean best/stopped epoch and train
