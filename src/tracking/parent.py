@@ -7,8 +7,7 @@
   without children is retired (`retire_childless`).
 - adopt: `adopt` makes a run a child (`mlflow.parentRunId`), with tags such as its `setting`: MLflow's runs
   table folds children under their parent, and "Group by -> setting" draws each setting's mean and range.
-  `adopt_run` does it knowing only the parent's id (a sweep job). No other module writes or reads the tag:
-  `children_filter` finds the children.
+  `adopt_run` does it knowing only the parent's id (a sweep job); `children_filter` finds the children.
 - report: `log_texts` / `log_files` (the summary table, CSVs, figures) and `tag_best`.
 - end: `end` (idempotent); `close_lost_children` first ends children still RUNNING whose process was lost,
   and `status_with_children` turns FINISHED into FAILED or KILLED when a child did. No run stays RUNNING.
