@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from src.infra.browser import launch, why_no_browser
 from src.tracking.links import children_url, run_page_url, runs_table_url
+from src.tracking.parent import children_filter
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -120,7 +121,7 @@ def first_child(tracking_uri: str, parent) -> str:
     from mlflow import MlflowClient
 
     children = MlflowClient(tracking_uri).search_runs(
-        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=1
+        [parent.info.experiment_id], children_filter(parent.info.run_id), max_results=1
     )
     if not children:
         sys.exit(f"error: parent run {parent.info.run_id} has no child runs to show")

@@ -17,11 +17,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-# Number predicates live in src/infra/predicates.py. These two names stay importable from here only until
-# src/tracking/sweep.py (seed_problem), src/analysis/replicates.py and src/analysis/tables.py (is_number)
-# import them from there.
+# Number predicates live in src/infra/predicates.py (is_number re-exported until replicates.py imports it there).
 from src.infra.predicates import is_recorded_number as is_number  # noqa: F401
-from src.infra.predicates import seed_problem  # noqa: F401
 
 CONFIDENCE = 0.95
 ALPHA = 1 - CONFIDENCE

@@ -12,11 +12,12 @@ from typing import Any
 
 from src.analysis import stats
 from src.analysis.replicates import MEAN_METRICS, RUN_METRICS, SPREAD_METRICS, Comparison, Setting
+from src.infra.predicates import is_recorded_number
 
 
 def number(value: Any, digits: int = 5) -> str:
     """THE number formatter for CSV cells: rounded to `digits` decimals, integers as integers, "" when missing."""
-    if not stats.is_number(value):
+    if not is_recorded_number(value):
         return "" if value is None or isinstance(value, float) else str(value)
     rounded = round(float(value), digits)
     return str(int(rounded)) if rounded.is_integer() else repr(rounded)

@@ -33,6 +33,7 @@ from src.analysis import replicates as rep
 from src.analysis import stats
 from src.infra.errors import DataError, exit_on_user_error
 from src.infra.files import markdown_table, write_text_atomic
+from src.tracking.parent import children_filter
 
 # Homework 3, Q4: test accuracy after training MNIST with each optimizer at Keras' defaults (one run each).
 HOMEWORK_ACCURACY = {"adam": 0.9384, "adagrad": 0.5277, "rmsprop": 0.9349}
@@ -171,7 +172,7 @@ def latest_sweep(client: Any, experiment_name: str) -> tuple[Any, list[Any]]:
         raise DataError(f"no ended sweep in experiment {experiment_name!r}: run `make hw3`")
     parent = parents[0]
     children = client.search_runs(
-        [experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+        [experiment.experiment_id], filter_string=children_filter(parent.info.run_id)
     )
     return parent, children
 

@@ -1,8 +1,10 @@
-"""Everything MLflow, in three parts that change for different reasons:
+"""Everything MLflow, in parts that change for different reasons:
 
 - store.py: where runs go (tracking URI, SQLite set-up, reachability, experiment, masked secrets);
 - job.py: one training job's run (name, params/tags, resume lookup, epoch logging, model and files);
-- sweep.py: a multirun's parent run (Hydra callback, summary, closing on failure).
+- parent.py: THE parent-run lifecycle (create, adopt children, summary files, best tags, ending status);
+- sweep.py: a multirun's parent run (the Hydra callback on top of parent.py);
+- registry.py, serve.py: the champion, registered and served.
 
 Run model:
 - `python -m src.train ...` is one plain run.

@@ -14,9 +14,10 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from src.analysis.stats import SEED_KEY, seed_problem
+from src.analysis.stats import SEED_KEY
 from src.infra.errors import ConfigError, exit_on_user_error
 from src.infra.files import write_text_atomic
+from src.infra.predicates import seed_problem
 from src.tracking.job import SWEEP_ENV, override_key, ship_to_jobs
 from src.tracking.links import children_url
 from src.tracking.parent import FAILED, FINISHED, KILLED, SETTING_TAG, ParentRun, status_with_children
@@ -44,7 +45,7 @@ def _parse_sweep(config: DictConfig) -> tuple[list[str], list[list[str]]]:
 
 
 def check_seeds(override: str, seeds: list[Any]) -> None:
-    """The seeds of a sweep are its replicates (src.analysis.stats.seed_problem says what is allowed)."""
+    """The seeds of a sweep are its replicates (src.infra.predicates.seed_problem says what is allowed)."""
     problem = seed_problem(seeds)
     if problem:
         allowed = f"give distinct integers >= 0, e.g. {SEED_KEY}=1,2,3 or {SEED_KEY}='range(1,4)'"

@@ -19,7 +19,6 @@ import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -288,10 +287,3 @@ def _split_once(identity: tuple[str, int, int, int, int], val_split: float, limi
         array.setflags(write=False)
     return splits
 
-
-def compose_config(overrides: list[str]) -> Any:
-    """src.training.config.compose as src/stages/compare.py calls it; kept only until compare.py calls
-    `compose(overrides, command="src.stages.compare")` itself (then delete this)."""
-    from src.training.config import compose
-
-    return compose(overrides, command="src.stages.compare")
