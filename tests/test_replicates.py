@@ -139,21 +139,6 @@ def test_a_setting_whose_best_epoch_is_its_last_on_most_seeds_is_still_improving
     assert line.startswith("- optimizer=adagrad: best epoch = last epoch on 2 of 3 seeds")
 
 
-def test_aggregate_metrics_are_valid_mlflow_names_without_nan(sweep: list[rep.Replicate]) -> None:
-    from mlflow.utils.validation import _validate_metric_name
-
-    metrics = rep.aggregate_metrics(rep.compare([*sweep, run("nadam", 1, 0.95)]))
-    assert metrics["test_accuracy_mean/optimizer:sgd"] == pytest.approx(0.905)
-    assert metrics["test_accuracy_n/optimizer:sgd"] == 2 and metrics["test_accuracy_n/optimizer:adam"] == 3
-    assert metrics["test_accuracy_std/optimizer:adam"] == pytest.approx(0.01)
-    assert metrics["best_epoch_mean/optimizer:adam"] == pytest.approx(5 / 3)
-    assert "test_accuracy_std/optimizer:nadam" not in metrics  # n = 1: no std, no nan metric
-    assert not any(math.isnan(value) for value in metrics.values())
-    name = rep.metric_name("test_accuracy", "mean", "optimizer=adam,optimizer.learning_rate=0.01")
-    assert name == "test_accuracy_mean/optimizer:adam optimizer.learning_rate:0.01"
-    _validate_metric_name(name)  # raises MlflowException on a name MLflow rejects
-
-
 def test_tables_and_csv_print_missing_values_one_way(sweep: list[rep.Replicate]) -> None:
     comparison = rep.compare([*sweep, run("nadam", 1, 0.95)])
     header, rows = tables.settings_table(comparison, ["optimizer"])
