@@ -66,6 +66,23 @@ def test_one_rule_decides_which_runs_count_and_says_why(sweep: list[rep.Replicat
     assert run("sgd", None, None, status="FAILED").label == "sgd,None"  # no seed: the run's name
 
 
+def test_statuses_and_the_counting_rule_are_one_rule_for_runs_records_and_tuning() -> None:
+    assert rep.run_status("FINISHED", diverged=True) == rep.DIVERGED
+    assert [rep.run_status(s, diverged=False) for s in (rep.FINISHED, rep.FAILED, rep.KILLED)] == [
+        "FINISHED",
+        "FAILED",
+        "KILLED",
+    ]
+    assert rep.run_status(rep.FAILED, diverged=True) == rep.FAILED  # it never ended: failed, whatever it logged
+    # the rule on a status and a value: what the fair protocol's tuning selection applies to its records
+    metric = "final_val_accuracy"
+    assert rep.exclusion_reason(rep.FINISHED, 0.9, metric) is None
+    assert rep.exclusion_reason(rep.DIVERGED, 0.9, metric) == "diverged"
+    assert rep.exclusion_reason(rep.FINISHED, None, metric) == "no final val accuracy"
+    assert rep.exclusion_reason(rep.FINISHED, math.inf, metric) == "no final val accuracy"
+    assert rep.exclusion_reason(rep.KILLED, 0.9) == "killed"
+
+
 def test_settings_summarize_the_counted_runs_by_hand(sweep: list[rep.Replicate]) -> None:
     adam, sgd = rep.group(sweep)
     test = adam.summaries["test_accuracy"]  # mean 0.97, sample std sqrt((0.01^2 + 0 + 0.01^2) / 2) = 0.01

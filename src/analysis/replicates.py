@@ -24,7 +24,10 @@ from typing import Any
 
 from src.analysis import stats
 
-FINISHED, DIVERGED = "FINISHED", "diverged"
+# A run's status, THE list: MLflow's end states, and DIVERGED for a run that ended FINISHED but diverged
+# (src/training/callbacks.py's diverged_epoch decides that; the fit core, src/training/fit.py, applies it).
+# The fit core's results, the fair trials' records and every reader of runs use these names and `run_status`.
+FINISHED, FAILED, KILLED, DIVERGED = "FINISHED", "FAILED", "KILLED", "diverged"
 RUN_METRICS = ("test_accuracy", "best_val_accuracy", "best_epoch", "stopped_epoch", "train_seconds")
 SPREAD_METRICS = ("test_accuracy", "best_val_accuracy")  # summarized as mean ± std and 95 % CI
 MEAN_METRICS = ("best_epoch", "stopped_epoch", "train_seconds")  # summarized by their mean
@@ -58,13 +61,26 @@ class Replicate:
         return float(found) if stats.is_number(found) else None
 
 
-def excluded_because(replicate: Replicate, metric: str = VERDICT_METRIC) -> str | None:
-    """Why the run counts in no statistic (`failed`, `diverged`, `no test accuracy`), or None: THE rule."""
-    if replicate.status != FINISHED:
-        return replicate.status.lower()
-    if replicate.value(metric) is None or not math.isfinite(replicate.value(metric)):  # type: ignore[arg-type]
+def run_status(mlflow_status: str, diverged: bool) -> str:
+    """A run's status: DIVERGED for a FINISHED run that diverged, else MLflow's own (FAILED, KILLED, ...)."""
+    return DIVERGED if mlflow_status == FINISHED and diverged else mlflow_status
+
+
+def exclusion_reason(status: str, value: float | None, metric: str = VERDICT_METRIC) -> str | None:
+    """Why a run of this status, whose `metric` is `value`, counts in no statistic (`failed`, `diverged`,
+    `no test accuracy`), or None when it counts: THE rule. A run counts when it ended FINISHED, did not
+    diverge, and has a finite value of the compared metric. Replicates, the fair protocol's tuning
+    selection (`final_val_accuracy`) and every table apply it."""
+    if status != FINISHED:
+        return status.lower()
+    if value is None or not math.isfinite(value):
         return f"no {metric.replace('_', ' ')}"
     return None
+
+
+def excluded_because(replicate: Replicate, metric: str = VERDICT_METRIC) -> str | None:
+    """Why the replicate counts in no statistic, or None: `exclusion_reason` of its status and value."""
+    return exclusion_reason(replicate.status, replicate.value(metric), metric)
 
 
 def excluded_text(replicates: Iterable[Replicate], metric: str = VERDICT_METRIC, with_setting: bool = False) -> str:
@@ -274,9 +290,7 @@ def from_mlflow_run(run: Any, keys: Sequence[str], seed_key: str = stats.SEED_KE
     its param, else its tag `<tag_prefix><key>` (keys that do not shape training are logged as tags)."""
     params, tags = run.data.params, run.data.tags
     values = {key: params.get(key, tags.get(f"{tag_prefix}{key}", "")) for key in keys}
-    status = run.info.status
-    if status == FINISHED and tags.get("diverged") == "true":
-        status = DIVERGED
+    status = run_status(run.info.status, tags.get("diverged") == "true")
     seed = params.get(seed_key)
     return Replicate(
         setting=setting_label(list(keys), list(values.values())),

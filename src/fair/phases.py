@@ -9,13 +9,13 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig
 
+from src.analysis import replicates as rep
 from src.fair import trials as trial_runs
 from src.fair.protocol import (
     Protocol,
@@ -26,6 +26,8 @@ from src.fair.protocol import (
 )
 from src.infra.errors import ConfigError
 from src.training import resume
+
+SELECT_METRIC = "final_val_accuracy"  # what tuning selects a learning rate on (validation only)
 
 
 @dataclass(frozen=True)
@@ -46,14 +48,15 @@ class Selection:
 
 def select(records: Sequence[dict[str, Any]]) -> tuple[float | None, dict[float, float | None], list[float]]:
     """(best learning rate, {lr: final val accuracy or None}, diverged rates) of one optimizer's tuning
-    records. Only finished, finite trials compete; ties go to the smaller learning rate."""
+    records. The trials that count by the replicates layer's rule (`exclusion_reason` on SELECT_METRIC:
+    finished, not diverged, finite) compete; ties go to the smaller learning rate."""
     scores: dict[float, float | None] = {}
     diverged = []
     for record in sorted(records, key=lambda r: r["learning_rate"]):
-        value = record["metrics"].get("final_val_accuracy")
-        usable = record["status"] == trial_runs.FINISHED and value is not None and math.isfinite(value)
-        scores[record["learning_rate"]] = value if usable else None
-        if record["status"] == trial_runs.DIVERGED:
+        value = record["metrics"].get(SELECT_METRIC)
+        counts = rep.exclusion_reason(record["status"], value, SELECT_METRIC) is None
+        scores[record["learning_rate"]] = value if counts else None
+        if record["status"] == rep.DIVERGED:
             diverged.append(record["learning_rate"])
     ranked = [(value, lr) for lr, value in scores.items() if value is not None]
     best = max(ranked, key=lambda pair: (pair[0], -pair[1]))[1] if ranked else None
