@@ -1,20 +1,19 @@
 """`python -m src.train [-m] [key=value ...]`: train one MNIST classifier per job and log it to MLflow.
 
-compose (Hydra) -> validate -> build optimizer, model and callbacks from `_target_` -> fit -> evaluate ->
-log -> return the best validation accuracy (what a Hydra sweeper would maximize).
+compose (Hydra) -> validate -> build optimizer, model and callbacks from `_target_` -> fit -> score the run's
+model -> log -> return the best validation accuracy (what a Hydra sweeper would maximize). Building, fitting
+and scoring are the fit core's (src/training/fit.py, shared with the fair protocol); this module is the job's
+MLflow run and output folder.
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import math
 import signal
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +31,9 @@ from src.training import data, resume
 from src.training.config import CONFIG_DIR, validate
 
 log = logging.getLogger(__name__)
-
-
-def _build(group: str, builder: Callable[[], Any]) -> Any:
-    """Run `builder`, reporting what Keras rejects (it validates its own arguments) as a ConfigError
-    that names the config group."""
-    try:
-        return builder()
-    except Exception as error:
-        cause = error.__cause__ or error  # Hydra wraps the Keras error in an InstantiationException
-        raise ConfigError(f"{group} cannot be built: {cause}") from error
+# Every test image's digit as the run's model predicts it (NumPy uint8), beside metrics.json: the DVC train
+# stage's confusion matrices and predictions.csv come from it (src/stages/evaluate.py), not from a second pass.
+PREDICTIONS = "test_predictions.npy"
 
 
 def _write_json(path: Path, payload: Any) -> None:
@@ -52,19 +44,6 @@ def _finite_or_null(results: dict[str, Any]) -> dict[str, Any]:
     """NaN and infinity (a diverged run's losses) as null: metrics.json stays strict JSON for DVC and others."""
     return {
         key: None if isinstance(value, float) and not math.isfinite(value) else value for key, value in results.items()
-    }
-
-
-def summarize_history(history: dict[str, list[float]]) -> dict[str, float]:
-    """best_val_accuracy, best_epoch (1-based) and stopped_epoch (epochs actually run) of a fit. A NaN
-    epoch (a diverged run) is never the best."""
-    val_accuracy = history["val_accuracy"]
-    ranked = [-math.inf if math.isnan(value) else value for value in val_accuracy]
-    best_index = max(range(len(ranked)), key=ranked.__getitem__)
-    return {
-        "best_val_accuracy": float(val_accuracy[best_index]),
-        "best_epoch": best_index + 1,
-        "stopped_epoch": len(val_accuracy),
     }
 
 
@@ -138,7 +117,10 @@ def train(cfg: DictConfig, data_path: Path) -> float:
 def _fit_and_log(
     cfg: DictConfig, data_path: Path, data_sha256: str, experiment_id: str, state: resume.JobState
 ) -> float:
-    """The job proper, under its config's lock: resume or start the run, fit, evaluate, log."""
+    """The job proper, under its config's lock: resume or start the run, fit and score (the fit core,
+    src/training/fit.py), log. What is the job's own: the MLflow run (params, tags, per-epoch metrics, files,
+    the run's model) and the job's folder (checkpoints, history.json, metrics.json, test_predictions.npy,
+    run.json)."""
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
     config_hash = state.config_hash
@@ -151,30 +133,15 @@ def _fit_and_log(
 
     import keras  # after the checks above: a bad path costs a second, not a TensorFlow import
     import mlflow
-    from hydra.utils import instantiate
+    import numpy as np
 
-    from src.training.callbacks import BackupAndRestore, EpochStats, StopOnDivergence, diverged_epoch, from_config
+    from src.training import fit
 
-    _freeze_imported_objects()
-
-    keras.utils.set_random_seed(cfg.train.seed)
-    splits = data.split_for_training(data_path, cfg.data.val_split, cfg.data.limit, cfg.train.seed)
-
+    logger = [tracking.epoch_logger()]  # every epoch's metrics to the run as they come
+    spec = fit.TrialSpec(cfg, data_path, score_test=True, callbacks=logger, backup_dir=state.backup_dir)
+    splits = spec.splits()
     # Build everything before the MLflow run exists: a bad setting never leaves a run behind.
-    optimizer = _build(f"optimizer ({cfg.optimizer._target_})", lambda: instantiate(cfg.optimizer))
-    model = _build(f"model ({cfg.model._target_})", lambda: instantiate(cfg.model))
-    configured_callbacks = _build("callbacks", lambda: from_config(cfg.get("callbacks"), state.backup_dir))
-    backup = next((c for c in configured_callbacks if isinstance(c, BackupAndRestore)), None)
-    guard = next((c for c in configured_callbacks if isinstance(c, StopOnDivergence)), None)
-    model.compile(
-        optimizer=optimizer,
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-        steps_per_execution=cfg.train.steps_per_execution,
-    )
-    verbose = cfg.train.verbose
-    if verbose == "auto":  # Keras' own "auto" draws a progress bar even into log files
-        verbose = 1 if sys.stdout.isatty() else 2
+    trial = fit.build(spec)
 
     choices = dict(hydra_cfg.runtime.choices)
     run_name = tracking.job_run_name(list(hydra_cfg.overrides.task), choices)
@@ -200,73 +167,50 @@ def _fit_and_log(
                 "train.seed": cfg.train.seed,
             }
             log_datasets(splits, data_path, data_sha256, selection)  # what picks the training and validation rows
-            started = time.perf_counter()
-            restored = (lambda: backup.restored_history) if backup else list
-            fit_callbacks = [EpochStats(), *configured_callbacks, tracking.epoch_logger(restored)]
-            history = model.fit(
-                splits.x_train,
-                splits.y_train,
-                batch_size=cfg.train.batch_size,
-                validation_batch_size=cfg.train.get("validation_batch_size"),
-                epochs=cfg.train.epochs,
-                steps_per_epoch=cfg.train.get("steps_per_epoch"),
-                validation_data=(splits.x_val, splits.y_val),
-                callbacks=fit_callbacks,
-                verbose=verbose,
-            )
-            train_seconds = time.perf_counter() - started
-            full_history = _merge_history(backup.restored_history if backup else [], history.history)
-            # Diverged: a non-finite loss, or past StopOnDivergence's limit when it is on
-            diverged_at = diverged_epoch(full_history.get("loss", []), guard.limit if guard else math.inf)
+            result = fit.fit(trial)
+            if result.restored_epochs:  # a kill between an epoch's backup and its logging left a gap: filled
+                tracking.log_epoch_history(result.epochs()[: result.restored_epochs])
+            diverged_at = result.diverged_epoch
+            divergence = {"diverged": "true", "diverged_epoch": str(diverged_at)} if diverged_at else {}
+            # which weights the run's model holds, and its Keras file among the run's artifacts
+            kept = result.checkpoint_path.name if result.checkpoint_path else "last.keras"
             mlflow.set_tags(
-                {"diverged": "true", "diverged_epoch": str(diverged_at)} if diverged_at else {"diverged": "false"}
+                {"diverged": "false", **divergence, **result.model_tags(), "model_file": f"checkpoints/{kept}"}
             )
             if diverged_at:
-                loss = full_history["loss"][diverged_at - 1]
                 log.warning(
-                    "the run diverged in epoch %d (training loss %.4g): tagged diverged=true", diverged_at, loss
+                    "the run diverged in epoch %d (training loss %.4g, validation loss %.4g): tagged diverged=true",
+                    diverged_at,
+                    result.history["loss"][diverged_at - 1],
+                    result.history["val_loss"][diverged_at - 1],
                 )
-            test_batch_size = cfg.train.get("validation_batch_size") or cfg.train.batch_size
-            test_loss, test_accuracy = model.evaluate(
-                splits.x_test, splits.y_test, batch_size=test_batch_size, verbose=0
-            )
             results = {
-                "test_loss": float(test_loss),
-                "test_accuracy": float(test_accuracy),
-                **summarize_history(full_history),
-                "train_seconds": train_seconds,
+                **result.metrics(),
                 "process_rss_mb": psutil.Process().memory_info().rss / 2**20,  # grows across sweep jobs if memory leaks
             }
             mlflow.log_metrics(results)
             log.info("results: %s", json.dumps(results))
-            write_atomic(output_dir / "checkpoints" / "last.keras", model.save)  # Keras wants the .keras suffix
-            _write_json(output_dir / "history.json", full_history)
-            divergence = {"diverged": diverged_at is not None, "diverged_epoch": diverged_at}
-            _write_json(output_dir / "metrics.json", _finite_or_null({**results, **divergence}))
-            tracking.log_keras_model(model)
+            log.info("the run's model: the %s weights of epoch %s", result.model_weights, result.model_epoch)
+            write_atomic(output_dir / "checkpoints" / "last.keras", result.final_model.save)  # Keras wants .keras
+            write_atomic(output_dir / PREDICTIONS, lambda temp: np.save(temp, result.test.predicted))
+            _write_json(output_dir / "history.json", result.history)
+            record = {
+                **results,
+                "diverged": diverged_at is not None,
+                "diverged_epoch": diverged_at,
+                "model_weights": result.model_weights,
+                "model_epoch": result.model_epoch,
+            }
+            _write_json(output_dir / "metrics.json", _finite_or_null(record))
+            tracking.log_keras_model(result.model)
         finally:  # whatever happened, keep what the job wrote so far with its run
             tracking.log_job_files(cfg, output_dir)
     # Only once the run has ended FINISHED: the DVC train stage keeps a seed whose folder has it.
     _write_json(output_dir / "run.json", {"run_id": run.info.run_id, "run_name": run_name})
-    if backup is not None:  # the run ended FINISHED: nothing left to resume
-        backup.discard()
+    if trial.backup is not None:  # the run ended FINISHED: nothing left to resume
+        trial.backup.discard()
     state.clear()
     return results["best_val_accuracy"]
-
-
-def _freeze_imported_objects() -> None:
-    """Move what exists now (TensorFlow, Keras, MLflow: ~550k objects) out of the garbage collector's
-    sight, once per process. A full collection then takes milliseconds instead of ~0.25 s; Keras runs one
-    after every job (clear_session) and Python runs them during training. Objects made later, such as
-    each job's model, are collected as usual."""
-    if gc.get_freeze_count() == 0:
-        gc.freeze()
-
-
-def _merge_history(restored: list[dict[str, float]], history: dict[str, list[float]]) -> dict[str, list[float]]:
-    """The whole run's per-epoch history: epochs restored from a backup, then this fit's epochs."""
-    keys = list(history) or list(restored[0] if restored else [])
-    return {key: [epoch[key] for epoch in restored if key in epoch] + list(history.get(key, [])) for key in keys}
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")

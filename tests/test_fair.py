@@ -80,6 +80,9 @@ def test_every_run_is_a_tagged_child_of_one_finished_parent(protocol: Path) -> N
     assert all("test_accuracy" in r.data.metrics for r in judge)
     client = MlflowClient(f"sqlite:///{protocol}/mlflow.db")
     assert [a.path for a in client.list_artifacts(judge[0].info.run_id)] == ["model"]
+    # a judged run's model is its final weights (no checkpoint, no early stopping), and so say its tags
+    assert {(r.data.tags["model_weights"], r.data.tags["model_epoch"]) for r in judge} == {("final", "2")}
+    assert not any("model_weights" in r.data.tags for r in tune)  # tuning keeps no model
     assert client.list_artifacts(tune[0].info.run_id) == []
     parent_files = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     assert {"fair.md", "summary.csv", "lr_sensitivity.png", "curves.png", "budget.png"} <= parent_files
@@ -124,6 +127,22 @@ def test_the_report_matches_the_runs_in_mlflow(protocol: Path) -> None:
     # fair.md's table: one row per optimizer (the DVC test's report stage is this same report over its runs)
     table = [line for line in (protocol / "report" / "fair.md").read_text().splitlines() if line.startswith("| ")]
     assert [line.split("|")[1].strip() for line in table] == ["optimizer", *OPTIMIZERS]
+
+
+@pytest.mark.slow
+def test_a_judged_run_s_test_accuracy_is_its_logged_model_s(protocol: Path, mnist_dir: Path, tmp_path: Path) -> None:
+    import keras
+    import numpy as np
+
+    from src.training import data
+
+    judged = [r for r in runs(protocol) if r.data.tags.get("phase") == "judge" and r.data.tags["diverged"] == "false"]
+    run = max(judged, key=lambda r: r.data.metrics["test_accuracy"])
+    client = MlflowClient(f"sqlite:///{protocol}/mlflow.db")
+    model = keras.saving.load_model(client.download_artifacts(run.info.run_id, "model/model.keras", str(tmp_path)))
+    arrays = data.read_npz(mnist_dir / "mnist.npz")
+    predicted = np.argmax(model.predict(arrays["x_test"], batch_size=1024, verbose=0), axis=1)
+    assert np.mean(predicted == arrays["y_test"]) == run.data.metrics["test_accuracy"] > 0.5
 
 
 @pytest.mark.slow

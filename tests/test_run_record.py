@@ -15,11 +15,11 @@ from mlflow import MlflowClient
 
 from src.infra.errors import ConfigError
 from src.tracking.job import DATASET_NAME, dataset_digest
-from src.train import summarize_history
 from src.training.callbacks import StopOnDivergence, diverged_epoch
 from src.training.config import compose as compose_config
 from src.training.config import shapes_training, validate
 from src.training.data import sha256_file
+from src.training.fit import summarize_history
 from tests.conftest import SMALL, all_runs, run_main, split_parent, store_args, store_with_tables
 
 SELECTION = {"data.limit": None, "data.val_split": 0.1, "train.seed": 42}
@@ -38,15 +38,6 @@ def test_dataset_digest_names_the_rows_a_run_used() -> None:
     assert dataset_digest("b" * 64, "training", SELECTION) != full["training"]  # another file
     assert dataset_digest("a" * 64, "training", dict(reversed(SELECTION.items()))) == full["training"]
     assert dataset_digest("a" * 64, "test", {}) != dataset_digest("b" * 64, "test", {})
-
-
-def test_diverged_epoch_is_the_first_non_finite_or_exploded_loss() -> None:
-    assert diverged_epoch([2.3, 0.5, 0.3]) is None
-    assert diverged_epoch([2.3, math.nan, 0.3]) == 2
-    assert diverged_epoch([2.3, math.inf]) == 2
-    assert diverged_epoch([4.6e29, 5e5], limit=230.0) == 1
-    assert diverged_epoch([4.6e29, 5e5]) is None  # StopOnDivergence off: only a non-finite loss counts
-    assert diverged_epoch([]) is None
 
 
 def test_summarize_history_never_picks_a_nan_epoch() -> None:
@@ -90,9 +81,9 @@ def _fit(learning_rate: float, epochs: int = 4) -> tuple[StopOnDivergence, list[
 def test_stop_on_divergence_stops_an_exploding_fit_and_only_that() -> None:
     guard, losses = _fit(1e6)  # finite (~7.8e4), so TerminateOnNaN would let it train on
     assert len(losses) == 1 and math.isfinite(losses[0]) and losses[0] > guard.limit
-    assert diverged_epoch(losses, guard.limit) == 1
+    assert diverged_epoch({"loss": losses}, guard.limit) == 1
     guard, losses = _fit(0.01)
-    assert len(losses) == 4 and diverged_epoch(losses, guard.limit) is None
+    assert len(losses) == 4 and diverged_epoch({"loss": losses}, guard.limit) is None
 
 
 @pytest.mark.parametrize(
@@ -154,7 +145,11 @@ def test_diverged_runs_finish_tagged_and_the_sweep_goes_on(diverging_sweep) -> N
     assert [(m["diverged"], m["diverged_epoch"]) for m in outputs] == [(True, 1), (True, 1), (False, None)]
     assert outputs[0]["test_loss"] is None  # NaN: metrics.json stays strict JSON
     assert math.isnan(children[0].data.metrics["test_loss"])
-    assert outputs[2]["test_accuracy"] > 0.5
+    assert outputs[2]["test_accuracy"] == children[2].data.metrics["test_accuracy"] > 0.5
+    # the run's model is its best checkpoint (the default ModelCheckpoint keeps the best val_accuracy)
+    learned = children[2].data.tags
+    assert (learned["model_weights"], learned["model_file"]) == ("best_checkpoint", "checkpoints/best.keras")
+    assert learned["model_epoch"] == str(outputs[2]["model_epoch"]) == str(outputs[2]["best_epoch"])
     logs = [(Path(c.data.tags["output_dir"]) / "train.log").read_text() for c in children]
     assert "the run diverged in epoch 1" in logs[0] and "the run diverged in epoch 1" in logs[1]
     assert "max_ratio x baseline" in logs[1] and "Invalid loss" in result.stdout  # which callback stopped it

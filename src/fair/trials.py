@@ -1,14 +1,17 @@
 """Train the protocol's runs in this process, each once: one MLflow run and one record file per trial.
 
-A trial is lean next to `src.train`'s job, because the protocol trains a hundred of them and the time
-outside `fit` is its overhead: the data split is read once per seed, the model is built and fitted with the
-divergence guards only, and its MLflow run gets its params, tags and every epoch's metrics in one batch at
-the end (no TensorBoard, no checkpoints, no logged MLflow model). What each phase logs:
+A trial trains through the same fit core as `src.train`'s job (src/training/fit.py: build, fit, the one
+rule of "diverged", the run's model, its test scores) and differs in what it logs and where: it is lean,
+because the protocol trains a hundred of them and the time outside `fit` is its overhead. The data split
+is read once per seed, the protocol's config keeps the divergence guards only (no checkpoint, so a trial's
+model is its final weights), and its MLflow run gets its params, tags and every epoch's metrics in one
+batch at the end (no TensorBoard, no checkpoints, no logged MLflow model). What each phase logs:
 
 - tune: params, tags (phase, optimizer, workload, learning_rate, seed), per-epoch metrics, final
   validation metrics. The test set is never evaluated: tuning selects on validation only;
-- judge: the same, plus test_loss/test_accuracy of the final weights and the trained model as a
-  `.keras` file artifact (`model/model.keras`; load it with `keras.saving.load_model`).
+- judge: the same, plus test_loss/test_accuracy of the run's model (its final weights), that model as a
+  `.keras` file artifact (`model/model.keras`; load it with `keras.saving.load_model`) and the tags
+  `model_weights` and `model_epoch` that say so.
 
 A trial's folder holds `trial.json` once its run ended FINISHED: the trial's config hash (src/training/resume.py:
 the resolved training config, the MNIST file's sha256, the Keras backend), its metrics and history. A
@@ -18,7 +21,6 @@ without retraining finished trials, and a wider grid trains only the new learnin
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import math
@@ -29,18 +31,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import zip_longest
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 from omegaconf import DictConfig
 
+from src.analysis.replicates import FAILED, FINISHED, KILLED
 from src.fair.protocol import JUDGE, Trial, lr_text
 from src.infra.files import write_text_atomic
 from src.training import resume
 
+if TYPE_CHECKING:
+    from src.training.fit import Engine, FitResult
+
 log = logging.getLogger(__name__)
 RECORD = "trial.json"
-FINISHED, DIVERGED = "FINISHED", "diverged"
 
 
 def trial_config(base: DictConfig, trial: Trial) -> DictConfig:
@@ -112,106 +117,79 @@ def plan(trials: Sequence[Trial], hashes: Mapping[Trial, str], trials_dir: Path)
     return to_train
 
 
-def train_trials(trials: Sequence[Trial], base: DictConfig, context: Context, trials_dir: Path) -> list[dict[str, Any]]:
+def train_trials(
+    trials: Sequence[Trial], base: DictConfig, context: Context, trials_dir: Path, engine: Engine | None = None
+) -> list[dict[str, Any]]:
     """Train every trial of `trials` that has no finished record of its current config; return all records.
 
-    A trial that diverges is recorded like any other (status `diverged`); an exception in one trial (a
-    FAILED run) stops the stage, and the finished trials before it stay recorded."""
+    The fit core trains them (src/training/fit.py; `engine`, sequential by default). Each trial's MLflow run
+    is opened when it starts and logged, ended FINISHED and recorded as soon as its result is ready. A trial
+    that diverges is recorded like any other (status `diverged`); an exception ends the runs in progress
+    FAILED (KILLED on Ctrl-C) and stops the stage, and the finished trials before it stay recorded."""
+    import keras
+    from mlflow import MlflowClient
+
+    from src.tracking import config_params
+    from src.training import fit
+
     configs = {trial: trial_config(base, trial) for trial in trials}
     hashes = {trial: resume.config_hash(configs[trial], context.data_sha256) for trial in trials}
     to_train = plan(trials, hashes, trials_dir)
     print(f"{len(to_train)} to train, {len(trials) - len(to_train)} kept from earlier runs", flush=True)
+    # Every trial builds a new model, so TensorFlow traces its train step anew: expected, not worth a warning
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    specs = [
+        fit.TrialSpec(configs[trial], context.data_path, score_test=trial.phase == JUDGE, verbose=0)
+        for trial in to_train
+    ]
+    client = MlflowClient()
+    open_runs: dict[int, str] = {}
     fit_seconds = 0.0
-    for trial in to_train:
-        record = train_one(trial, configs[trial], context, hashes[trial])
+
+    def start(index: int) -> None:
+        trial = to_train[index]
+        tags = {
+            "phase": trial.phase,
+            "optimizer": trial.optimizer,
+            "workload": trial.workload,
+            "learning_rate": lr_text(trial.learning_rate),
+            "seed": str(trial.seed),
+            "config_hash": hashes[trial],
+            "data_sha256": context.data_sha256,
+            "keras_backend": keras.backend.backend(),
+        }
+        open_runs[index] = client.create_run(context.experiment_id, run_name=trial.run_name, tags=tags).info.run_id
+
+    def finish(index: int, result: fit.FitResult) -> None:
+        nonlocal fit_seconds
+        trial, run_id = to_train[index], open_runs[index]
+        params = config_params(configs[trial], context.choices)
+        _log_run(client, run_id, params, result, with_model=trial.phase == JUDGE)
+        client.set_terminated(run_id, FINISHED)
+        del open_runs[index]
+        record = _record(trial, hashes[trial], run_id, result)
         write_text_atomic(trial.folder(trials_dir) / RECORD, json.dumps(record, indent=1) + "\n")
-        fit_seconds += record["metrics"]["train_seconds"]
+        fit_seconds += result.train_seconds
+        if result.diverged_epoch:
+            log.warning("%s diverged in epoch %d", trial.run_name, result.diverged_epoch)
+        final = record["metrics"]["final_val_accuracy"]
+        shown = "n/a" if final is None else f"{final:.4f}"
+        print(f"{trial.run_name}: val accuracy {shown} ({result.train_seconds:.1f} s)", flush=True)
+
+    try:
+        fit.fit_trials(specs, engine, on_start=start, on_result=finish)
+    except BaseException as error:
+        for run_id in open_runs.values():
+            client.set_terminated(run_id, KILLED if isinstance(error, KeyboardInterrupt) else FAILED)
+        raise
     if to_train:  # the overhead to beat: time outside fit, start-up included (docs/benchmarks.md)
         wall = time.time() - psutil.Process().create_time()
         print(f"{fit_seconds:.1f} s of training in {wall:.1f} s since this process started", flush=True)
     return [read_record(trial.folder(trials_dir)) for trial in trials]  # type: ignore[misc]
 
 
-def train_one(trial: Trial, cfg: DictConfig, context: Context, config_hash: str) -> dict[str, Any]:
-    """Fit one trial, log its MLflow run (ended FINISHED, or FAILED/KILLED on an exception) and return
-    its record."""
-    import keras
-    from hydra.utils import instantiate
-    from mlflow import MlflowClient
-
-    from src.tracking import config_params
-    from src.train import summarize_history
-    from src.training import data
-    from src.training.callbacks import EpochStats, StopOnDivergence, diverged_epoch, from_config
-
-    # Every trial builds a new model, so TensorFlow traces its train step anew: expected, not worth a warning
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    if gc.get_freeze_count() == 0:  # as src.train does: full collections skip the ~550k objects of TF, Keras, MLflow
-        gc.freeze()
-    keras.utils.set_random_seed(trial.seed)
-    splits = data.split_for_training(context.data_path, cfg.data.val_split, cfg.data.limit, trial.seed)
-    model = instantiate(cfg.model)
-    guards = from_config(cfg.callbacks)
-    model.compile(
-        optimizer=instantiate(cfg.optimizer),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-        steps_per_execution=cfg.train.steps_per_execution,
-    )
-    tags = {
-        "phase": trial.phase,
-        "optimizer": trial.optimizer,
-        "workload": trial.workload,
-        "learning_rate": lr_text(trial.learning_rate),
-        "seed": str(trial.seed),
-        "config_hash": config_hash,
-        "data_sha256": context.data_sha256,
-        "keras_backend": keras.backend.backend(),
-    }
-    client = MlflowClient()
-    run_id = client.create_run(context.experiment_id, run_name=trial.run_name, tags=tags).info.run_id
-    try:
-        started = time.perf_counter()
-        history = model.fit(
-            splits.x_train,
-            splits.y_train,
-            batch_size=cfg.train.batch_size,
-            validation_batch_size=cfg.train.get("validation_batch_size"),
-            epochs=cfg.train.epochs,
-            validation_data=(splits.x_val, splits.y_val),
-            callbacks=[EpochStats(), *guards],
-            verbose=0,
-        ).history
-        train_seconds = time.perf_counter() - started
-        limit = next((c.limit for c in guards if isinstance(c, StopOnDivergence)), math.inf)  # set in fit
-        diverged_at = diverged_epoch(history.get("loss", []), limit)
-        if diverged_at is None and not all(math.isfinite(v) for v in history["val_accuracy"]):
-            diverged_at = len(history["val_accuracy"])
-        metrics = {
-            **summarize_history(history),
-            "final_val_accuracy": history["val_accuracy"][-1],
-            "final_val_loss": history["val_loss"][-1],
-            "train_seconds": train_seconds,
-        }
-        if trial.phase == JUDGE:
-            batch = cfg.train.get("validation_batch_size") or cfg.train.batch_size
-            test_loss, test_accuracy = model.evaluate(splits.x_test, splits.y_test, batch_size=batch, verbose=0)
-            metrics |= {"test_loss": float(test_loss), "test_accuracy": float(test_accuracy)}
-        _log_run(client, run_id, config_params(cfg, context.choices), history, metrics, diverged_at)
-        if trial.phase == JUDGE:
-            _log_model(client, run_id, model)
-    except KeyboardInterrupt:
-        client.set_terminated(run_id, "KILLED")
-        raise
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
-        raise
-    finally:  # Keras' global state reset; no forced full collection per trial (Keras' advice for short loops)
-        keras.backend.clear_session(free_memory=False)
-    client.set_terminated(run_id, FINISHED)
-    if diverged_at:
-        log.warning("%s diverged in epoch %d", trial.run_name, diverged_at)
-    print(f"{trial.run_name}: val accuracy {metrics['final_val_accuracy']:.4f} ({train_seconds:.1f} s)", flush=True)
+def _record(trial: Trial, config_hash: str, run_id: str, result: FitResult) -> dict[str, Any]:
+    """trial.json: what the report reads of a finished trial (NaN and infinity as null)."""
     return {
         "config_hash": config_hash,
         "phase": trial.phase,
@@ -219,42 +197,37 @@ def train_one(trial: Trial, cfg: DictConfig, context: Context, config_hash: str)
         "optimizer": trial.optimizer,
         "learning_rate": trial.learning_rate,
         "seed": trial.seed,
-        "status": DIVERGED if diverged_at else FINISHED,
-        "diverged_epoch": diverged_at,
+        "status": result.status,
+        "diverged_epoch": result.diverged_epoch,
         "run_id": run_id,
         "run_name": trial.run_name,
-        "metrics": {key: _finite(float(value)) for key, value in metrics.items()},
-        "history": {key: [_finite(float(v)) for v in values] for key, values in history.items()},
+        "metrics": {key: _finite(float(value)) for key, value in result.metrics().items()},
+        "history": {key: [_finite(float(v)) for v in values] for key, values in result.history.items()},
     }
 
 
-def _log_run(
-    client: Any,
-    run_id: str,
-    params: Mapping[str, str],
-    history: Mapping[str, Sequence[float]],
-    metrics: Mapping[str, float],
-    diverged_at: int | None,
-) -> None:
+def _log_run(client: Any, run_id: str, params: Mapping[str, str], result: FitResult, with_model: bool) -> None:
     """Params, per-epoch metrics (step = epoch, 0-based as src.train logs them), final metrics and the
-    divergence tags, in as few store round trips as MLflow allows (100 params, 1000 metrics a call)."""
+    divergence tags, in as few store round trips as MLflow allows (100 params, 1000 metrics a call); with
+    `with_model`, the run's model (`model/model.keras`) and the tags saying which weights it holds."""
     from mlflow.entities import Metric, Param, RunTag
 
     now = int(time.time() * 1000)
+    history, metrics = result.history, result.metrics()
     values = [Metric(key, float(v), now, step) for key, series in history.items() for step, v in enumerate(series)]
     values += [Metric(key, float(value), now, 0) for key, value in metrics.items()]
     values = [metric for metric in values if math.isfinite(metric.value)]  # MLflow refuses nan in some stores
+    diverged_at = result.diverged_epoch
     tags = [RunTag("diverged", "true" if diverged_at else "false")]
     tags += [RunTag("diverged_epoch", str(diverged_at))] if diverged_at else []
+    tags += [RunTag(key, value) for key, value in result.model_tags().items()] if with_model else []
     params_list = [Param(key, value[:6000]) for key, value in params.items()]
     param_chunks = [params_list[i : i + 100] for i in range(0, len(params_list), 100)]
     metric_chunks = [values[i : i + 1000] for i in range(0, len(values), 1000)]
     for index, (some_params, some_metrics) in enumerate(zip_longest(param_chunks, metric_chunks, fillvalue=[])):
         client.log_batch(run_id, metrics=some_metrics, params=some_params, tags=tags if index == 0 else [])
-
-
-def _log_model(client: Any, run_id: str, model: Any) -> None:
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "model.keras"
-        model.save(path)
-        client.log_artifact(run_id, str(path), "model")
+    if with_model:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "model.keras"
+            result.model.save(path)
+            client.log_artifact(run_id, str(path), "model")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -228,23 +228,16 @@ def job_run(
     mlflow.end_run("FINISHED")
 
 
-def epoch_logger(restored_history: Callable[[], Sequence[Mapping[str, float]]] = list):
-    """A Keras callback that logs every epoch's metrics (with step = epoch) to the active run.
-
-    `restored_history` gives, once training has begun, the epochs a resumed run did before (from its
-    backup): they are logged first where missing, and the model summary is not logged twice.
-    Put it after the BackupAndRestore callback.
-    """
+def epoch_logger():
+    """A Keras callback that logs every epoch's metrics (with step = epoch) to the active run, and the
+    model summary when training begins. A resumed run continues at its next epoch; the epochs a kill cut
+    off between their backup and their logging are the job's to fill in (`log_epoch_history`)."""
     from mlflow.keras import MlflowCallback
 
     class EpochMetricsLogger(MlflowCallback):
         def on_train_begin(self, logs: dict | None = None) -> None:
             import mlflow
 
-            history = restored_history()
-            if history:
-                log_epoch_history(history)
-                return
             # MlflowCallback would also log the optimizer's Keras config as `optimizer_*` params: the
             # config's `optimizer.*` params say the same, and each argument twice crowds "show diff only".
             lines: list[str] = []

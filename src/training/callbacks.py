@@ -7,8 +7,8 @@ half-written file that a later run accepts:
   completed epoch (a resumed run knows its whole history) and restores the state of EarlyStopping and
   ModelCheckpoint from them (Keras resets both, so a resumed run would forget its best epoch).
 
-A diverged run (loss non-finite, or `StopOnDivergence`'s limit passed) is stopped by Keras' `TerminateOnNaN`
-or by `StopOnDivergence`, and named by `diverged_epoch`.
+A diverged run is stopped by Keras' `TerminateOnNaN` or by `StopOnDivergence`, and named by `diverged_epoch`:
+THE definition of "diverged" for every run of the project (src/training/fit.py applies it to each fit).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,13 +99,28 @@ class EpochStats(keras.callbacks.Callback):
             logs["effective_step_size"] = float(np.median(step_sizes))
 
 
-def diverged_epoch(losses: Sequence[float], limit: float = math.inf) -> int | None:
-    """The 1-based epoch whose training loss first was non-finite or above `limit`; None if none was.
+def loss_diverged(loss: float, limit: float = math.inf) -> bool:
+    """Whether a training loss is not finite or above `limit`: the part of `diverged_epoch` that
+    StopOnDivergence checks after every compiled call."""
+    return not (math.isfinite(loss) and loss <= limit)
 
-    Read from the whole run's history, so a resumed run names the same epoch as an uninterrupted one."""
-    for epoch, loss in enumerate(losses, start=1):
-        if not (math.isfinite(loss) and loss <= limit):
-            return epoch
+
+def diverged_epoch(history: Mapping[str, Sequence[float]], limit: float = math.inf) -> int | None:
+    """The 1-based epoch in which the run diverged, or None: the first epoch whose training loss was not
+    finite or above `limit` (StopOnDivergence's, when that callback is on), or whose validation loss or
+    validation accuracy (any `val_*` metric) was not finite.
+
+    The validation metrics count because an update in an epoch's last batches can make the weights NaN
+    while that epoch's mean training loss is still finite: the model is then no model, whatever the loss
+    says. Read from the whole run's history, so a resumed run names the same epoch as an uninterrupted one.
+    """
+    losses = history.get("loss", [])
+    validation = [values for key, values in history.items() if key.startswith("val_")]
+    for epoch in range(max(map(len, [losses, *validation]))):
+        if epoch < len(losses) and loss_diverged(losses[epoch], limit):
+            return epoch + 1
+        if any(epoch < len(values) and not math.isfinite(values[epoch]) for values in validation):
+            return epoch + 1
     return None
 
 
@@ -135,7 +150,7 @@ class StopOnDivergence(keras.callbacks.Callback):
         if loss is None or self.model.stop_training:
             return
         loss = float(keras.ops.convert_to_numpy(loss))
-        if diverged_epoch([loss], self.limit):  # the same rule that tags the run
+        if loss_diverged(loss, self.limit):  # the rule that tags the run (diverged_epoch)
             log.warning(
                 "training loss %.4g passed %.4g (max_ratio x baseline): stopping, the run diverged", loss, self.limit
             )
@@ -143,7 +158,17 @@ class StopOnDivergence(keras.callbacks.Callback):
 
 
 class ModelCheckpoint(keras.callbacks.ModelCheckpoint):
-    """keras.callbacks.ModelCheckpoint whose saves go through `write_atomic` (Keras writes in place)."""
+    """keras.callbacks.ModelCheckpoint whose saves go through `write_atomic` (Keras writes in place), and
+    which remembers what it saved last: `saved_path` and `saved_epoch` (1-based; None before any save).
+
+    With `save_best_only` that is the best checkpoint, the run's model (src/training/fit.py); a resumed run
+    gets both back from its backup (BackupAndRestore), its earlier checkpoints having been carried over.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.saved_path: Path | None = None
+        self.saved_epoch: int | None = None
 
     def _save_model(self, epoch: int, batch: int | None, logs: dict | None) -> None:
         self._final_path = Path(super()._get_file_path(epoch, batch, logs))
@@ -152,7 +177,20 @@ class ModelCheckpoint(keras.callbacks.ModelCheckpoint):
             self._temp_path = temp
             super(ModelCheckpoint, self)._save_model(epoch, batch, logs)
 
-        write_atomic(self._final_path, save)
+        if write_atomic(self._final_path, save):
+            self.saved_path, self.saved_epoch = self._final_path, epoch + 1
+
+    def restore(self, history: Sequence[dict[str, float]]) -> None:
+        """Replay the best value reached in `history` (a resumed run's earlier epochs) and the checkpoint it
+        saved then, so that a resumed epoch that is worse never overwrites it and the run's model is known."""
+        if not self.save_best_only:
+            return
+        for epoch, logs in enumerate(history):
+            value = logs.get(self.monitor)
+            if value is not None and self._is_improvement(value, self.best):
+                self.best = value
+                self.saved_path = Path(super()._get_file_path(epoch, None, logs))
+                self.saved_epoch = epoch + 1
 
     def _get_file_path(self, epoch: int, batch: int | None, logs: dict | None) -> str:
         return str(self._temp_path)  # what Keras' _save_model saves to
@@ -264,7 +302,9 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
                         peer.best, peer.best_epoch = value, epoch
                         if peer.baseline is None or peer._is_improvement(value, peer.baseline):
                             peer.wait = 0
-            elif isinstance(peer, keras.callbacks.ModelCheckpoint) and peer.save_best_only:
+            elif isinstance(peer, ModelCheckpoint):
+                peer.restore(history)
+            elif peer.save_best_only:  # Keras' own class: only its best value
                 for logs in history:
                     value = logs.get(peer.monitor)
                     if value is not None and peer._is_improvement(value, peer.best):
