@@ -136,8 +136,8 @@ def test_dvc_runs_are_grouped_under_one_compare_parent_in_mlflow(project: Path) 
     for child in children:  # the folder records the hash src.train tagged the run with
         folder = project / child.data.tags["output_dir"]
         assert json.loads((folder / "stage.json").read_text())["config_hash"] == child.data.tags["config_hash"]
-    assert parent.data.metrics["test_accuracy_n/optimizer:adam"] == 2
-    assert "test_accuracy_mean/optimizer:rmsprop" in parent.data.metrics
+    # what a search sorts parents on (per-setting statistics are in the summary files, not parent metrics)
+    assert set(parent.data.metrics) == {"best_setting_test_accuracy_mean", "best_val_accuracy"}
     assert parent.data.tags["best_child_run_id"] in {c.info.run_id for c in children}
     assert parent.data.tags["best_resolved"] in ("true", "false")
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
