@@ -144,6 +144,58 @@ def test_dvc_runs_are_grouped_under_one_compare_parent_in_mlflow(project: Path) 
     assert {"comparison.md", "comparison_seeds.csv", "curves.png", "confusion_grid.png"} <= artifacts
 
 
+def test_one_run_one_model_one_number(project: Path, mnist_dir: Path) -> None:
+    """For every run of the repro: its MLflow metric test_accuracy, its scores.json entry, its row in the
+    compare report and the accuracy of its logged MLflow model on the test set are one number; and the
+    registered champion's accuracy is its run's (the report and the registry read the run's own model)."""
+    import mlflow
+    import numpy as np
+
+    from src.training import data
+    from tests.conftest import tracking_uri
+
+    uri = f"sqlite:///{project}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("mnist-optimizers")
+    children = client.search_runs([experiment.experiment_id], "tags.dvc_stage LIKE 'train@%'")
+    report_rows = {(row["optimizer"], row["seed"]): row for row in _csv(project / "reports" / "comparison_seeds.csv")}
+    arrays = data.read_npz(mnist_dir / "mnist.npz")
+
+    def accuracy(model_uri: str) -> float:
+        with tracking_uri(uri):
+            model = mlflow.pyfunc.load_model(model_uri)
+        return float(np.mean(np.argmax(np.asarray(model.predict(arrays["x_test"])), axis=1) == arrays["y_test"]))
+
+    accuracies: dict[str, list[float]] = {}
+    for child in children:
+        optimizer, seed = child.data.params["optimizer"], child.data.params["train.seed"]
+        metric = child.data.metrics["test_accuracy"]
+        scores = json.loads((project / "reports" / "eval" / optimizer / "scores.json").read_text())[f"seed{seed}"]
+        assert scores["test_accuracy"] == metric and scores["model_weights"] == child.data.tags["model_weights"]
+        assert float(report_rows[(optimizer, seed)]["test_accuracy"]) == metric  # k/10000: exact at 5 decimals
+        assert accuracy(f"models:/{child.outputs.model_outputs[0].model_id}") == metric
+        assert child.data.tags["model_weights"] == "best_checkpoint"  # make run's callbacks keep the best
+        accuracies.setdefault(optimizer, []).append(metric)
+    assert sorted(accuracies) == OPTIMIZERS and all(len(values) == 2 for values in accuracies.values())
+    for row in _csv(project / "reports" / "comparison.csv"):  # one row per optimizer: the mean of those numbers
+        assert float(row["test_accuracy_mean"]) == round(sum(accuracies[row["optimizer"]]) / 2, 5)
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.dvc_stage = 'compare'")
+    best = parent.data.tags["best_setting"].removeprefix("optimizer=")
+    assert parent.data.metrics["best_setting_test_accuracy_mean"] == pytest.approx(sum(accuracies[best]) / 2, abs=1e-12)
+    champion = client.get_model_version_by_alias("mnist-optimizers", "champion")
+    champion_run = client.get_run(champion.run_id)
+    assert accuracy("models:/mnist-optimizers@champion") == champion_run.data.metrics["test_accuracy"]
+    setting = accuracies[champion_run.data.params["optimizer"]]
+    assert sorted(json.loads(champion.tags["test_accuracy_values"])) == sorted(setting)
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(path, newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
 def test_second_repro_does_nothing_and_one_edit_reruns_only_its_stages(project: Path) -> None:
     again = sh("dvc", "repro", cwd=project)
     assert stages_run(again.stdout) == []

@@ -45,6 +45,31 @@ def test_summarize_history_never_picks_a_nan_epoch() -> None:
     assert summary == {"best_val_accuracy": 0.2, "best_epoch": 2, "stopped_epoch": 3}
 
 
+def test_the_dvc_stage_gathers_what_each_run_recorded(tmp_path: Path) -> None:
+    """src.stages.evaluate scores nothing again: scores.json holds each run's own numbers, the confusion
+    matrices come from its predictions, a diverged seed is listed and left out, a missing file is named."""
+    from src.infra.errors import UserError
+    from src.stages.evaluate import PREDICTIONS, evaluate_seeds
+
+    labels = np.array([0, 1, 2, 3, 3], dtype=np.uint8)
+    recorded = {"test_loss": 0.7, "test_accuracy": 0.8, "model_weights": "best_checkpoint", "model_epoch": 2}
+    for seed, diverged in ((1, False), (2, True)):
+        folder = tmp_path / "runs" / "adam" / f"seed{seed}"
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps({**recorded, "diverged": diverged, "best_epoch": 2}))
+        np.save(folder / PREDICTIONS, np.array([0, 1, 2, 3, 0], dtype=np.uint8))
+    scores = evaluate_seeds("adam", [1, 2], tmp_path / "runs", tmp_path / "eval", labels)
+    assert scores["seed1"] == recorded and scores["seed2"] == {"diverged": True}
+    assert json.loads((tmp_path / "eval" / "adam" / "scores.json").read_text())["seed1"] == recorded
+    confusion = json.loads((tmp_path / "eval" / "adam" / "confusion.json").read_text())
+    assert list(confusion) == ["1"] and confusion["1"][3][:4] == [1, 0, 0, 1]  # one 3 taken for a 0
+    rows = (tmp_path / "eval" / "adam" / "predictions.csv").read_text().splitlines()
+    assert rows == ["seed,actual,predicted", "1,0,0", "1,1,1", "1,2,2", "1,3,3", "1,3,0"]
+    (tmp_path / "runs" / "adam" / "seed1" / PREDICTIONS).unlink()
+    with pytest.raises(UserError, match=f"seed1/{PREDICTIONS} is missing; train it again"):
+        evaluate_seeds("adam", [1, 2], tmp_path / "runs", tmp_path / "eval", labels)
+
+
 def _guarded_model() -> tuple[keras.Model, StopOnDivergence]:
     """A three-class softmax regression with the guard at its defaults, set up as fit() sets it up."""
     model = keras.Sequential([keras.Input(shape=(4,)), keras.layers.Dense(3, activation="softmax")])

@@ -122,6 +122,30 @@ def test_logged_model_and_checkpoint_load_back_and_predict_digits(
 
 
 @pytest.mark.slow
+def test_one_run_one_model_one_number(optimizer_sweep: Sweep, mnist_dir: Path) -> None:
+    """A run's model is its best checkpoint (the default ModelCheckpoint keeps the best val_accuracy): its
+    MLflow metric test_accuracy, its metrics.json and the logged MLflow model's accuracy on the whole test
+    set, loaded as a user loads it, are one number; the predictions the DVC stage gathers are that model's."""
+    import mlflow
+
+    from src.training import data
+
+    arrays = data.read_npz(mnist_dir / "mnist.npz")
+    for child in optimizer_sweep.children:
+        tags, metrics = child.data.tags, child.data.metrics
+        assert (tags["model_weights"], tags["model_file"]) == ("best_checkpoint", "checkpoints/best.keras")
+        assert tags["model_epoch"] == str(int(metrics["best_epoch"]))
+        with tracking_uri(optimizer_sweep.uri):
+            model = mlflow.pyfunc.load_model(f"models:/{child.outputs.model_outputs[0].model_id}")
+        predicted = np.argmax(np.asarray(model.predict(arrays["x_test"])), axis=1)
+        assert np.mean(predicted == arrays["y_test"]) == metrics["test_accuracy"]
+        output_dir = Path(tags["output_dir"])
+        recorded = json.loads((output_dir / "metrics.json").read_text())
+        assert (recorded["test_accuracy"], recorded["model_weights"]) == (metrics["test_accuracy"], "best_checkpoint")
+        np.testing.assert_array_equal(np.load(output_dir / "test_predictions.npy"), predicted)
+
+
+@pytest.mark.slow
 def test_callback_sweep_gives_children_differing_in_that_setting(tmp_path: Path, mnist_dir: Path) -> None:
     store_with_tables(tmp_path)
     result = run_main(

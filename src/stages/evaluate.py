@@ -1,17 +1,24 @@
-"""Scoring the best checkpoint of every seed of one optimizer on the MNIST test set.
+"""The test-set scores of every seed of one optimizer, gathered from what each seed's run recorded.
+
+Every training job scores its run's model once (src/training/fit.py: the best checkpoint by the configured
+ModelCheckpoint monitor, else the final weights) and writes the numbers beside its checkpoints:
+runs/<name>/seed<k>/metrics.json (test_loss, test_accuracy, model_weights, model_epoch) and
+test_predictions.npy (every test image's predicted digit). The same numbers are the run's MLflow metrics
+and the accuracy of its logged MLflow model. This module scores nothing again: it gathers them, so
+scores.json, the MLflow run, the registered model and the reports say one number.
 
 The DVC stage train@<name> (src/stages/train.py) calls `evaluate_seeds` in its own process right after
-training, so the pipeline pays one TensorFlow import per optimizer, not one per stage. To score again
-without training: `python -m src.stages.evaluate <name>` (the seeds of params.yaml).
+training. To gather again without training: `python -m src.stages.evaluate <name>` (the seeds of params.yaml).
 
 Writes `reports/eval/<name>/`:
-- scores.json: per seed ("seed1", ...) test loss and accuracy; precision and recall per digit of the
-  seeds' pooled predictions (a plain file: `dvc metrics show` shows only what src.stages.compare aggregates);
+- scores.json: per seed ("seed1", ...) test loss and accuracy and which weights scored them; precision and
+  recall per digit of the seeds' pooled predictions (a plain file: `dvc metrics show` shows only what
+  src.stages.compare aggregates);
 - predictions.csv: seed,actual,predicted for every seed (DVC's confusion plot counts the rows, so it
   shows the sum over the seeds);
 - confusion.json: each seed's confusion matrix (src.stages.compare draws their sum).
-A seed that diverged (its metrics.json says `"diverged": true`) is listed as diverged and not scored: its
-weights are no model of MNIST, and its NaN loss would make scores.json invalid JSON.
+A seed that diverged (its metrics.json says `"diverged": true`) is listed as diverged and its scores left
+out: its weights are no model of MNIST, and its NaN loss would make scores.json invalid JSON.
 """
 
 from __future__ import annotations
@@ -29,6 +36,9 @@ from src.infra.files import write_text_atomic
 from src.stages.params import EVAL_DIR, RUNS_DIR, read_params, seed_dir
 from src.training import data
 from src.training.config import PROJECT_ROOT
+
+PREDICTIONS = "test_predictions.npy"  # written by src/train.py (its PREDICTIONS) beside metrics.json
+SCORES = ("test_loss", "test_accuracy", "model_weights", "model_epoch")  # what scores.json takes from metrics.json
 
 
 def confusion_matrix(actual: np.ndarray, predicted: np.ndarray, classes: int = 10) -> np.ndarray:
@@ -48,41 +58,18 @@ def per_class_scores(counts: np.ndarray) -> dict[str, dict[str, float]]:
     }
 
 
-def load_test_set(data_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(images, labels) of the verified MNIST test set."""
+def load_test_labels(data_dir: Path | None = None) -> np.ndarray:
+    """The verified MNIST test set's labels."""
     mnist = (data_dir or PROJECT_ROOT / "data") / data.FILE_NAME
     if not mnist.is_file():
         raise DataError(f"{mnist} is missing; fetch it with `dvc repro fetch`")
-    arrays = data.load_verified(mnist)
-    return arrays["x_test"], arrays["y_test"]
+    return data.load_verified(mnist)["y_test"]
 
 
-def score_checkpoint(
-    checkpoint: Path, images: np.ndarray, labels: np.ndarray, batch_size: int = 1024
-) -> tuple[dict[str, float], np.ndarray]:
-    """({test_loss, test_accuracy}, predicted digits) of a saved model (Keras `safe_mode=True`).
-
-    One eager forward pass in batches, with the loss the model was trained with (Keras' sparse categorical
-    cross-entropy of its softmax output): the same numbers as `model.evaluate`, without tracing an
-    evaluate and a predict function for every checkpoint (~1 s each on this CPU, three checkpoints a stage).
-    """
-    import keras
-
-    model = keras.saving.load_model(checkpoint, safe_mode=True, compile=False)
-    batches = [model(images[start : start + batch_size], training=False) for start in range(0, len(images), batch_size)]
-    probabilities = np.concatenate([keras.ops.convert_to_numpy(batch) for batch in batches])
-    loss = keras.ops.mean(keras.losses.sparse_categorical_crossentropy(labels, probabilities))
-    predicted = np.argmax(probabilities, axis=1)
-    accuracy = float(np.mean(predicted == labels))
-    return {
-        "test_loss": round(float(keras.ops.convert_to_numpy(loss)), 5),
-        "test_accuracy": round(accuracy, 5),
-    }, predicted
-
-
-def _diverged(run: Path) -> bool:
-    metrics = run / "metrics.json"
-    return metrics.is_file() and bool(json.loads(metrics.read_text()).get("diverged"))
+def _read_json(path: Path, name: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"{path} is missing; train it first with `dvc repro train@{name}`")
+    return json.loads(path.read_text())
 
 
 def evaluate_seeds(
@@ -90,25 +77,26 @@ def evaluate_seeds(
     seeds: Sequence[int],
     runs_dir: Path = RUNS_DIR,
     out_dir: Path = EVAL_DIR,
-    test: tuple[np.ndarray, np.ndarray] | None = None,
+    labels: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Score runs/<name>/seed<k>/checkpoints/best.keras for every seed; write reports/eval/<name>/."""
-    images, labels = test if test is not None else load_test_set()
+    """Gather every seed's recorded test scores and predictions (runs/<name>/seed<k>/); write reports/eval/<name>/."""
+    labels = labels if labels is not None else load_test_labels()
     per_seed: dict[str, Any] = {}
     confusions: dict[str, list[list[int]]] = {}
     prediction_rows: list[str] = []
     for seed in seeds:
         run = seed_dir(runs_dir, name, seed)
-        checkpoint = run / "checkpoints" / "best.keras"
-        if _diverged(run):  # counted in no statistic: not in the confusion matrix, no NaN loss in scores.json
+        metrics = _read_json(run / "metrics.json", name)
+        if metrics.get("diverged"):  # counted in no statistic: not in the confusion matrix, no NaN loss in scores.json
             per_seed[f"seed{seed}"] = {"diverged": True}
             continue
-        if not checkpoint.is_file():
-            raise UserError(f"{checkpoint} is missing; train it first with `dvc repro train@{name}`")
-        scores, predicted = score_checkpoint(checkpoint, images, labels)
-        per_seed[f"seed{seed}"] = scores
-        counts = confusion_matrix(labels, predicted)
-        confusions[str(seed)] = counts.tolist()
+        if not (run / PREDICTIONS).is_file():
+            raise UserError(f"{run / PREDICTIONS} is missing; train it again with `dvc repro train@{name}`")
+        predicted = np.load(run / PREDICTIONS)
+        if predicted.shape != labels.shape:
+            raise DataError(f"{run / PREDICTIONS} holds {predicted.shape} predictions for {labels.shape} test images")
+        per_seed[f"seed{seed}"] = {key: metrics.get(key) for key in SCORES}
+        confusions[str(seed)] = confusion_matrix(labels, predicted).tolist()
         prediction_rows += [f"{seed},{a},{p}" for a, p in zip(labels.tolist(), predicted.tolist(), strict=True)]
     pooled = sum((np.array(c) for c in confusions.values()), np.zeros((10, 10), dtype=np.int64))
     metrics = per_seed | per_class_scores(pooled)

@@ -1,9 +1,10 @@
 """`python -m src.stages.train <optimizer>`: the DVC stage train@<optimizer>.
 
 Trains `<optimizer>` once per seed of params.yaml in ONE process (a Hydra multirun of `src.train`,
-`train.seed=<the seeds to train>`), then scores every seed's best checkpoint on the test set
-(src.stages.evaluate) in the same process: one TensorFlow import per optimizer instead of one per seed and
-stage (measured: docs/benchmarks.md, "The DVC pipeline").
+`train.seed=<the seeds to train>`: each job also scores its run's model on the test set), then gathers every
+seed's test scores and predictions into reports/eval/<optimizer>/ (src.stages.evaluate) in the same process:
+one TensorFlow import per optimizer instead of one per seed and stage (measured: docs/benchmarks.md, "The
+DVC pipeline").
 
 Only the seeds that need it are trained. DVC keeps `runs/<optimizer>/` between runs (`persist: true` in
 dvc.yaml), and each seed's folder records the config hash it was trained with (`stage.json`, the same
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from src.infra.errors import ConfigError, exit_on_user_error
 from src.infra.files import write_text_atomic
+from src.stages import evaluate
 from src.stages.params import RUNS_DIR, read_params, seed_dir
 
 RECORD = "stage.json"
@@ -66,14 +68,16 @@ def config_hashes(optimizer: str, seeds: Sequence[int]) -> dict[int, str]:
 
 
 def is_trained(folder: Path, config_hash: str) -> bool:
-    """Whether `folder` holds a finished job of this config hash (its record, metrics and checkpoint)."""
+    """Whether `folder` holds a finished job of this config hash: its record, its metrics and, unless it
+    diverged, its model's test scores and predictions (what src.stages.evaluate gathers)."""
     record = folder / RECORD
     if not record.is_file() or not (folder / "metrics.json").is_file():
         return False
     if json.loads(record.read_text()).get("config_hash") != config_hash:
         return False
-    diverged = bool(json.loads((folder / "metrics.json").read_text()).get("diverged"))
-    return diverged or (folder / "checkpoints" / "best.keras").is_file()
+    metrics = json.loads((folder / "metrics.json").read_text())
+    scored = all(key in metrics for key in evaluate.SCORES) and (folder / evaluate.PREDICTIONS).is_file()
+    return bool(metrics.get("diverged")) or scored
 
 
 def plan(optimizer: str, seeds: Sequence[int], hashes: dict[int, str], runs_dir: Path) -> list[int]:
@@ -111,9 +115,8 @@ def train_seeds(optimizer: str, seeds: Sequence[int], runs_dir: Path) -> None:
 
 
 def run_stage(optimizer: str, runs_dir: Path = RUNS_DIR) -> list[int]:
-    """Train what is missing, record each trained seed's hash, score every seed; return the seeds trained."""
-    from src.stages import evaluate
-
+    """Train what is missing, record each trained seed's hash, gather every seed's test scores; return the
+    seeds trained."""
     _, seeds = read_params()  # fails on bad seeds before anything trains
     hashes = config_hashes(optimizer, seeds)
     to_train = plan(optimizer, seeds, hashes, runs_dir)
