@@ -1,0 +1,695 @@
+"""The vectorized trial engine: N trials of one optimizer and one MLP workload trained as one program.
+
+One epoch of the 784-128-10 MLP at batch 256 is too small to keep two CPU cores busy, so a study of a
+hundred such trials spends most of its time waiting on small matrix products. This engine stacks the N
+members' weights along a leading member axis (a kernel is (N, in, out), a bias (N, 1, out)), runs one
+batched matrix product per layer, sums the members' losses, and lets the optimizer's own Keras code
+(`optimizer.apply`) update every stacked variable at once. The math is each member's own, because:
+
+- the members' graphs never meet: the gradient of a sum of losses with respect to member i's weights is the
+  gradient of member i's loss alone;
+- the learning rate is given to the optimizer as a callable (a public Keras form) returning an (N, 1, 1)
+  tensor, so every place Keras reads it (`update_step`, decoupled weight decay) broadcasts one rate per
+  member; the float hyperparameters of `MEMBERWISE_FLOATS` may differ per member the same way;
+- only optimizers whose update is element-wise are accepted; `why_not_vectorized` names the others and why,
+  and they train on the sequential engine.
+
+tests/test_vectorized.py checks it: in float64, a member trained in a batch of N and the same trial trained
+alone by plain Keras (`fit` from the sequential engine's `build`) agree to 1e-6 relative after 56 steps, for
+every accepted optimizer (measured: 1e-13 or closer).
+
+What a member shares with the sequential fit: its initial weights (`keras.utils.set_random_seed(seed)`, then
+the model builder: the member's own Keras model is built and its weights stacked), its train/validation split
+(`src.training.data.split` with its seed), the loss and accuracy Keras computes, Keras' History keys. What
+differs: the order of the batches. Keras' `fit(shuffle=True)` draws each epoch's permutation with
+`tf.random.shuffle` under TensorFlow's op-seed counter, which depends on every random op the process created
+before; the engine draws member i's permutation of epoch e from `epoch_order(seed, e, n)` instead, seeded by
+the trial alone. A member is the same trial as a sequential one in distribution, not batch for batch.
+
+A member whose running epoch loss becomes non-finite or passes the StopOnDivergence limit is masked: the
+update of that step is not applied, its weights and optimizer slots stay frozen from then on, its history
+ends with that epoch, and `src.training.callbacks.diverged_epoch` (the house rule) names the epoch. The other
+members are unaffected (their gradients never touch it). Keras' fit stops the same trial a little later (after
+the compiled call of `train.steps_per_execution` batches in which the loss passed), so a diverged member's last
+epoch differs; whether and when it diverged does not.
+
+Memory is bounded: the members of a group are trained in chunks, each fitting `memory_budget_bytes`
+(`estimate_member_bytes`: weights, gradients, optimizer slots and their masking copies, activations at the
+batch size); a budget that cannot hold one member is refused before anything trains.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from src.infra.errors import ConfigError
+from src.training import data
+from src.training.callbacks import StopOnDivergence, diverged_epoch, from_config
+from src.training.fit import (
+    FINAL,
+    LOSS,
+    Engine,
+    FitResult,
+    SequentialEngine,
+    TrialSpec,
+    freeze_imported_objects,
+    score,
+)
+
+DEFAULT_MEMORY_BUDGET = 2 * 1024**3  # bytes; the fair protocol's 12 tuning trials of the MLP need ~140 MiB
+MLP_TARGET = "src.training.models.mlp"
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+# The callbacks the engine honours: the divergence guards (what the fair protocol keeps). Their rule is
+# applied to every member at every step.
+GUARD_CALLBACKS = ("terminate_on_nan", "stop_on_divergence")
+
+# Per accepted optimizer class: the float hyperparameters that members may differ in (each becomes an (N, 1, 1)
+# tensor). A float qualifies when its optimizer's `update_step` uses it only in arithmetic with tensors, never
+# through `ops.cast`: Keras casts a Python float with `tf.cast`, which rounds it to float32 first, while the same
+# float in `1 - beta_1` stays a double, so no one tensor can stand for both (Adam's betas differ by 6e-6 after
+# one float64 step). Structural settings are shared by a group too: SGD's and RMSprop's `momentum` choose a
+# Python branch, `initial_accumulator_value` is an initializer, `weight_decay` is cast. `learning_rate` is
+# member-wise for all: Keras reads it from a float variable (`update_step` and weight decay alike).
+MEMBERWISE_FLOATS: dict[type, tuple[str, ...]] = {
+    keras.optimizers.SGD: (),
+    keras.optimizers.Adam: ("epsilon",),
+    keras.optimizers.AdamW: ("epsilon",),
+    keras.optimizers.Adamax: ("beta_2", "epsilon"),
+    keras.optimizers.Nadam: ("epsilon",),
+    keras.optimizers.Adagrad: ("epsilon",),
+    keras.optimizers.RMSprop: ("rho", "epsilon"),
+    keras.optimizers.Adadelta: ("rho", "epsilon"),
+    keras.optimizers.Lion: (),
+    keras.optimizers.Ftrl: (
+        "learning_rate_power",
+        "l1_regularization_strength",
+        "l2_regularization_strength",
+        "l2_shrinkage_regularization_strength",
+        "beta",
+    ),
+}
+ALWAYS_MEMBERWISE = ("learning_rate",)
+# Optimizers whose update is not element-wise on a stacked variable, or not reproducible in another train loop:
+# they train on the sequential engine. tests/test_vectorized.py shows that each really differs.
+REFUSED_OPTIMIZERS: dict[type, str] = {
+    keras.optimizers.Lamb: "scales each variable's step by the ratio of its weight norm to its update norm, and a"
+    " stacked variable's norm spans every member",
+    keras.optimizers.Muon: "orthogonalises each 2-D kernel (Newton-Schulz); a stacked kernel is 3-D, which Keras'"
+    " Muon updates with AdamW instead",
+    keras.optimizers.Adafactor: "scales its step by the RMS of the whole variable and factors the last two axes;"
+    " on a stacked variable both span members",
+    keras.optimizers.ScheduleFreeAdamW: "its update reads `momentum.value` as an alias of a variable it assigns, so"
+    " its result depends on how the compiled step orders that read; Keras' train step and the engine's differ",
+}
+# Base-optimizer settings that act on a whole variable or on all of them together.
+REFUSED_SETTINGS = {
+    "clipnorm": "clips each variable's gradient to a norm, and a stacked variable's norm spans every member",
+    "global_clipnorm": "clips all gradients to one global norm, which spans every member",
+}
+
+
+class NotVectorizable(Exception):
+    """A trial the engine cannot train exactly; the message is the one line saying why (for the sequential
+    fallback to print)."""
+
+
+# ------------------------------------------------------------------------------------------------
+# What can be vectorized, and which trials share a program
+# ------------------------------------------------------------------------------------------------
+
+
+def _container(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def _optimizer_class(optimizer_cfg: Mapping[str, Any]) -> type | None:
+    try:
+        return get_class(str(optimizer_cfg.get("_target_")))
+    except Exception:  # Hydra raises its own error types for a bad target; the config validation reports them
+        return None
+
+
+def why_not_vectorized(cfg: DictConfig) -> str | None:
+    """None when the engine trains `cfg` exactly as Keras would; else one line naming the key and why."""
+    if keras.backend.backend() != "tensorflow":
+        return f"Keras backend {keras.backend.backend()}: the engine's train step is written for TensorFlow"
+    optimizer = _container(cfg.optimizer)
+    target = optimizer.get("_target_")
+    cls = _optimizer_class(optimizer)
+    if cls in REFUSED_OPTIMIZERS:
+        return f"optimizer {target}: {REFUSED_OPTIMIZERS[cls]}"
+    if cls not in MEMBERWISE_FLOATS:
+        return f"optimizer {target}: not one of the optimizers checked member by member against Keras"
+    for key, reason in REFUSED_SETTINGS.items():
+        if optimizer.get(key):
+            return f"optimizer.{key}={optimizer[key]}: {reason}"
+    learning_rate = optimizer.get("learning_rate")
+    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)):
+        return f"optimizer.learning_rate={learning_rate!r}: the engine gives each member one constant rate"
+    model = _container(cfg.model)
+    if model.get("_target_") != MLP_TARGET:
+        return f"model {model.get('_target_')}: the engine stacks Dense layers only (the MLP), not convolutions"
+    if model.get("dropout"):
+        return f"model.dropout={model['dropout']}: Keras' dropout masks come from its seed generator, not reproducible"
+    if cfg.train.get("steps_per_epoch") is not None:
+        return f"train.steps_per_epoch={cfg.train.steps_per_epoch}: the engine trains whole epochs"
+    for name, settings in (cfg.get("callbacks") or {}).items():  # unresolved: checkpoint paths name Hydra's run
+        if not settings.get("enabled", True):
+            continue
+        if name not in GUARD_CALLBACKS:
+            return f"callbacks.{name}: the engine runs no per-trial Keras callback but the divergence guards"
+        if settings.get("raise_error"):
+            return f"callbacks.{name}.raise_error=true: the engine masks a diverged member instead of failing it"
+    return None
+
+
+def memberwise_keys(cfg: DictConfig) -> tuple[str, ...]:
+    """The optimizer keys in which the members of one program may differ."""
+    optimizer = _container(cfg.optimizer)
+    return ALWAYS_MEMBERWISE + MEMBERWISE_FLOATS.get(_optimizer_class(optimizer), ())
+
+
+def group_key(cfg: DictConfig) -> str:
+    """Trials with equal keys can share one program: the same optimizer class and structural settings, the same
+    workload, batch size, epochs and data; they may differ in seed and member-wise floats. A member-wise key set
+    to null is structural: it joins the key."""
+    optimizer = _container(cfg.optimizer)
+    for key in memberwise_keys(cfg):
+        if optimizer.get(key) is not None:
+            optimizer.pop(key)
+    shared = {
+        "optimizer": optimizer,
+        "model": _container(cfg.model),
+        "train": {key: cfg.train.get(key) for key in ("batch_size", "epochs", "validation_batch_size")},
+        "data": {key: cfg.data.get(key) for key in ("val_split", "limit")},
+        "callbacks": OmegaConf.to_container(cfg.callbacks) if cfg.get("callbacks") else {},
+    }
+    return json.dumps(shared, sort_keys=True, default=str)
+
+
+def divergence_limit(cfg: DictConfig, model: keras.Model) -> float:
+    """The loss limit of the trial's StopOnDivergence (computed by the callback itself, as fit sets it), or inf
+    when it is off: TerminateOnNaN's rule (a non-finite loss) always applies."""
+    for guard in from_config(cfg.get("callbacks")):
+        if isinstance(guard, StopOnDivergence):
+            guard.set_model(model)
+            guard.on_train_begin()
+            return guard.limit
+    return math.inf
+
+
+def epoch_order(seed: int, epoch: int, size: int) -> np.ndarray:
+    """The permutation of a member's `size` training images in `epoch` (0-based): seeded by the trial alone, so
+    a member's batches do not depend on which other members share its program."""
+    return np.random.default_rng([seed, epoch]).permutation(size)
+
+
+# ------------------------------------------------------------------------------------------------
+# Memory
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    shared_bytes: int  # the images and labels, once for all chunks
+    member_bytes: int  # one member's estimate (see estimate_member_bytes)
+    chunk_sizes: tuple[int, ...]
+
+
+def estimate_member_bytes(
+    model: keras.Model, optimizer_cfg: Mapping[str, Any], batch_size: int, validation_batch_size: int, n_train: int
+) -> int:
+    """One member's memory, estimated: weights, their gradients and masking copy (3x the parameters), the
+    optimizer's slots and their masking copy (2x, counted by building the configured optimizer on `model`),
+    the activations of a training step (input, pre-activation and output of every layer, forward and backward)
+    or of a validation batch (forward only), whichever is larger, and its index arrays."""
+    item = np.dtype(keras.config.floatx()).itemsize
+    params = int(sum(np.prod(v.shape) for v in model.trainable_variables))
+    optimizer = instantiate(optimizer_cfg)
+    optimizer.build(model.trainable_variables)
+    slots = int(sum(np.prod(v.shape) for v in optimizer.variables if len(v.shape) > 0))
+    dense = _dense(model)
+    widths = int(dense[0].kernel.shape[0]) + 2 * sum(int(layer.units) for layer in dense)
+    activations = max(2 * batch_size * widths, validation_batch_size * widths) * item
+    indices = n_train * (8 + 4)  # the split's int64 positions, an epoch's int32 order
+    return item * (3 * params + 2 * slots) + activations + indices
+
+
+def plan_chunks(members: int, member_bytes: int, shared_bytes: int, budget: int, what: str) -> MemoryPlan:
+    """Chunks as equal as possible, each within `budget`; ConfigError when not even one member fits."""
+    needed = shared_bytes + member_bytes
+    if budget < needed:
+        raise ConfigError(
+            f"memory budget {budget / 2**20:.1f} MiB cannot hold one member of {what}: it needs at least"
+            f" {needed / 2**20:.1f} MiB ({shared_bytes / 2**20:.1f} MiB of shared data + {member_bytes / 2**20:.1f}"
+            " MiB per member); raise the budget"
+        )
+    most = min(members, (budget - shared_bytes) // member_bytes)
+    count = math.ceil(members / most)
+    sizes = tuple(members // count + (1 if index < members % count else 0) for index in range(count))
+    return MemoryPlan(shared_bytes, member_bytes, sizes)
+
+
+# ------------------------------------------------------------------------------------------------
+# The stacked model
+# ------------------------------------------------------------------------------------------------
+
+
+def _dense(model: keras.Model) -> list[keras.layers.Dense]:
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+
+
+class StackedMLP(keras.Model):
+    """N copies of one MLP (Rescaling -> Flatten -> Dense...), their weights stacked on a leading member axis.
+    `call` maps raw images (N, batch, 28, 28) to logits (N, batch, 10): the softmax is left to the loss, as
+    Keras' sparse crossentropy takes the logits of a softmax output in a compiled train step. Every variable is
+    3-D (a bias is (N, 1, units)), so a per-member (N, 1, 1) hyperparameter broadcasts against each of them."""
+
+    def __init__(self, members: Sequence[keras.Model]) -> None:
+        super().__init__(name="stacked_mlp")
+        template = members[0]
+        rescaling = next(layer for layer in template.layers if isinstance(layer, keras.layers.Rescaling))
+        self.scale, self.offset = rescaling.scale, rescaling.offset
+        dense = _dense(template)
+        self.activations = [layer.activation for layer in dense[:-1]]
+        self.kernels, self.biases = [], []
+        for index in range(len(dense)):
+            layers = [_dense(member)[index] for member in members]
+            kernel = np.stack([keras.ops.convert_to_numpy(layer.kernel) for layer in layers])
+            bias = np.stack([keras.ops.convert_to_numpy(layer.bias)[None, :] for layer in layers])
+            self.kernels.append(self.add_weight(shape=kernel.shape, initializer="zeros", name=f"kernel_{index}"))
+            self.biases.append(self.add_weight(shape=bias.shape, initializer="zeros", name=f"bias_{index}"))
+            self.kernels[-1].assign(kernel)
+            self.biases[-1].assign(bias)
+
+    def call(self, images):
+        dtype = self.compute_dtype  # what keras.layers.Rescaling computes, in its order of operations
+        x = keras.ops.cast(images, dtype) * keras.ops.cast(self.scale, dtype) + keras.ops.cast(self.offset, dtype)
+        x = keras.ops.reshape(x, (x.shape[0], -1, int(np.prod(x.shape[2:]))))
+        for kernel, bias, activation in zip(self.kernels, self.biases, [*self.activations, None], strict=True):
+            x = keras.ops.add(keras.ops.matmul(x, kernel), bias)
+            if activation is not None:
+                x = activation(x)
+        return x
+
+    def member_weights(self, index: int) -> list[np.ndarray]:
+        """Member `index`'s weights in a plain MLP's order (kernel, bias per Dense layer)."""
+        weights = []
+        for kernel, bias in zip(self.kernels, self.biases, strict=True):
+            weights += [keras.ops.convert_to_numpy(kernel[index]), keras.ops.convert_to_numpy(bias[index, 0])]
+        return weights
+
+
+def member_model(cfg: DictConfig) -> keras.Model:
+    """The trial's model as the sequential fit builds it: seeded, then the builder (its initial weights)."""
+    keras.utils.set_random_seed(int(cfg.train.seed))
+    return instantiate(cfg.model)
+
+
+def _check_structure(model: keras.Model) -> None:
+    """The stacked model mirrors exactly these layers; anything else would be trained wrongly."""
+    kinds = [type(layer) for layer in model.layers]
+    allowed = {keras.layers.Rescaling, keras.layers.Flatten, keras.layers.Dense}
+    extra = sorted({kind.__name__ for kind in kinds} - {kind.__name__ for kind in allowed})
+    dense = _dense(model)
+    if extra or kinds[:2] != [keras.layers.Rescaling, keras.layers.Flatten] or not dense:
+        raise NotVectorizable(f"model {model.name}: layers {extra or kinds}; the engine stacks Rescaling-Flatten-Dense")
+    if not all(layer.use_bias for layer in dense) or dense[-1].activation is not keras.activations.softmax:
+        raise NotVectorizable(f"model {model.name}: needs biased Dense layers and a softmax output")
+
+
+# ------------------------------------------------------------------------------------------------
+# Training one chunk
+# ------------------------------------------------------------------------------------------------
+
+
+class _Progress:
+    """One line per chunk and epoch: members, epoch, elapsed, ETA (from the time per member-epoch so far)."""
+
+    def __init__(self, total_member_epochs: int, emit: Callable[[str], None]) -> None:
+        self.total, self.done, self.emit = total_member_epochs, 0, emit
+        self.started = time.perf_counter()
+
+    def epoch_done(self, label: str, members: int, alive: int, epoch: int, epochs: int) -> None:
+        self.done += members
+        elapsed = time.perf_counter() - self.started
+        eta = elapsed / self.done * (self.total - self.done)
+        self.emit(
+            f"{label}: {members} members ({alive} training), epoch {epoch}/{epochs}, {elapsed:.1f} s elapsed,"
+            f" ETA {eta:.1f} s"
+        )
+
+
+def _memberwise_tensor(values: Sequence[float], dtype: str) -> Any:
+    return keras.ops.convert_to_tensor(np.asarray(values, dtype=dtype).reshape(-1, 1, 1))
+
+
+def build_optimizer(configs: Sequence[DictConfig], dtype: str) -> keras.optimizers.Optimizer:
+    """The group's optimizer, its member-wise values as (N, 1, 1) tensors: the learning rate through the public
+    callable form (so weight decay reads it too), the other floats as the attributes `update_step` reads."""
+    optimizers = [_container(cfg.optimizer) for cfg in configs]
+    rates = _memberwise_tensor([float(o["learning_rate"]) for o in optimizers], dtype)
+    optimizer = instantiate(optimizers[0] | {"learning_rate": lambda: rates})
+    for key in memberwise_keys(configs[0]):
+        if key != "learning_rate" and optimizers[0].get(key) is not None:
+            setattr(optimizer, key, _memberwise_tensor([float(o[key]) for o in optimizers], dtype))
+    return optimizer
+
+
+def _step_counter(optimizer: keras.optimizers.Optimizer) -> keras.Variable:
+    """The optimizer's step variable (`optimizer.iterations` is a tensor under gradient accumulation)."""
+    return next(variable for variable in optimizer.variables if variable.name == "iteration")
+
+
+class _Chunk:
+    """One program: the stacked model, its optimizer, the per-member masks and epoch sums, two compiled steps."""
+
+    def __init__(self, configs: Sequence[DictConfig], members: Sequence[keras.Model], images, labels) -> None:
+        import tensorflow as tf
+
+        self.tf = tf
+        self.size = len(configs)
+        self.dtype = keras.config.floatx()
+        self.model = StackedMLP(members)
+        self.optimizer = build_optimizer(configs, self.dtype)
+        self.optimizer.build(self.model.trainable_variables)
+        # What a masked member must not change: its weights and every per-member optimizer slot
+        self.masked = [*self.model.trainable_variables]
+        self.masked += [v for v in self.optimizer.variables if len(v.shape) == 3 and v.shape[0] == self.size]
+        self.limit = divergence_limit(configs[0], members[0])
+        self.images, self.labels = images, labels
+        self.alive = tf.Variable(tf.ones(self.size, tf.bool), trainable=False)
+        self.loss_sum = tf.Variable(tf.zeros(self.size, tf.float64), trainable=False)
+        self.correct = tf.Variable(tf.zeros(self.size, tf.float64), trainable=False)
+        self.seen = tf.Variable(tf.zeros(self.size, tf.float64), trainable=False)
+        spec = tf.TensorSpec([None, self.size, None], tf.int32)
+        self.train = tf.function(self._train, input_signature=[spec])
+        self.evaluate = tf.function(self._evaluate, input_signature=[tf.TensorSpec([self.size, None], tf.int32)])
+
+    def _forward(self, positions):
+        tf = self.tf
+        logits = self.model(tf.gather(self.images, positions))
+        labels = tf.gather(self.labels, positions)
+        crossentropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+        count = tf.cast(tf.shape(positions)[1], crossentropy.dtype)
+        member_loss = tf.reduce_sum(crossentropy, axis=1) / count  # Keras' "sum_over_batch_size"
+        predicted = tf.argmax(tf.nn.softmax(logits), axis=-1, output_type=labels.dtype)  # as Keras' accuracy
+        correct = tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.float64), axis=1)
+        return member_loss, correct
+
+    def _train(self, batches):
+        tf = self.tf
+        for step in tf.range(tf.shape(batches)[0]):
+            positions = batches[step]
+            with tf.GradientTape() as tape:
+                member_loss, correct = self._forward(positions)
+                scaled = self.optimizer.scale_loss(tf.reduce_sum(member_loss))
+            gradients = tape.gradient(scaled, self.model.trainable_variables)
+            was_alive = self.alive.value()
+            count = tf.cast(tf.shape(positions)[1], tf.float64)
+            self.loss_sum.assign_add(tf.where(was_alive, tf.cast(member_loss, tf.float64) * count, 0.0))
+            self.correct.assign_add(tf.where(was_alive, correct, 0.0))
+            self.seen.assign_add(tf.where(was_alive, count, 0.0))
+            running = self.loss_sum / tf.maximum(self.seen, 1.0)
+            healthy = tf.math.is_finite(running) & (running <= self.limit)  # callbacks.loss_diverged, negated
+            alive = was_alive & healthy
+            self.alive.assign(alive)
+            tf.cond(
+                tf.reduce_all(alive),
+                lambda gradients=gradients: self._apply(gradients),
+                lambda gradients=gradients, alive=alive: self._apply_masked(gradients, alive),
+            )
+
+    def _apply(self, gradients):
+        self.optimizer.apply(gradients, self.model.trainable_variables)
+        return self.tf.constant(True)
+
+    def _apply_masked(self, gradients, alive):
+        tf = self.tf
+        before = [tf.identity(variable.value) for variable in self.masked]
+        self.optimizer.apply(gradients, self.model.trainable_variables)
+        keep = tf.reshape(alive, (-1, 1, 1))
+        for variable, old in zip(self.masked, before, strict=True):
+            variable.assign(tf.where(keep, variable.value, old))
+        return tf.constant(True)
+
+    def _evaluate(self, positions):
+        member_loss, correct = self._forward(positions)
+        count = self.tf.cast(self.tf.shape(positions)[1], self.tf.float64)
+        return self.tf.cast(member_loss, self.tf.float64) * count, correct
+
+    def member_optimizer(self, cfg: DictConfig, model: keras.Model, index: int) -> keras.optimizers.Optimizer:
+        """The trial's own optimizer, built on `model` and holding member `index`'s slots and step count, so a
+        saved member model carries its optimizer state as a sequentially fitted one does. (A refused optimizer,
+        trained stacked only by the tests, has slots that do not map one to one: it is returned unbuilt.)"""
+        optimizer = instantiate(cfg.optimizer)
+        optimizer.build(model.trainable_variables)
+        slots = [variable for variable in optimizer.variables if len(variable.shape) > 0]
+        stacked = [variable for variable in self.optimizer.variables if len(variable.shape) == 3]
+        sizes = [int(np.prod(v.shape)) for v in slots], [int(np.prod(v.shape[1:])) for v in stacked]
+        if sizes[0] != sizes[1]:
+            return instantiate(cfg.optimizer)
+        for slot, source in zip(slots, stacked, strict=True):
+            slot.assign(keras.ops.reshape(source[index], slot.shape))
+        _step_counter(optimizer).assign(_step_counter(self.optimizer))
+        return optimizer
+
+    def reset_epoch(self) -> None:
+        for variable in (self.loss_sum, self.correct, self.seen):
+            variable.assign(self.tf.zeros_like(variable))
+
+
+@dataclass
+class _Member:
+    cfg: DictConfig
+    model: keras.Model
+    train_positions: np.ndarray
+    val_positions: np.ndarray
+    history: dict[str, list[float]] = field(default_factory=lambda: {key: [] for key in HISTORY_KEYS})
+
+
+def _member(cfg: DictConfig, limit: int | None) -> _Member:
+    """The member's model and its split, as positions into the first `limit` training images: the split is
+    `data.split`'s own rule applied to the positions instead of the images (one copy of the images, not N)."""
+    model = member_model(cfg)
+    _check_structure(model)
+    positions = np.arange(data.ARRAY_SHAPES["x_train"][0])
+    none = np.empty(0, dtype=np.int64)
+    arrays = {"x_train": positions, "y_train": positions, "x_test": none, "y_test": none}
+    split = data.split(arrays, float(cfg.data.val_split), limit, int(cfg.train.seed))
+    return _Member(cfg, model, split.x_train, split.x_val)
+
+
+def train_stacked(
+    configs: Sequence[DictConfig], arrays: data.Arrays, progress: _Progress | None = None, label: str = "vectorized"
+) -> list[FitResult]:
+    """Train `configs` as one program and return their results (test scores are the caller's). No refusal check:
+    the engine makes it; the tests call this directly to show that a refused optimizer really differs from
+    Keras. The configs must share `group_key`."""
+    import tensorflow as tf
+
+    first = configs[0]
+    limit = first.data.get("limit")
+    members = [_member(cfg, limit) for cfg in configs]
+    images = tf.constant(arrays["x_train"][:limit])
+    labels = tf.constant(arrays["y_train"][:limit].astype(np.int64))
+    chunk = _Chunk(configs, [m.model for m in members], images, labels)
+    batch_size = int(first.train.batch_size)
+    validation_batch = int(first.train.get("validation_batch_size") or batch_size)
+    steps_per_call = max(1, int(first.train.get("steps_per_execution") or 1))
+    epochs = int(first.train.epochs)
+    n_train = len(members[0].train_positions)
+    val_positions = np.stack([m.val_positions for m in members]).astype(np.int32)
+    alive = np.ones(len(members), dtype=bool)
+    started = time.perf_counter()
+    for epoch in range(epochs):
+        chunk.reset_epoch()
+        order = np.stack([m.train_positions[epoch_order(int(m.cfg.train.seed), epoch, n_train)] for m in members])
+        order = order.astype(np.int32)
+        full = n_train // batch_size * batch_size
+        batches = order[:, :full].reshape(len(members), -1, batch_size).transpose(1, 0, 2)
+        for begin in range(0, len(batches), steps_per_call):
+            chunk.train(tf.constant(batches[begin : begin + steps_per_call]))
+        if full < n_train:  # the last, smaller batch, as Keras' fit makes it
+            chunk.train(tf.constant(order[None, :, full:]))
+        val_loss, val_correct = np.zeros(len(members)), np.zeros(len(members))
+        for begin in range(0, val_positions.shape[1], validation_batch):
+            loss_sum, correct = chunk.evaluate(tf.constant(val_positions[:, begin : begin + validation_batch]))
+            val_loss += loss_sum.numpy()
+            val_correct += correct.numpy()
+        seen = np.maximum(chunk.seen.numpy(), 1.0)  # 0 only for members masked before this epoch (not recorded)
+        loss, accuracy = chunk.loss_sum.numpy() / seen, chunk.correct.numpy() / seen
+        n_val = val_positions.shape[1]
+        for index, member in enumerate(members):
+            if not alive[index]:
+                continue
+            values = (loss[index], accuracy[index], val_loss[index] / n_val, val_correct[index] / n_val)
+            for key, value in zip(HISTORY_KEYS, values, strict=True):
+                member.history[key].append(float(value))
+        alive = chunk.alive.numpy()
+        if progress is not None:
+            progress.epoch_done(label, len(members), int(alive.sum()), epoch + 1, epochs)
+        if not alive.any():  # every member diverged: nothing left to train
+            if progress is not None:
+                progress.total -= len(members) * (epochs - epoch - 1)
+            break
+    chunk.optimizer.finalize_variable_values(chunk.model.trainable_variables)  # as fit ends (EMA, if any)
+    seconds = (time.perf_counter() - started) / len(members)
+    results = []
+    for index, member in enumerate(members):
+        member.model.set_weights(chunk.model.member_weights(index))
+        optimizer = chunk.member_optimizer(member.cfg, member.model, index)
+        member.model.compile(optimizer=optimizer, loss=LOSS, metrics=["accuracy"])
+        diverged = diverged_epoch(member.history, chunk.limit)
+        epochs_run = len(member.history["loss"]) or None
+        results.append(FitResult(member.history, member.model, member.model, FINAL, epochs_run, seconds, diverged))
+    return results
+
+
+# ------------------------------------------------------------------------------------------------
+# The engine (src.training.fit.Engine)
+# ------------------------------------------------------------------------------------------------
+
+
+def _label(cfg: DictConfig) -> str:
+    optimizer = _optimizer_class(_container(cfg.optimizer))
+    workload = str(_container(cfg.model).get("_target_", "")).rsplit(".", 1)[-1]
+    return f"{getattr(optimizer, '__name__', 'optimizer')} ({workload})"
+
+
+def _trial_name(cfg: DictConfig) -> str:
+    return f"{_label(cfg)} lr={float(cfg.optimizer.learning_rate):g} seed={cfg.train.seed}"
+
+
+def why_not_this_spec(spec: TrialSpec) -> str | None:
+    """`why_not_vectorized` of the spec's config, and what a spec may add that the engine cannot honour."""
+    if spec.callbacks:
+        return "the caller's Keras callbacks run per trial and per batch; the engine runs none"
+    if spec.backup_dir is not None:
+        return "a backup to resume from: the engine trains whole groups from scratch"
+    return why_not_vectorized(spec.cfg)
+
+
+def verified_arrays(path: Path) -> data.Arrays:
+    """The verified MNIST arrays of `path`: for Keras' file name, read once per process while the file is
+    unchanged (the cache `data.load_for_training` keeps, shared with the sequential fit's splits)."""
+    if path.name != data.FILE_NAME:
+        return data.load_verified(path)
+    arrays, _ = data.load_for_training(path.parent, (), None, path.parent, fetch_if_missing=False)
+    return arrays
+
+
+def plan_group(configs: Sequence[DictConfig], arrays: data.Arrays, budget: int) -> MemoryPlan:
+    """The chunks of one group within `budget` (ConfigError before anything trains when one member cannot fit)."""
+    first = configs[0]
+    limit = first.data.get("limit")
+    member = _member(first, limit)
+    batch_size = int(first.train.batch_size)
+    member_bytes = estimate_member_bytes(
+        member.model,
+        _container(first.optimizer),
+        batch_size,
+        int(first.train.get("validation_batch_size") or batch_size),
+        len(member.train_positions),
+    )
+    count = len(arrays["x_train"][:limit])
+    shared = count * (int(np.prod(data.ARRAY_SHAPES["x_train"][1:])) + 8)  # uint8 images, int64 labels
+    return plan_chunks(len(configs), member_bytes, shared, budget, _label(first))
+
+
+class VectorizedEngine:
+    """`src.training.fit.Engine` training each group of compatible trials as stacked programs.
+
+    Specs are grouped by `group_key` (one optimizer class and workload per program, never mixed), every group's
+    chunks are planned within `memory_budget_bytes` before anything trains, and a spec the engine cannot train
+    exactly goes to `fallback` (the sequential engine by default) with one line saying why. `on_start(i)` is
+    called for every member of a chunk before it trains, `on_result(i, result)` for each once it has."""
+
+    name = "vectorized"
+
+    def __init__(
+        self,
+        memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
+        fallback: Engine | None = None,
+        progress: Callable[[str], None] = print,
+    ) -> None:
+        self.memory_budget_bytes = memory_budget_bytes
+        self.fallback = fallback if fallback is not None else SequentialEngine()
+        self.progress = progress
+
+    def fit_trials(
+        self,
+        specs: Sequence[TrialSpec],
+        on_start: Callable[[int], None] | None = None,
+        on_result: Callable[[int, FitResult], None] | None = None,
+    ) -> list[FitResult]:
+        freeze_imported_objects()
+        refused = {index: why_not_this_spec(spec) for index, spec in enumerate(specs)}
+        refused = {index: reason for index, reason in refused.items() if reason}
+        groups: dict[tuple[str, Path], list[int]] = {}  # one program per compatible config and data file
+        for index, spec in enumerate(specs):
+            if index not in refused:
+                groups.setdefault((group_key(spec.cfg), spec.data_path), []).append(index)
+        arrays = {path: verified_arrays(path) for _, path in groups}
+        plans = {  # every group's chunks before anything trains: a budget too small fails first
+            key: plan_group([specs[i].cfg for i in indices], arrays[key[1]], self.memory_budget_bytes)
+            for key, indices in groups.items()
+        }
+        results: dict[int, FitResult] = {}
+        if refused:
+            for index, reason in refused.items():
+                self.progress(f"{_trial_name(specs[index].cfg)}: sequential engine: {reason}")
+            order = list(refused)
+            trained = self.fallback.fit_trials(
+                [specs[i] for i in order],
+                (lambda position: on_start(order[position])) if on_start else None,
+                (lambda position, result: on_result(order[position], result)) if on_result else None,
+            )
+            results.update(zip(order, trained, strict=True))
+        tracker = _Progress(sum(len(i) * int(specs[i[0]].cfg.train.epochs) for i in groups.values()), self.progress)
+        for key, indices in groups.items():
+            chunks = self._chunks(indices, plans[key], specs[indices[0]].cfg)
+            for number, chunk in enumerate(chunks, start=1):
+                for index in chunk:
+                    if on_start:
+                        on_start(index)
+                label = f"{_label(specs[chunk[0]].cfg)} chunk {number}/{len(chunks)}"
+                try:
+                    trained = train_stacked([specs[i].cfg for i in chunk], arrays[key[1]], tracker, label)
+                    for index, result in zip(chunk, trained, strict=True):
+                        results[index] = self._scored(specs[index], result, arrays[key[1]])
+                        if on_result:
+                            on_result(index, results[index])
+                finally:  # the chunk's graphs and variables go with it; its members' models stay usable
+                    keras.backend.clear_session(free_memory=False)
+        return [results[index] for index in range(len(specs))]
+
+    def _chunks(self, indices: list[int], plan: MemoryPlan, cfg: DictConfig) -> list[list[int]]:
+        """The group's members cut into the plan's chunks, announced in one line."""
+        self.progress(
+            f"vectorized {_label(cfg)}: {len(indices)} members in {len(plan.chunk_sizes)} chunk(s) of at most"
+            f" {max(plan.chunk_sizes)} (~{plan.member_bytes / 2**20:.1f} MiB a member +"
+            f" {plan.shared_bytes / 2**20:.1f} MiB shared; budget {self.memory_budget_bytes / 2**20:.0f} MiB)"
+        )
+        bounds = np.cumsum([0, *plan.chunk_sizes])
+        return [indices[begin:end] for begin, end in itertools.pairwise(bounds)]
+
+    @staticmethod
+    def _scored(spec: TrialSpec, result: FitResult, arrays: data.Arrays) -> FitResult:
+        if not spec.score_test:
+            return result
+        cfg = spec.cfg
+        batch_size = cfg.train.get("validation_batch_size") or cfg.train.batch_size
+        return replace(result, test=score(result.model, arrays["x_test"], arrays["y_test"], batch_size))
