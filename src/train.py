@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from src import tracking
-from src.infra.errors import ConfigError, exit_on_user_error
+from src.infra.errors import ConfigError, exit_on_user_error, sigterm_as_interrupt
 from src.infra.files import write_atomic, write_text_atomic
 from src.infra.masking import MaskedStream
 from src.tracking.job import config_tags, log_datasets
@@ -228,13 +228,9 @@ def main(cfg: DictConfig) -> float:
             sys.modules["keras"].backend.clear_session()
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def cli() -> None:
     """Entry point: SIGTERM behaves like Ctrl-C, and either ends open runs as KILLED."""
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, sigterm_as_interrupt)
     sys.stderr = MaskedStream(sys.stderr)  # Hydra prints its own errors, overrides and passwords included
     try:
         main()

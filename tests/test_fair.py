@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
 from src.fair import phases
-from src.fair.report import epochs_cell
+from src.fair.results import epochs_cell
 from tests.conftest import run_main, store_with_tables
 
 OPTIMIZERS = ("sgd", "adam")
@@ -323,7 +323,7 @@ def _png_width(path: Path) -> int:
 def test_profile_uses_the_median_epochs_to_the_last_target_and_counts_misses_as_failures(tmp_path: Path) -> None:
     """Two workloads, two optimizers, synthetic judged runs: the profile's costs and its figure."""
     from src.analysis import plots, replicates, stats
-    from src.fair import report
+    from src.fair import results
 
     def runs(optimizer: str, curves: list[list[float]]) -> list[replicates.Replicate]:
         return [
@@ -331,17 +331,17 @@ def test_profile_uses_the_median_epochs_to_the_last_target_and_counts_misses_as_
             for seed, curve in enumerate(curves, start=1)
         ]
 
-    def workload(name: str, a: list[list[float]], b: list[list[float]]) -> report.WorkloadResult:
+    def workload(name: str, a: list[list[float]], b: list[list[float]]) -> results.WorkloadResult:
         judged = runs("a", a) + runs("b", b)
         optimizers = [
-            report.OptimizerResult(o, phases.Selection(o, name, 0.1), 0.01, [], runs(o, c), [])
+            results.OptimizerResult(o, phases.Selection(o, name, 0.1), 0.01, [], runs(o, c), [])
             for o, c in (("a", a), ("b", b))
         ]
         comparison = replicates.compare(judged)
-        return report.WorkloadResult(name, (0.5, 0.9), optimizers, comparison, comparison)
+        return results.WorkloadResult(name, (0.5, 0.9), optimizers, comparison, comparison)
 
     fast, slow, never = [0.95, 0.95], [0.5, 0.6, 0.92], [0.5, 0.6, 0.7]
-    costs = report.profile_costs(
+    costs = results.profile_costs(
         [workload("w1", [fast, fast, slow], [slow, slow, never]), workload("w2", [never, never, fast], [slow] * 3)]
     )
     assert costs == {"w1": {"a": 1.0, "b": 3.0}, "w2": {"a": float("inf"), "b": 3.0}}

@@ -23,6 +23,7 @@ from functools import cached_property
 from typing import Any
 
 from src.analysis import stats
+from src.infra.predicates import is_recorded_number
 
 # A run's status, THE list: MLflow's end states, and DIVERGED for a run that ended FINISHED but diverged
 # (src/training/callbacks.py's diverged_epoch decides that; the fit core, src/training/fit.py, applies it).
@@ -58,7 +59,7 @@ class Replicate:
 
     def value(self, metric: str) -> float | None:
         found = self.metrics.get(metric)
-        return float(found) if stats.is_number(found) else None
+        return float(found) if is_recorded_number(found) else None
 
 
 def run_status(mlflow_status: str, diverged: bool) -> str:

@@ -17,9 +17,6 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-# Number predicates live in src/infra/predicates.py (is_number re-exported until replicates.py imports it there).
-from src.infra.predicates import is_recorded_number as is_number  # noqa: F401
-
 CONFIDENCE = 0.95
 ALPHA = 1 - CONFIDENCE
 # The replicate key of a Hydra sweep: runs that differ only in it belong to one setting.

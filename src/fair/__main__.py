@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import sys
 
-from src.fair.stage import TRAINING_STAGES, command, run_stage
+from src.fair.stage import TRAINING_STAGES, run_stage
+from src.infra.errors import command
 
 
 def run(args: list[str]) -> None:

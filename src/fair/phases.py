@@ -9,13 +9,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 from omegaconf import DictConfig
 
-from src.analysis import replicates as rep
 from src.fair import trials as trial_runs
 from src.fair.protocol import (
     Protocol,
@@ -24,43 +22,10 @@ from src.fair.protocol import (
     lr_text,
     tune_trials,
 )
+from src.fair.records import read_record
+from src.fair.selection import SELECT_METRIC, Selection, select  # noqa: F401  (phases.select: the rule between the phases)
 from src.infra.errors import ConfigError
 from src.training import resume
-
-SELECT_METRIC = "final_val_accuracy"  # what tuning selects a learning rate on (validation only)
-
-
-@dataclass(frozen=True)
-class Selection:
-    """The tuning phase's outcome: the chosen learning rate (None when every trial diverged), each
-    learning rate's final validation accuracy (None when diverged) and the rates that diverged."""
-
-    optimizer: str
-    workload: str
-    best_lr: float | None
-    scores: dict[float, float | None] = field(default_factory=dict)
-    diverged: list[float] = field(default_factory=list)
-
-    def diverged_text(self) -> str:
-        """`diverged at lr 0.3, 1`; empty when none did."""
-        return f"diverged at lr {', '.join(map(lr_text, self.diverged))}" if self.diverged else ""
-
-
-def select(records: Sequence[dict[str, Any]]) -> tuple[float | None, dict[float, float | None], list[float]]:
-    """(best learning rate, {lr: final val accuracy or None}, diverged rates) of one optimizer's tuning
-    records. The trials that count by the replicates layer's rule (`exclusion_reason` on SELECT_METRIC:
-    finished, not diverged, finite) compete; ties go to the smaller learning rate."""
-    scores: dict[float, float | None] = {}
-    diverged = []
-    for record in sorted(records, key=lambda r: r["learning_rate"]):
-        value = record["metrics"].get(SELECT_METRIC)
-        counts = rep.exclusion_reason(record["status"], value, SELECT_METRIC) is None
-        scores[record["learning_rate"]] = value if counts else None
-        if record["status"] == rep.DIVERGED:
-            diverged.append(record["learning_rate"])
-    ranked = [(value, lr) for lr, value in scores.items() if value is not None]
-    best = max(ranked, key=lambda pair: (pair[0], -pair[1]))[1] if ranked else None
-    return best, scores, diverged
 
 
 def tune(protocol: Protocol, base: DictConfig, optimizer: str, workload: str) -> list[dict[str, Any]]:
@@ -76,7 +41,7 @@ def tuned(protocol: Protocol, base: DictConfig, optimizer: str, workload: str, d
     records = []
     for trial in tune_trials(protocol, optimizer, workload):
         config_hash = resume.config_hash(trial_runs.trial_config(base, trial), data_sha256)
-        record = trial_runs.read_record(trial.folder(protocol.trials_dir), config_hash)
+        record = read_record(trial.folder(protocol.trials_dir), config_hash)
         if record is None:
             raise ConfigError(
                 f"no finished tuning trial {trial.name} of {optimizer} on {workload} for this config: run"

@@ -15,17 +15,7 @@ from omegaconf import DictConfig
 
 from src.fair import protocol as fair
 from src.fair import report_files, report_mlflow
-
-# OptimizerResult, WorkloadResult, epochs_cell and profile_costs are imported only to stay importable from here
-# until tests/test_fair.py imports them from src.fair.results; then drop them from this line.
-from src.fair.results import (  # noqa: F401
-    OptimizerResult,
-    WorkloadResult,
-    budget_curves,
-    collect,
-    epochs_cell,
-    profile_costs,
-)
+from src.fair.results import budget_curves, collect
 
 
 def main(settings: fair.Protocol, bases: Mapping[tuple[str, str], DictConfig]) -> None:
@@ -44,7 +34,7 @@ def cli() -> None:
     """`python -m src.fair.report [overrides]`: the DVC stage `report` (trains nothing)."""
     import sys
 
-    from src.fair.stage import command
+    from src.infra.errors import command
 
     def body() -> None:
         settings, bases = fair.load(sys.argv[1:])

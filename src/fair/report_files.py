@@ -9,6 +9,7 @@ from typing import Any
 
 from src.analysis import plots, stats
 from src.analysis import tables as replicate_tables
+from src.analysis.replicates import FINISHED
 from src.fair import protocol as fair
 from src.fair.results import (
     WorkloadResult,
@@ -238,4 +239,4 @@ def draw(settings: fair.Protocol, results: Sequence[WorkloadResult], curves: Map
 
 def _plotted(value: float | None, status: str) -> float:
     """A tuning trial's point in the DVC plot: 0 for a diverged or unscored one, as the PNG draws it."""
-    return 0.0 if value is None or status != "FINISHED" else value
+    return 0.0 if value is None or status != FINISHED else value

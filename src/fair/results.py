@@ -19,9 +19,9 @@ from typing import Any
 from omegaconf import DictConfig
 
 from src.analysis import replicates, stats
-from src.fair import phases
 from src.fair import protocol as fair
-from src.fair.trials import first_epoch_reaching, read_record
+from src.fair.records import read_record
+from src.fair.selection import Selection, select
 from src.infra.errors import ConfigError
 
 
@@ -30,7 +30,7 @@ class OptimizerResult:
     """One optimizer on one workload: its tuning trials, the selection, and its judged runs."""
 
     optimizer: str
-    selection: phases.Selection
+    selection: Selection
     default_lr: float
     trials: list[dict[str, Any]]
     tuned: list[replicates.Replicate]
@@ -80,8 +80,8 @@ def collect(settings: fair.Protocol, bases: Mapping[tuple[str, str], DictConfig]
         per_optimizer = []
         for optimizer in settings.optimizers:
             trials = _records(settings, fair.tune_trials(settings, optimizer, workload))
-            best, scores, diverged = phases.select(trials)
-            selection = phases.Selection(optimizer, workload, best, scores, diverged)
+            best, scores, diverged = select(trials)
+            selection = Selection(optimizer, workload, best, scores, diverged)
             default_lr = fair.default_learning_rate(bases[(optimizer, workload)])
             rates = [rate for rate in (best, default_lr) if rate is not None]
             judged = _records(settings, fair.judge_trials(settings, optimizer, workload, rates))
@@ -233,3 +233,11 @@ def profile_costs(results: Sequence[WorkloadResult]) -> dict[str, dict[str, floa
             values = [float("inf") if e is None else float(e) for e in epochs]
             costs[workload.workload][result.optimizer] = statistics.median(values) if values else float("inf")
     return costs
+
+
+def first_epoch_reaching(val_accuracy: Sequence[float | None], target: float) -> int | None:
+    """The 1-based epoch whose validation accuracy first reached `target`; None when none did."""
+    for epoch, value in enumerate(val_accuracy, start=1):
+        if value is not None and value >= target:
+            return epoch
+    return None

@@ -7,31 +7,11 @@ the stage's DVC deps are what it runs. `python -m src.fair` runs every stage in 
 
 from __future__ import annotations
 
-import logging
-import signal
 import sys
-from collections.abc import Callable
-from typing import Any
 
-from src.infra.errors import ConfigError, exit_on_user_error
+from src.infra.errors import ConfigError, command
 
 TRAINING_STAGES = ("tune", "judge")
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def command(body: Callable[[], None]) -> None:
-    """Run an entry point's body: SIGTERM behaves like Ctrl-C (the run in progress ends KILLED, finished
-    trials stay recorded), a user error prints one line and exits 1."""
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        with exit_on_user_error():
-            body()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def run_stage(args: list[str]) -> None:

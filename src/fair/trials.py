@@ -38,6 +38,7 @@ from omegaconf import DictConfig
 
 from src.analysis.replicates import FAILED, FINISHED, KILLED
 from src.fair.protocol import JUDGE, Trial, lr_text
+from src.fair.records import RECORD, read_record
 from src.infra.files import write_text_atomic
 from src.training import resume
 
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
     from src.training.fit import Engine, FitResult
 
 log = logging.getLogger(__name__)
-RECORD = "trial.json"
 
 
 def trial_config(base: DictConfig, trial: Trial) -> DictConfig:
@@ -56,27 +56,8 @@ def trial_config(base: DictConfig, trial: Trial) -> DictConfig:
     return cfg
 
 
-def read_record(folder: Path, config_hash: str | None = None) -> dict[str, Any] | None:
-    """The finished trial recorded in `folder` (of `config_hash`, when given), or None."""
-    path = folder / RECORD
-    if not path.is_file():
-        return None
-    record = json.loads(path.read_text())
-    if config_hash is not None and record.get("config_hash") != config_hash:
-        return None
-    return record
-
-
 def _finite(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
-def first_epoch_reaching(val_accuracy: Sequence[float | None], target: float) -> int | None:
-    """The 1-based epoch whose validation accuracy first reached `target`; None when none did."""
-    for epoch, value in enumerate(val_accuracy, start=1):
-        if value is not None and value >= target:
-            return epoch
-    return None
 
 
 @dataclass

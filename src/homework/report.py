@@ -171,9 +171,7 @@ def latest_sweep(client: Any, experiment_name: str) -> tuple[Any, list[Any]]:
     if not parents:
         raise DataError(f"no ended sweep in experiment {experiment_name!r}: run `make hw3`")
     parent = parents[0]
-    children = client.search_runs(
-        [experiment.experiment_id], filter_string=children_filter(parent.info.run_id)
-    )
+    children = client.search_runs([experiment.experiment_id], filter_string=children_filter(parent.info.run_id))
     return parent, children
 
 

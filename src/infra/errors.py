@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterator
+import signal
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from src.infra.masking import mask_uri
 
@@ -34,3 +37,20 @@ def exit_on_user_error() -> Iterator[None]:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         raise SystemExit(f"error: {mask_uri(str(error))}") from None
+
+
+def sigterm_as_interrupt(signum: int, frame: Any) -> None:
+    """A SIGTERM handler: stop like Ctrl-C, so the run in progress ends KILLED in its `finally`."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def command(body: Callable[[], None]) -> None:
+    """Run an entry point's body: SIGTERM behaves like Ctrl-C (the run in progress ends KILLED, finished
+    work stays recorded), a user error prints one line and exits 1."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    previous = signal.signal(signal.SIGTERM, sigterm_as_interrupt)
+    try:
+        with exit_on_user_error():
+            body()
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -96,7 +96,7 @@ def load_replicates(names: Sequence[str], seeds: Sequence[int], runs_dir: Path, 
                 rep.Replicate(
                     setting=rep.setting_label(["optimizer"], [name]),
                     seed=seed,
-                    status=rep.DIVERGED if diverged else rep.FINISHED,
+                    status=rep.run_status(rep.FINISHED, bool(diverged)),
                     metrics=metrics,
                     run_id=files["run"].get("run_id", ""),
                     name=f"{name}/seed{seed}",

@@ -44,15 +44,13 @@ def job_overrides(optimizer: str) -> list[str]:
 def config_hashes(optimizer: str, seeds: Sequence[int]) -> dict[int, str]:
     """{seed: the config hash src.train will compute for that job} (src.training.resume.config_hash, which
     includes the sha256 of the MNIST file)."""
-    from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
     from src.training import data, resume
-    from src.training.config import CONFIG_DIR
+    from src.training.config import compose
 
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=job_overrides(optimizer), return_hydra_config=True)
+    cfg = compose(job_overrides(optimizer), command="src.stages.train", return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)  # `${hydra:...}` paths resolve (they do not enter the hash)
     with open_dict(cfg):
         del cfg["hydra"]

@@ -129,13 +129,11 @@ def adopt_into_sweep(run: Run) -> None:
     """Make a finished run a child of the sweep in progress (a rerun of a sweep links every job)."""
     from mlflow import MlflowClient
 
+    from src.tracking.parent import adopt_run
+
     parent_run_id = current_sweep().get("parent_run_id")
-    previous_parent = run.data.tags.get("mlflow.parentRunId")
-    if parent_run_id and parent_run_id != previous_parent:
-        client = MlflowClient()
-        if previous_parent:
-            client.set_tag(run.info.run_id, "previous_parent_run_id", previous_parent)
-        client.set_tag(run.info.run_id, "mlflow.parentRunId", parent_run_id)
+    if parent_run_id:
+        adopt_run(MlflowClient(), run, parent_run_id)
 
 
 def log_epoch_history(history: Sequence[Mapping[str, float]]) -> None:

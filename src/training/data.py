@@ -286,4 +286,3 @@ def _split_once(identity: tuple[str, int, int, int, int], val_split: float, limi
     for array in vars(splits).values():
         array.setflags(write=False)
     return splits
-
