@@ -56,7 +56,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.infra.errors import ConfigError
 from src.training import data
-from src.training.callbacks import StopOnDivergence, diverged_epoch, from_config
+from src.training.callbacks import StopOnDivergence, diverged_epoch, effective_step_sizes, from_config
+from src.training.config import LOGGED_METRICS
 from src.training.fit import (
     FINAL,
     LOSS,
@@ -70,7 +71,6 @@ from src.training.fit import (
 
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3  # bytes; the fair protocol's 12 tuning trials of the MLP need ~140 MiB
 MLP_TARGET = "src.training.models.mlp"
-HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 # The callbacks the engine honours: the divergence guards (what the fair protocol keeps). Their rule is
 # applied to every member at every step.
 GUARD_CALLBACKS = ("terminate_on_nan", "stop_on_divergence")
@@ -373,30 +373,64 @@ def _step_counter(optimizer: keras.optimizers.Optimizer) -> keras.Variable:
     return next(variable for variable in optimizer.variables if variable.name == "iteration")
 
 
-class _Chunk:
-    """One program: the stacked model, its optimizer, the per-member masks and epoch sums, two compiled steps."""
+@dataclass
+class _Member:
+    """One trial of a chunk: its config, its own Keras model (initial weights, later its final ones, compiled
+    with its own optimizer mirroring its slice of the stacked one), its split as image positions, its history."""
 
-    def __init__(self, configs: Sequence[DictConfig], members: Sequence[keras.Model], images, labels) -> None:
+    cfg: DictConfig
+    model: keras.Model
+    train_positions: np.ndarray
+    val_positions: np.ndarray
+    history: dict[str, list[float]] = field(default_factory=dict)
+    mirrors_state: bool = False  # the stacked optimizer's slots map one to one onto the member's
+
+    @property
+    def seed(self) -> int:
+        return int(self.cfg.train.seed)
+
+
+def _member(cfg: DictConfig, limit: int | None) -> _Member:
+    """The member's model and its split, as positions into the first `limit` training images: the split is
+    `data.split`'s own rule applied to the positions instead of the images (one copy of the images, not N)."""
+    model = member_model(cfg)
+    _check_structure(model)
+    positions = np.arange(data.ARRAY_SHAPES["x_train"][0])
+    none = np.empty(0, dtype=np.int64)
+    arrays = {"x_train": positions, "y_train": positions, "x_test": none, "y_test": none}
+    split = data.split(arrays, float(cfg.data.val_split), limit, int(cfg.train.seed))
+    return _Member(cfg, model, split.x_train, split.x_val)
+
+
+class _Chunk:
+    """One program: the stacked model and optimizer, the per-member masks and epoch sums, two compiled steps."""
+
+    def __init__(self, members: Sequence[_Member], images, labels) -> None:
         import tensorflow as tf
 
-        self.tf = tf
-        self.size = len(configs)
-        self.dtype = keras.config.floatx()
-        self.model = StackedMLP(members)
-        self.optimizer = build_optimizer(configs, self.dtype)
+        self.tf, self.members, self.size = tf, members, len(members)
+        configs = [member.cfg for member in members]
+        self.model = StackedMLP([member.model for member in members])
+        self.optimizer = build_optimizer(configs, keras.config.floatx())
         self.optimizer.build(self.model.trainable_variables)
+        self.slots = [variable for variable in self.optimizer.variables if len(variable.shape) == 3]
         # What a masked member must not change: its weights and every per-member optimizer slot
-        self.masked = [*self.model.trainable_variables]
-        self.masked += [v for v in self.optimizer.variables if len(v.shape) == 3 and v.shape[0] == self.size]
-        self.limit = divergence_limit(configs[0], members[0])
+        self.masked = [*self.model.trainable_variables, *self.slots]
+        self.limit = divergence_limit(configs[0], members[0].model)
         self.images, self.labels = images, labels
         self.alive = tf.Variable(tf.ones(self.size, tf.bool), trainable=False)
         self.loss_sum = tf.Variable(tf.zeros(self.size, tf.float64), trainable=False)
         self.correct = tf.Variable(tf.zeros(self.size, tf.float64), trainable=False)
         self.seen = tf.Variable(tf.zeros(self.size, tf.float64), trainable=False)
-        spec = tf.TensorSpec([None, self.size, None], tf.int32)
-        self.train = tf.function(self._train, input_signature=[spec])
+        self.train = tf.function(self._train, input_signature=[tf.TensorSpec([None, self.size, None], tf.int32)])
         self.evaluate = tf.function(self._evaluate, input_signature=[tf.TensorSpec([self.size, None], tf.int32)])
+        stacked_shapes = [_member_shape(variable) for variable in self.slots]
+        for member in members:
+            optimizer = instantiate(member.cfg.optimizer)
+            optimizer.build(member.model.trainable_variables)
+            own = [tuple(variable.shape) for variable in optimizer.variables if len(variable.shape) > 0]
+            member.mirrors_state = own == stacked_shapes
+            member.model.compile(optimizer=optimizer, loss=LOSS, metrics=["accuracy"])
 
     def _forward(self, positions):
         tf = self.tf
@@ -422,7 +456,7 @@ class _Chunk:
             self.loss_sum.assign_add(tf.where(was_alive, tf.cast(member_loss, tf.float64) * count, 0.0))
             self.correct.assign_add(tf.where(was_alive, correct, 0.0))
             self.seen.assign_add(tf.where(was_alive, count, 0.0))
-            running = self.loss_sum / tf.maximum(self.seen, 1.0)
+            running = self.loss_sum / tf.maximum(self.seen, 1.0)  # what Keras' logs["loss"] holds after the step
             healthy = tf.math.is_finite(running) & (running <= self.limit)  # callbacks.loss_diverged, negated
             alive = was_alive & healthy
             self.alive.assign(alive)
@@ -450,46 +484,63 @@ class _Chunk:
         count = self.tf.cast(self.tf.shape(positions)[1], self.tf.float64)
         return self.tf.cast(member_loss, self.tf.float64) * count, correct
 
-    def member_optimizer(self, cfg: DictConfig, model: keras.Model, index: int) -> keras.optimizers.Optimizer:
-        """The trial's own optimizer, built on `model` and holding member `index`'s slots and step count, so a
-        saved member model carries its optimizer state as a sequentially fitted one does. (A refused optimizer,
-        trained stacked only by the tests, has slots that do not map one to one: it is returned unbuilt.)"""
-        optimizer = instantiate(cfg.optimizer)
-        optimizer.build(model.trainable_variables)
-        slots = [variable for variable in optimizer.variables if len(variable.shape) > 0]
-        stacked = [variable for variable in self.optimizer.variables if len(variable.shape) == 3]
-        sizes = [int(np.prod(v.shape)) for v in slots], [int(np.prod(v.shape[1:])) for v in stacked]
-        if sizes[0] != sizes[1]:
-            return instantiate(cfg.optimizer)
-        for slot, source in zip(slots, stacked, strict=True):
-            slot.assign(keras.ops.reshape(source[index], slot.shape))
-        _step_counter(optimizer).assign(_step_counter(self.optimizer))
-        return optimizer
-
-    def reset_epoch(self) -> None:
+    def train_epoch(self, epoch: int, batch_size: int, steps_per_call: int) -> tuple[np.ndarray, np.ndarray]:
+        """One epoch of every member, each in its own order (`epoch_order`); their mean loss and accuracy, as
+        Keras' epoch logs hold them (over the batches trained before a member was masked)."""
+        tf = self.tf
         for variable in (self.loss_sum, self.correct, self.seen):
-            variable.assign(self.tf.zeros_like(variable))
+            variable.assign(tf.zeros_like(variable))
+        size = len(self.members[0].train_positions)
+        order = np.stack([m.train_positions[epoch_order(m.seed, epoch, size)] for m in self.members]).astype(np.int32)
+        full = size // batch_size * batch_size
+        batches = order[:, :full].reshape(self.size, -1, batch_size).transpose(1, 0, 2)
+        for begin in range(0, len(batches), steps_per_call):
+            self.train(tf.constant(batches[begin : begin + steps_per_call]))
+        if full < size:  # the last, smaller batch, as Keras' fit makes it
+            self.train(tf.constant(order[None, :, full:]))
+        seen = np.maximum(self.seen.numpy(), 1.0)  # 0 only for members masked before this epoch (not recorded)
+        return self.loss_sum.numpy() / seen, self.correct.numpy() / seen
+
+    def validate(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Every member's validation loss and accuracy, in batches of `batch_size` as Keras' evaluate makes them."""
+        positions = np.stack([member.val_positions for member in self.members]).astype(np.int32)
+        loss_sum, correct = np.zeros(self.size), np.zeros(self.size)
+        for begin in range(0, positions.shape[1], batch_size):
+            losses, hits = self.evaluate(self.tf.constant(positions[:, begin : begin + batch_size]))
+            loss_sum += losses.numpy()
+            correct += hits.numpy()
+        return loss_sum / positions.shape[1], correct / positions.shape[1]
+
+    def mirror(self) -> None:
+        """Copy each member's slice of the stacked weights and optimizer state into its own model and optimizer:
+        what the per-epoch statistics read, and what a caller saves."""
+        for index, member in enumerate(self.members):
+            member.model.set_weights(self.model.member_weights(index))
+            if not member.mirrors_state:  # a refused optimizer, trained stacked only by the tests
+                continue
+            optimizer = member.model.optimizer
+            own = [variable for variable in optimizer.variables if len(variable.shape) > 0]
+            for variable, stacked in zip(own, self.slots, strict=True):
+                variable.assign(keras.ops.reshape(stacked[index], variable.shape))
+            _step_counter(optimizer).assign(_step_counter(self.optimizer))
 
 
-@dataclass
-class _Member:
-    cfg: DictConfig
-    model: keras.Model
-    train_positions: np.ndarray
-    val_positions: np.ndarray
-    history: dict[str, list[float]] = field(default_factory=lambda: {key: [] for key in HISTORY_KEYS})
+def _member_shape(stacked: Any) -> tuple[int, ...]:
+    """A stacked variable's shape for one member: (in, out) for a kernel, (units,) for a bias."""
+    shape = tuple(stacked.shape[1:])
+    return shape[1:] if shape[0] == 1 else shape
 
 
-def _member(cfg: DictConfig, limit: int | None) -> _Member:
-    """The member's model and its split, as positions into the first `limit` training images: the split is
-    `data.split`'s own rule applied to the positions instead of the images (one copy of the images, not N)."""
-    model = member_model(cfg)
-    _check_structure(model)
-    positions = np.arange(data.ARRAY_SHAPES["x_train"][0])
-    none = np.empty(0, dtype=np.int64)
-    arrays = {"x_train": positions, "y_train": positions, "x_test": none, "y_test": none}
-    split = data.split(arrays, float(cfg.data.val_split), limit, int(cfg.train.seed))
-    return _Member(cfg, model, split.x_train, split.x_val)
+def _epoch_logs(member: _Member, values: Mapping[str, float], seconds: float) -> dict[str, float]:
+    """The member's logs of one epoch, with what `src.training.callbacks.EpochStats` adds in a sequential fit:
+    its share of the epoch's time, its learning rate and the median of its optimizer's per-parameter steps."""
+    optimizer = member.model.optimizer
+    logs = {**values, "epoch_seconds": seconds}
+    logs["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+    step_sizes = effective_step_sizes(optimizer) if member.mirrors_state else None
+    if step_sizes is not None:
+        logs["effective_step_size"] = float(np.median(step_sizes))
+    return logs
 
 
 def train_stacked(
@@ -505,39 +556,24 @@ def train_stacked(
     members = [_member(cfg, limit) for cfg in configs]
     images = tf.constant(arrays["x_train"][:limit])
     labels = tf.constant(arrays["y_train"][:limit].astype(np.int64))
-    chunk = _Chunk(configs, [m.model for m in members], images, labels)
+    chunk = _Chunk(members, images, labels)
     batch_size = int(first.train.batch_size)
     validation_batch = int(first.train.get("validation_batch_size") or batch_size)
     steps_per_call = max(1, int(first.train.get("steps_per_execution") or 1))
     epochs = int(first.train.epochs)
-    n_train = len(members[0].train_positions)
-    val_positions = np.stack([m.val_positions for m in members]).astype(np.int32)
     alive = np.ones(len(members), dtype=bool)
     started = time.perf_counter()
     for epoch in range(epochs):
-        chunk.reset_epoch()
-        order = np.stack([m.train_positions[epoch_order(int(m.cfg.train.seed), epoch, n_train)] for m in members])
-        order = order.astype(np.int32)
-        full = n_train // batch_size * batch_size
-        batches = order[:, :full].reshape(len(members), -1, batch_size).transpose(1, 0, 2)
-        for begin in range(0, len(batches), steps_per_call):
-            chunk.train(tf.constant(batches[begin : begin + steps_per_call]))
-        if full < n_train:  # the last, smaller batch, as Keras' fit makes it
-            chunk.train(tf.constant(order[None, :, full:]))
-        val_loss, val_correct = np.zeros(len(members)), np.zeros(len(members))
-        for begin in range(0, val_positions.shape[1], validation_batch):
-            loss_sum, correct = chunk.evaluate(tf.constant(val_positions[:, begin : begin + validation_batch]))
-            val_loss += loss_sum.numpy()
-            val_correct += correct.numpy()
-        seen = np.maximum(chunk.seen.numpy(), 1.0)  # 0 only for members masked before this epoch (not recorded)
-        loss, accuracy = chunk.loss_sum.numpy() / seen, chunk.correct.numpy() / seen
-        n_val = val_positions.shape[1]
+        began = time.perf_counter()
+        loss, accuracy = chunk.train_epoch(epoch, batch_size, steps_per_call)
+        val_loss, val_accuracy = chunk.validate(validation_batch)
+        chunk.mirror()
+        share = (time.perf_counter() - began) / len(members)
         for index, member in enumerate(members):
-            if not alive[index]:
-                continue
-            values = (loss[index], accuracy[index], val_loss[index] / n_val, val_correct[index] / n_val)
-            for key, value in zip(HISTORY_KEYS, values, strict=True):
-                member.history[key].append(float(value))
+            if alive[index]:  # alive when the epoch began: a member masked in it still has this epoch's logs
+                values = map(float, (loss[index], accuracy[index], val_loss[index], val_accuracy[index]))
+                for key, value in _epoch_logs(member, dict(zip(LOGGED_METRICS, values, strict=True)), share).items():
+                    member.history.setdefault(key, []).append(value)
         alive = chunk.alive.numpy()
         if progress is not None:
             progress.epoch_done(label, len(members), int(alive.sum()), epoch + 1, epochs)
@@ -546,12 +582,10 @@ def train_stacked(
                 progress.total -= len(members) * (epochs - epoch - 1)
             break
     chunk.optimizer.finalize_variable_values(chunk.model.trainable_variables)  # as fit ends (EMA, if any)
+    chunk.mirror()
     seconds = (time.perf_counter() - started) / len(members)
     results = []
-    for index, member in enumerate(members):
-        member.model.set_weights(chunk.model.member_weights(index))
-        optimizer = chunk.member_optimizer(member.cfg, member.model, index)
-        member.model.compile(optimizer=optimizer, loss=LOSS, metrics=["accuracy"])
+    for member in members:
         diverged = diverged_epoch(member.history, chunk.limit)
         epochs_run = len(member.history["loss"]) or None
         results.append(FitResult(member.history, member.model, member.model, FINAL, epochs_run, seconds, diverged))
