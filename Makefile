@@ -18,14 +18,14 @@ SERVER_PORT ?= 5001
 SERVE_PORT ?= 5002
 SERVER_DIR ?= $(CURDIR)/mlflow-server
 # The server's run store: SQLite by default; a team uses PostgreSQL. A password goes in a pgpass file (make db)
-# or an exported SERVER_STORE, never on make's command line, where `ps` shows it; it reaches src.infra.mlflow_server
+# or an exported SERVER_STORE, never on make's command line, where `ps` shows it; it reaches src.tracking.server
 # through the environment of `make server` alone (a global export would leak into every recipe, `make test`'s too).
 SERVER_STORE ?= sqlite:///$(SERVER_DIR)/mlflow.db
 SWEEP ?= optimizer=adam,adagrad,rmsprop
 
 .DEFAULT_GOAL := help
 FORCE:
-.PHONY: help install run fair sweep hw3 bench test test-fast test-cluster ui server db db-stop db-rm plots screenshots lint format lock clean serve
+.PHONY: help install run fair sweep hw3 bench bench-vectorized test test-fast test-cluster ui server db db-stop db-rm plots screenshots lint format lock clean serve
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -78,7 +78,7 @@ test-cluster: install ## the Ray cluster tests: 3 nodes on this machine, a node 
 # One person's UI: one uvicorn worker (MLflow's default is 4, each importing its server), no GenAI job runner.
 UI_WORKERS ?= 1
 ui: install ## MLflow UI for the project's store on http://$(HOST):$(PORT) (off loopback: ALLOW_ANONYMOUS=1)
-	@$(BIN)/python -m src.infra.mlflow_server check-ui-host --host "$(HOST)" $(if $(filter 1 true yes,$(ALLOW_ANONYMOUS)),--allow-anonymous)
+	@$(BIN)/python -m src.tracking.server check-ui-host --host "$(HOST)" $(if $(filter 1 true yes,$(ALLOW_ANONYMOUS)),--allow-anonymous)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
 		--host $(HOST) --port $(PORT) --workers $(UI_WORKERS)
 
@@ -97,19 +97,19 @@ server: export SERVER_STORE := $(SERVER_STORE)
 ALLOW_ANONYMOUS :=
 server: install ## team tracking server on http://$(HOST):$(SERVER_PORT) (SERVER_STORE=postgresql://..., AUTH=1: logins)
 	@# not echoed: SERVER_STORE may hold a password (make db's keeps it in a pgpass file instead)
-	@PGPASSFILE="$${PGPASSFILE:-$(DB_DIR)/pgpass}" $(BIN)/python -m src.infra.mlflow_server serve \
+	@PGPASSFILE="$${PGPASSFILE:-$(DB_DIR)/pgpass}" $(BIN)/python -m src.tracking.server serve \
 		--server-dir "$(SERVER_DIR)" --host $(HOST) --port $(SERVER_PORT) --workers $(SERVER_WORKERS) \
 		$(if $(AUTH),--auth) $(if $(filter 1 true yes,$(ALLOW_ANONYMOUS)),--allow-anonymous) \
 		$(if $(ADMIN_PASSWORD_FILE),--admin-password-file "$(ADMIN_PASSWORD_FILE)")
 
 db: install ## start PostgreSQL in $(DB_DIR) on 127.0.0.1 (created on first use); prints the SERVER_STORE to use
-	$(BIN)/python -m src.infra.mlflow_server db-start "$(DB_DIR)"
+	$(BIN)/python -m src.tracking.server db-start "$(DB_DIR)"
 
 db-stop: install ## stop the PostgreSQL of make db (its data stays in $(DB_DIR))
-	$(BIN)/python -m src.infra.mlflow_server db-stop "$(DB_DIR)"
+	$(BIN)/python -m src.tracking.server db-stop "$(DB_DIR)"
 
 db-rm: install ## stop the PostgreSQL of make db and delete $(DB_DIR) with every run stored in it
-	$(BIN)/python -m src.infra.mlflow_server db-rm "$(DB_DIR)"
+	$(BIN)/python -m src.tracking.server db-rm "$(DB_DIR)"
 
 plots: install ## DVC's plots as one HTML page that renders offline (vega inlined): dvc_plots/index.html
 	$(BIN)/dvc plots show --html-template .dvc/plots/offline.html -o dvc_plots
@@ -119,6 +119,9 @@ screenshots: install ## the README's MLflow UI screenshots (docs/img/) from the 
 
 bench: install ## benchmarks vs bare Keras: epoch time, sweep, memory, no-op dvc repro, make run vs train time (~20 min; see docs/benchmarks.md)
 	$(BIN)/python benchmarks/bench.py
+
+bench-vectorized: install ## the vectorized engine vs the sequential one on the same trials: trials/s at N = 12, 36, 60 (~2 min; docs/benchmarks.md)
+	$(BIN)/python benchmarks/vectorized.py
 
 lint: install ## ruff lint and format check
 	$(BIN)/ruff check src tests benchmarks

@@ -12,8 +12,8 @@ W=$(mktemp -d /tmp/ray-bench-XXXX)
 H=$(mktemp -d /tmp/rbh-XXXX)
 N=$(mktemp -d /tmp/rba-XXXX)  # short: Ray's socket paths must stay under 108 bytes
 mkdir -p "$W/srv" "$W/drv" "$W/node-a"
-SERVER_PORT=$($V/python -c "from src.infra.mlflow_server import free_port; print(free_port())")
-HEAD_PORT=$($V/python -c "from src.infra.mlflow_server import free_port; print(free_port())")
+SERVER_PORT=$($V/python -c "from src.tracking.server import free_port; print(free_port())")
+HEAD_PORT=$($V/python -c "from src.tracking.server import free_port; print(free_port())")
 cleanup() {
   for pattern in "$H" "$N" "$W/srv"; do
     for group in $(ps -eo pgid=,args= | grep -F "$pattern" | grep -v grep | awk '{print $1}' | sort -u); do
@@ -23,11 +23,11 @@ cleanup() {
   rm -rf "$H" "$N" "$W"
 }
 trap cleanup EXIT
-setsid $V/python -m src.infra.mlflow_server serve --store "sqlite:///$W/srv/mlflow.db" --server-dir "$W/srv" --port "$SERVER_PORT" \
+setsid $V/python -m src.tracking.server serve --store "sqlite:///$W/srv/mlflow.db" --server-dir "$W/srv" --port "$SERVER_PORT" \
   > "$W/srv/log" 2>&1 &
 disown  # its end (cleanup kills it) is expected: no "Killed" notice
 (cd "$H" && setsid $V/ray start --head --node-ip-address=127.0.0.1 --port="$HEAD_PORT" --num-cpus=0 \
-  --include-dashboard=false --temp-dir="$H" --ray-client-server-port="$($V/python -c "from src.infra.mlflow_server import free_port; print(free_port())")" > /dev/null)
+  --include-dashboard=false --temp-dir="$H" --ray-client-server-port="$($V/python -c "from src.tracking.server import free_port; print(free_port())")" > /dev/null)
 (cd "$W/node-a" && env -u PYTHONPATH setsid $V/ray start --address="127.0.0.1:$HEAD_PORT" --node-ip-address=127.0.0.1 \
   --num-cpus=2 --resources='{"trainer": 2}' --temp-dir="$N" > /dev/null)
 # Bounded, and straight to loopback: through an http_proxy the check would never reach this machine's server

@@ -34,8 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from src.infra.mlflow_server import free_port, stop_group, wait_healthy  # noqa: E402
 from src.infra.postgres import PG_BIN, Cluster  # noqa: E402
+from src.tracking.server import free_port, stop_group, wait_healthy  # noqa: E402
 
 METRIC_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
 
@@ -108,10 +108,10 @@ def check_runs(url: str, run_ids: list[str], points: int, params: int = 20) -> N
 
 
 def start_server(store: str, folder: Path, workers: int, env: dict | None = None) -> tuple[str, subprocess.Popen]:
-    """`mlflow server` as `make server` starts it (src.infra.mlflow_server serve), on 127.0.0.1 and a free port."""
+    """`mlflow server` as `make server` starts it (src.tracking.server serve), on 127.0.0.1 and a free port."""
     port = free_port()
     log = folder / "server.log"
-    command = [sys.executable, "-m", "src.infra.mlflow_server", "serve", "--store", store, "--server-dir", str(folder)]
+    command = [sys.executable, "-m", "src.tracking.server", "serve", "--store", store, "--server-dir", str(folder)]
     command += ["--port", str(port), "--workers", str(workers)]
     process = subprocess.Popen(
         command,

@@ -353,6 +353,8 @@ LONGEST_FIRST = (
     "test_train",
     "test_concurrency",
     "test_sweep_stats",
+    "test_vectorized",
+    "test_dvc_clean",
     "test_bad_input",
     "test_secrets",
     "test_data",

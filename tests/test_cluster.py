@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.infra.cluster import check_store
 from src.infra.errors import ConfigError
-from src.infra.mlflow_server import check_exposure
+from src.tracking.server import check_exposure
 from src.tracking.sweep import launcher_preflight
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from src.infra.mlflow_server import free_port, stop_group, wait_healthy
+from src.tracking.server import free_port, stop_group, wait_healthy
 from src.training.config import PROJECT_ROOT, registered_model_name_problem
 from tests.conftest import Sweep, run_main, store_with_tables, tracking_uri
 

@@ -21,7 +21,7 @@ import psutil
 import pytest
 from mlflow import MlflowClient
 
-from src.infra.mlflow_server import free_port, stop_group, wait_healthy
+from src.tracking.server import free_port, stop_group, wait_healthy
 from src.training import data
 from tests.conftest import SMALL, all_runs, run_main, split_parent, store_args, store_with_tables
 
@@ -199,11 +199,11 @@ class RayCluster:
 
 @contextlib.contextmanager
 def tracking_server_at(folder: Path) -> Iterator[Callable[[], str]]:
-    """`python -m src.infra.mlflow_server serve` (what `make server` runs): SQLite store, artifacts proxied, 127.0.0.1.
+    """`python -m src.tracking.server serve` (what `make server` runs): SQLite store, artifacts proxied, 127.0.0.1.
     Started at once; what it yields waits until the server answers and returns its URL (start other things
     meanwhile)."""
     port = free_port()
-    command = [sys.executable, "-m", "src.infra.mlflow_server", "serve", f"--store=sqlite:///{folder}/mlflow.db"]
+    command = [sys.executable, "-m", "src.tracking.server", "serve", f"--store=sqlite:///{folder}/mlflow.db"]
     command += [f"--server-dir={folder}", f"--port={port}"]
     folder.mkdir(parents=True, exist_ok=True)
     log = (folder / "server.log").open("w")

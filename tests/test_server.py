@@ -33,8 +33,8 @@ from mlflow.entities import Dataset, DatasetInput, InputTag
 from mlflow.exceptions import MlflowException
 
 from benchmarks.server_load import check_runs, run_clients
-from src.infra.mlflow_server import free_port, wait_healthy
 from src.infra.postgres import PG_BIN, Cluster
+from src.tracking.server import free_port, wait_healthy
 from src.tracking.store import is_duplicate_insert, retry_duplicate_insert
 from src.training import data
 from tests.conftest import SMALL, run_cli

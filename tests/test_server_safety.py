@@ -17,8 +17,8 @@ import pytest
 import requests
 
 from src.infra import mlflow_server as server
-from src.infra.mlflow_server import free_port, stop_group, wait_healthy, write_auth_config
 from src.infra.postgres import Cluster
+from src.tracking.server import free_port, stop_group, wait_healthy, write_auth_config
 
 ROOT = Path(__file__).parent.parent
 OPEN_HOSTS = ("0.0.0.0", "::", "192.168.1.20", "[::]", "buildbox.lan")

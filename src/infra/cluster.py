@@ -45,7 +45,7 @@ SHIPPED_ENV = (
 TCP_TIMEOUT_S = 5.0  # how long the head's address may take to accept a connection
 POLL_S = 2.0  # how often the launcher looks at the jobs and the nodes
 # How a cluster sweep gets a store every node reaches. A server off loopback refuses to start without AUTH=1
-# (src/infra/mlflow_server.py), so the sweep logs in: the credentials are shipped to the jobs with SHIPPED_ENV.
+# (src/tracking/server.py), so the sweep logs in: the credentials are shipped to the jobs with SHIPPED_ENV.
 SERVER_ADVICE = (
     "`make server AUTH=1 HOST=0.0.0.0` on one machine, then mlflow.tracking_uri=http://<its-host>:5001 (or export "
     "MLFLOW_TRACKING_URI) with MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD exported (passed on to the jobs)"
@@ -67,7 +67,8 @@ def check_store(tracking_uri: str, address: str, launcher_name: str) -> None:
     """A job on another node cannot reach a store that is a file on this machine, nor one on this machine's
     loopback (127.0.0.1 there is the node itself): refuse them. A cluster whose head is on loopback runs on
     this machine only, so loopback passes there; `auto` (this node's cluster, wherever it is) is let through."""
-    from src.tracking.store import is_loopback, mask_uri
+    from src.infra.masking import mask_uri
+    from src.infra.network import is_loopback
 
     parsed = urlparse(tracking_uri)
     scheme = parsed.scheme.lower()

@@ -1,6 +1,6 @@
 """A throwaway PostgreSQL cluster for the team server's run store (`make db`, `make db-stop`, `make db-rm`).
 
-`python -m src.infra.mlflow_server db-start DIR` (src/infra/mlflow_server.py's command line) creates, the first
+`python -m src.tracking.server db-start DIR` (src/tracking/server.py's command line) creates, the first
 time, and starts a cluster in DIR, listening on 127.0.0.1 only, on a free port (kept across restarts),
 with a socket dir inside DIR. It has one login role and database, both `mlflow`, whose random password is written to
 `DIR/pgpass` (mode 600, libpq's password-file format): the store URI it prints carries no password, and
@@ -33,7 +33,7 @@ START_TIMEOUT_S = 60
 
 
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (for a new cluster, and for the servers src/infra/mlflow_server.py starts)."""
+    """A TCP port free on 127.0.0.1 now (for a new cluster, and for the servers src/tracking/server.py starts)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

@@ -19,34 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.infra.errors import ConfigError
 from src.infra.masking import mask_log_records, mask_uri  # their home; imported from here by tracking/ and its callers
+from src.infra.network import bypass_proxy_for_loopback, is_loopback
 
 T = TypeVar("T")
-
-
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
-
-
-def is_loopback(host: str) -> bool:
-    """`localhost` or a loopback address (127.0.0.0/8, ::1); any other name or address may be reachable
-    from other machines (0.0.0.0 and :: listen on every interface)."""
-    import ipaddress
-
-    host = host.strip("[]").lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def bypass_proxy_for_loopback(environ: Any = os.environ) -> None:
-    """Add loopback to NO_PROXY and no_proxy (both spellings: tools read one or the other), keeping what is
-    there: urllib and requests (MLflow's client) otherwise send a request for 127.0.0.1 to an http_proxy,
-    which cannot reach this machine's loopback. Child processes inherit it."""
-    for name in ("NO_PROXY", "no_proxy"):
-        present = [entry.strip() for entry in environ.get(name, "").split(",") if entry.strip()]
-        environ[name] = ",".join(dict.fromkeys([*present, *LOOPBACK_NAMES]))
 
 
 # `host:port[/path]` with no scheme: MLflow would take it for a local folder and quietly write there.

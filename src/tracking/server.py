@@ -3,9 +3,9 @@
 `make db` / `make db-stop` / `make db-rm` and `make server [AUTH=1]` call this module's command line; the
 tests use the same functions, so what they exercise is what a user starts.
 
-- `python -m src.infra.mlflow_server db-start|db-stop|db-rm DIR`: the throwaway PostgreSQL cluster
+- `python -m src.tracking.server db-start|db-stop|db-rm DIR`: the throwaway PostgreSQL cluster
   of src/infra/postgres.py.
-- `python -m src.infra.mlflow_server serve ...` checks the run store, then replaces itself with `mlflow server`;
+- `python -m src.tracking.server serve ...` checks the run store, then replaces itself with `mlflow server`;
   with `--auth` it runs MLflow's own access control (`--app-name basic-auth`) with a config file it
   writes into the server dir. The admin password comes from MLFLOW_AUTH_ADMIN_PASSWORD or a file
   outside git (`--admin-password-file`), never from a default. On any address but loopback it refuses
@@ -40,7 +40,7 @@ def wait_healthy(
     with its log's tail if it dies or takes longer than `timeout` seconds."""
     import urllib.request
 
-    from src.tracking.store import bypass_proxy_for_loopback
+    from src.infra.network import bypass_proxy_for_loopback
 
     bypass_proxy_for_loopback()  # behind an http_proxy, a loopback health check would go through the proxy
     deadline = time.monotonic() + timeout
@@ -113,7 +113,7 @@ def check_exposure(host: str, auth: bool, allow_anonymous: bool) -> None:
     """Refuse an anonymous server that others can reach: without `--auth`, anyone who reaches the address
     may read, change and delete every run. Loopback, or auth on, passes; `allow_anonymous` (a network the
     user trusts) passes with a warning. Runs before any process or file is created."""
-    from src.tracking.store import is_loopback
+    from src.infra.network import is_loopback
 
     if auth or is_loopback(host):
         return
@@ -133,7 +133,7 @@ def check_exposure(host: str, auth: bool, allow_anonymous: bool) -> None:
 def check_ui_exposure(host: str, allow_anonymous: bool) -> None:
     """`make ui` has no logins at all (MLflow's UI can change and delete runs): the same rule as the server's,
     with the way out that exists for it."""
-    from src.tracking.store import is_loopback
+    from src.infra.network import is_loopback
 
     if is_loopback(host) or allow_anonymous:
         if not is_loopback(host):
@@ -188,7 +188,7 @@ def serve(arguments: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m src.infra.mlflow_server", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m src.tracking.server", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     for name in ("db-start", "db-stop", "db-rm"):
         commands.add_parser(name).add_argument("folder", help="the cluster's folder (make db: DB_DIR)")
