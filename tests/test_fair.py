@@ -75,6 +75,7 @@ def test_every_run_is_a_tagged_child_of_one_finished_parent(protocol: Path) -> N
     for run in children:
         assert {"optimizer", "workload", "learning_rate", "seed"} <= set(run.data.tags)
         assert run.info.status == "FINISHED"
+        assert run.data.tags["engine"] == "vectorized"  # fair.engine's default: adam and sgd stack exactly
     # tuning never touches the test set; judged runs are scored on it and keep their model, nobody logs TensorBoard
     assert not any("test_accuracy" in r.data.metrics for r in tune)
     assert all("test_accuracy" in r.data.metrics for r in judge)
@@ -172,7 +173,8 @@ def test_rerunning_trains_nothing_and_a_wider_grid_trains_only_its_new_rates(
     protocol = tmp_path / "fair"
     before = {r.info.run_id for r in runs(protocol) if r.data.tags.get("phase") != "report"}
     (first_parent,) = [r for r in runs(protocol) if r.data.tags.get("phase") == "report"]
-    again = run_main("src.fair.__main__", *overrides(protocol, mnist_dir), cwd=protocol)
+    # trained by the default (vectorized) engine, kept by the sequential one: the engine is not in a trial's hash
+    again = run_main("src.fair.__main__", *overrides(protocol, mnist_dir), "fair.engine=sequential", cwd=protocol)
     assert again.returncode == 0, again.stderr[-3000:]
     assert {r.info.run_id for r in runs(protocol) if r.data.tags.get("phase") != "report"} == before
     assert "0 to train" in again.stdout and "1 to train" not in again.stdout
@@ -227,6 +229,8 @@ def test_epochs_to_target_counts_the_runs_that_never_reach_it() -> None:
         ("fair.targets.mlp=[0]", "0 is outside (0, 1]"),
         ("fair.workloads=[rnn]", "'rnn' has no conf/model/rnn.yaml"),
         ("optimizer=sgd", "use fair.optimizers"),
+        ("fair.engine=gpu", "fair.engine='gpu' is invalid: use one of vectorized, sequential"),
+        ("fair.memory_budget_mb=0", "fair.memory_budget_mb=0"),
     ],
 )
 def test_bad_input_stops_with_one_line_before_any_run(tmp_path: Path, override: str, named: str) -> None:

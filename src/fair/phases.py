@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
@@ -27,12 +27,27 @@ from src.fair.selection import SELECT_METRIC, Selection, select  # noqa: F401  (
 from src.infra.errors import ConfigError
 from src.training import resume
 
+if TYPE_CHECKING:
+    from src.training.fit import Engine
+
+
+def engine(protocol: Protocol) -> Engine:
+    """The fit engine `fair.engine` names (the vectorized one falls back to the sequential one per trial)."""
+    from src.training.fit import SequentialEngine
+
+    if protocol.engine == "sequential":
+        return SequentialEngine()
+    from src.training.vectorized import VectorizedEngine
+
+    return VectorizedEngine(memory_budget_bytes=protocol.memory_budget_mb * 2**20)
+
 
 def tune(protocol: Protocol, base: DictConfig, optimizer: str, workload: str) -> list[dict[str, Any]]:
     """Train the grid's trials that are not trained yet; return every trial's record."""
     context = trial_runs.open_context(base, optimizer, workload)
     print(f"tune {optimizer} on {workload}: {len(protocol.lr_grid)} learning rates, seed {protocol.tune_seed}")
-    return trial_runs.train_trials(tune_trials(protocol, optimizer, workload), base, context, protocol.trials_dir)
+    trials = tune_trials(protocol, optimizer, workload)
+    return trial_runs.train_trials(trials, base, context, protocol.trials_dir, engine(protocol))
 
 
 def tuned(protocol: Protocol, base: DictConfig, optimizer: str, workload: str, data_sha256: str) -> Selection:
@@ -62,7 +77,7 @@ def judge(protocol: Protocol, base: DictConfig, optimizer: str, workload: str) -
     print(f"judge {optimizer} on {workload}: tuned lr {chosen}, default lr {lr_text(default)}", end="")
     print(f"; {selection.diverged_text()}" if selection.diverged else "", flush=True)
     trials = judge_trials(protocol, optimizer, workload, rates)
-    return trial_runs.train_trials(trials, base, context, protocol.trials_dir)
+    return trial_runs.train_trials(trials, base, context, protocol.trials_dir, engine(protocol))
 
 
 def run_all(protocol: Protocol, bases: Mapping[tuple[str, str], DictConfig]) -> None:

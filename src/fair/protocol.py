@@ -34,6 +34,9 @@ def _names(folder: str) -> list[str]:
     return sorted(path.stem for path in (CONFIG_DIR / folder).glob("*.yaml"))
 
 
+ENGINES = ("vectorized", "sequential")  # fair.engine: how trials train (conf/fair/default.yaml)
+
+
 @dataclass(frozen=True)
 class Protocol:
     """The validated `fair` group (conf/fair/default.yaml explains every key)."""
@@ -50,6 +53,8 @@ class Protocol:
     experiment_name: str
     trials_dir: Path
     report_dir: Path
+    engine: str = "vectorized"
+    memory_budget_mb: int = 2048
 
 
 def _name_list(check: ConfigCheck, key: str, value: Any, folder: str) -> tuple[str, ...]:
@@ -83,7 +88,9 @@ def read_protocol(fair: Mapping[str, Any]) -> Protocol:
     if problem or len(seeds) < 2:
         why = problem or "holds fewer than 2 seeds (one seed resolves nothing)"
         check.fail("fair.judge_seeds", seeds, f"{why}; use at least 2 distinct integers >= 0, e.g. [1, 2, 3, 4, 5]")
-    for key, minimum in (("tune_seed", 0), ("epochs", 1), ("batch_size", 1), ("bootstrap", 1)):
+    if fair.get("engine") not in ENGINES:
+        check.fail("fair.engine", fair.get("engine"), f"use one of {', '.join(ENGINES)}")
+    for key, minimum in (("tune_seed", 0), ("epochs", 1), ("batch_size", 1), ("bootstrap", 1), ("memory_budget_mb", 1)):
         check.integer(f"fair.{key}", fair.get(key), minimum)
     targets = fair.get("targets")
     chosen: dict[str, tuple[float, ...]] = {}
@@ -115,6 +122,8 @@ def read_protocol(fair: Mapping[str, Any]) -> Protocol:
         experiment_name=name,
         trials_dir=Path(str(fair["trials_dir"])),
         report_dir=Path(str(fair["report_dir"])),
+        engine=str(fair["engine"]),
+        memory_budget_mb=int(fair["memory_budget_mb"]),
     )
 
 

@@ -138,6 +138,7 @@ def train_trials(
             "config_hash": hashes[trial],
             "data_sha256": context.data_sha256,
             "keras_backend": keras.backend.backend(),
+            "engine": getattr(engine, "name", "sequential"),  # how it trained; not part of the config hash
         }
         open_runs[index] = client.create_run(context.experiment_id, run_name=trial.run_name, tags=tags).info.run_id
 
