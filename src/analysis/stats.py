@@ -8,11 +8,20 @@ The statistics:
 - two settings are compared with Welch's t-test (unequal variances; `scipy.stats.ttest_ind(equal_var=False)`),
   and the difference of means gets Welch's 95 % confidence interval. A difference is *resolved* when
   p < 0.05, which is the same as that interval excluding 0. With n < 2 on either side nothing can be
-  resolved: there is no spread to compare the difference with.
+  resolved: there is no spread to compare the difference with. Zero spread on both sides (every seed gave
+  the same value) is no certainty either: it gives no scale to judge a difference by, so it "cannot be
+  resolved" (p is nan), never p = 0;
+- a ranking (`all_pairs`) compares every pair of settings, paired by seed (runs that share a seed share
+  initial weights, split and data order: a paired t-test on the per-seed differences), Holm-corrected over
+  all m = K(K-1)/2 pairs, which keeps the chance of any false "resolved" in the whole ranking under 5 %.
+  Each pair's interval is at the level its Holm step tested (1 - 0.05 / (m - i + 1) for the i-th smallest p,
+  the first unresolved step's level for every pair after it), so it excludes 0 exactly when the pair is
+  resolved; the level is printed with it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -48,6 +57,13 @@ class Difference:
     n_setting: int
     n_best: int
     p_adjusted: float = math.nan  # the p-value after a multiple-comparison correction (holm); nan: none
+    test: str = "Welch's t-test"
+    confidence: float = CONFIDENCE  # the interval's level (a Holm step's level in a ranking)
+
+    @property
+    def no_spread(self) -> bool:
+        """Two or more values on each side, yet no p-value: no spread at all to judge the difference by."""
+        return self.n_setting >= 2 and self.n_best >= 2 and math.isnan(self.p_value)
 
 
 def summarize(values: Sequence[float]) -> Summary:
@@ -69,8 +85,8 @@ def summarize(values: Sequence[float]) -> Summary:
 def welch(setting: Sequence[float], best: Sequence[float], setting_name: str = "", best_name: str = "") -> Difference:
     """Welch's t-test of mean(setting) - mean(best), with the 95 % interval of that difference.
 
-    Never resolved with fewer than two values on a side. When both sides have no spread at all
-    (bitwise-identical reruns), the difference is resolved only if the means differ.
+    Never resolved with fewer than two values on a side, nor when both sides have no spread at all
+    (bitwise-identical reruns): p and the interval are then nan, the verdict "cannot be resolved".
     """
     from scipy import stats
 
@@ -79,8 +95,7 @@ def welch(setting: Sequence[float], best: Sequence[float], setting_name: str = "
     if len(a) < 2 or len(b) < 2:
         return Difference(setting_name, best_name, diff, math.nan, math.nan, math.nan, False, len(a), len(b))
     if max(a) == min(a) and max(b) == min(b):
-        p_value = 1.0 if diff == 0 else 0.0
-        return Difference(setting_name, best_name, diff, diff, diff, p_value, diff != 0, len(a), len(b))
+        return Difference(setting_name, best_name, diff, math.nan, math.nan, math.nan, False, len(a), len(b))
     result = stats.ttest_ind(a, b, equal_var=False)
     interval = result.confidence_interval(confidence_level=CONFIDENCE)
     p_value = float(result.pvalue)
@@ -146,6 +161,11 @@ def format_interval(low: float, high: float, scale: float = 100.0, digits: int =
     return f"{low * scale:{sign}.{digits}f} … {high * scale:{sign}.{digits}f}"
 
 
+def _level_text(confidence: float) -> str:
+    """`95 %`, `99.5 %`: an interval's level as printed."""
+    return f"{round(confidence * 100, 2):g} %"
+
+
 def verdict_line(difference: Difference, unit: str = "pp", scale: float = 100.0) -> str:
     """One line a reader can act on, e.g.
     `adam vs rmsprop: -0.03 pp (95 % CI -0.21 … +0.15), not resolved with 3 vs 3 seeds (Welch's t-test, p = 0.62)`.
@@ -157,10 +177,91 @@ def verdict_line(difference: Difference, unit: str = "pp", scale: float = 100.0)
     if d.n_setting < 2 or d.n_best < 2:
         more = "`train.seed=1,2,3` in a sweep, `seeds` in params.yaml"
         return f"{head}, cannot be resolved with {seeds}: run more seeds ({more})"
+    if d.no_spread:
+        return (
+            f"{head}, cannot be resolved with {seeds}: no spread at all (every seed gave the same value), so"
+            " nothing to judge the difference by; zero spread is not certainty"
+        )
     interval = format_interval(d.ci_low, d.ci_high, scale, signed=True)
     verdict = "resolved" if d.resolved else "not resolved"
     p_value = f"p = {d.p_value:.2g}" if math.isnan(d.p_adjusted) else f"Holm-adjusted p = {d.p_adjusted:.2g}"
-    return f"{head} (95 % CI {interval}), {verdict} with {seeds} (Welch's t-test, {p_value})"
+    return f"{head} ({_level_text(d.confidence)} CI {interval}), {verdict} with {seeds} ({d.test}, {p_value})"
+
+
+PAIRED = "paired t-test"
+
+
+def paired(
+    setting: Mapping[object, float],
+    best: Mapping[object, float],
+    setting_name: str = "",
+    best_name: str = "",
+    confidence: float = CONFIDENCE,
+) -> Difference:
+    """The paired t-test of setting - best over the seeds both have (keys: seeds), with the t interval of
+    the mean per-seed difference at `confidence`. Runs that share a seed share initial weights, split and
+    data order, so the seed's own effect cancels in the difference. Not resolved with fewer than two shared
+    seeds, nor when every seed's difference is the same (no spread: p nan, "cannot be resolved")."""
+    from scipy import stats
+
+    differences = [float(setting[seed]) - float(best[seed]) for seed in setting if seed in best]
+    n = len(differences)
+    mean = math.fsum(differences) / n if n else math.nan
+    unresolved = Difference(setting_name, best_name, mean, math.nan, math.nan, math.nan, False, n, n, test=PAIRED)
+    if n < 2:
+        return unresolved
+    std = math.sqrt(math.fsum((d - mean) ** 2 for d in differences) / (n - 1))
+    if std == 0 or max(differences) == min(differences):
+        return unresolved
+    standard_error = std / math.sqrt(n)
+    p_value = float(2 * stats.t.sf(abs(mean / standard_error), n - 1))
+    half_width = float(stats.t.ppf(1 - (1 - confidence) / 2, n - 1)) * standard_error
+    return Difference(
+        setting_name,
+        best_name,
+        mean,
+        mean - half_width,
+        mean + half_width,
+        p_value,
+        bool(p_value < 1 - confidence),
+        n,
+        n,
+        test=PAIRED,
+        confidence=confidence,
+    )
+
+
+def all_pairs(
+    groups: Mapping[str, Mapping[object, float]], higher_is_better: bool = True, alpha: float = ALPHA
+) -> list[Difference]:
+    """Every pair of settings compared by `paired` (groups: name -> {seed: value}), Holm-corrected over all
+    the pairs that can be tested, so that the chance of any false "resolved" in the whole ranking stays
+    under `alpha`. Pairs come in ranking order (by mean, best first), each as the lower-ranked minus the
+    higher-ranked. Each interval is at the level of its Holm step: alpha / (m - i) for the pair with the
+    i-th smallest p (i from 0) while the steps before it rejected, alpha / (m - j) for every pair from the
+    first step j that did not; so a pair is resolved exactly when its printed interval excludes 0."""
+    sign = 1 if higher_is_better else -1
+    means = {name: math.fsum(values.values()) / len(values) for name, values in groups.items() if values}
+    order = sorted(means, key=lambda name: -sign * means[name])
+    pairs = [(lower, higher) for i, higher in enumerate(order) for lower in order[i + 1 :]]
+    tests = [paired(groups[lower], groups[higher], lower, higher) for lower, higher in pairs]
+    tested = sorted((i for i, d in enumerate(tests) if not math.isnan(d.p_value)), key=lambda i: tests[i].p_value)
+    adjusted = holm([tests[i].p_value for i in tested])
+    m = len(tested)
+    first_kept = next((step for step, p in enumerate(adjusted) if p >= alpha), m)
+    result = list(tests)
+    for step, (index, p_adjusted) in enumerate(zip(tested, adjusted, strict=True)):
+        level = alpha / (m - min(step, first_kept))
+        lower, higher = pairs[index]
+        again = paired(groups[lower], groups[higher], lower, higher, confidence=1 - level)
+        result[index] = dataclasses.replace(again, p_adjusted=p_adjusted, resolved=p_adjusted < alpha)
+    return result
+
+
+def tied_with(names: Sequence[str], differences: Sequence[Difference]) -> dict[str, list[str]]:
+    """Per name, the others it is not resolved from (in `names`' order): whom the data cannot separate it from."""
+    unresolved = {frozenset((d.setting, d.best)) for d in differences if not d.resolved}
+    return {name: [other for other in names if frozenset((name, other)) in unresolved] for name in names}
 
 
 def expected_max(scores: Sequence[float], budget: int) -> float:
