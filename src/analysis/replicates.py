@@ -8,7 +8,10 @@ src/analysis/stats.py does the numbers. The rules, once:
   every other run is listed with the reason (`seed 3 (diverged)`) and counted in no statistic;
 - settings are compared on the mean of the verdict metric (VERDICT_METRIC, test accuracy), each against the
   best, by Welch's t-test, optionally Holm-corrected over those pairs; the run to keep is the best setting's
-  run with the highest best validation accuracy (runs are chosen on validation data, settings judged on test).
+  run with the highest best validation accuracy (runs are chosen on validation data, settings judged on test);
+- a ranking (`rank`, the fair protocol's) keeps every run: a run that does not count is a *failure* of its
+  setting and enters the comparison with a failure score (e.g. chance accuracy), never as a smaller n;
+  every pair is compared by seed and Holm-corrected over all pairs (stats.all_pairs).
 Its rows for markdown and CSV are in src/analysis/tables.py; what an MLflow parent run shows of a comparison
 is src/tracking/parent.py's.
 """
@@ -262,6 +265,111 @@ def compare(
     if replicated is None:
         replicated = any(s.n > 1 for s in settings)
     return Comparison(settings, best, differences, metric, correction, replicated)
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Settings ranked on `metric` with failures counted: per setting and seed its score (the metric of a run
+    that counts, `failure_score` for one that does not or that is missing), all pairs compared paired by seed
+    and Holm-corrected over the whole ranking (stats.all_pairs), and each setting's range of ranks."""
+
+    scores: dict[str, dict[Any, float]]
+    failures: dict[str, dict[Any, str]]  # per setting, {seed: why} of each failed run (`diverged`, `no run`)
+    differences: list[stats.Difference]
+    failure_score: float
+    metric: str = VERDICT_METRIC
+
+    @property
+    def order(self) -> list[str]:
+        """Best first, by the mean score (failures included); ties keep the given order."""
+        means = {name: self.summary(name).mean for name in self.scores}
+        return sorted(self.scores, key=lambda name: -means[name])
+
+    def summary(self, name: str) -> stats.Summary:
+        return stats.summarize(list(self.scores[name].values()))
+
+    def failed_text(self, name: str) -> str:
+        """`0 of 5`, `3 of 5 (seed 1 (diverged), ...)`: the runs that failed among the judged ones."""
+        failed, total = self.failures[name], len(self.scores[name])
+        listed = ", ".join(f"seed {seed}: {why}" for seed, why in failed.items())
+        return f"{len(failed)} of {total}" + (f" ({listed})" if failed else "")
+
+    def rank_range(self, name: str) -> tuple[int, int]:
+        """(best, worst) rank the data allow: 1 + the settings resolved ahead of it, K - those resolved behind."""
+        ahead = sum(1 for d in self.differences if d.resolved and d.setting == name)
+        behind = sum(1 for d in self.differences if d.resolved and d.best == name)
+        return 1 + ahead, len(self.scores) - behind
+
+    def rank_text(self, name: str) -> str:
+        low, high = self.rank_range(name)
+        return str(low) if low == high else f"{low}-{high}"
+
+    @property
+    def best(self) -> str | None:
+        return self.order[0] if self.scores else None
+
+    @property
+    def best_resolved(self) -> bool:
+        """The top setting is ahead of every other one by a resolved difference."""
+        return len(self.scores) > 1 and self.rank_range(self.best) == (1, 1)  # type: ignore[arg-type]
+
+    def ranking_text(self) -> str:
+        """`rmsprop (rank 1-3), adam (1-3), adagrad (1-3), sgd (4)`: a range where the data cannot separate."""
+        return ", ".join(
+            f"{name} ({'rank ' if i == 0 else ''}{self.rank_text(name)})" for i, name in enumerate(self.order)
+        )
+
+    def verdict_lines(self) -> list[str]:
+        """The ranking with its ties, then every pair's verdict."""
+        what = self.metric.replace("_", " ")
+        if len(self.scores) < 2:
+            return [f"Only {', '.join(self.scores) or 'no setting'}: nothing to compare."]
+        if self.best_resolved:
+            head = f"Best on {what}: **{self.best}**, ahead of every other optimizer by a resolved difference."
+        else:
+            head = f"Highest mean {what}: {self.best}, but the data do not separate it from every other one."
+        tied = stats.tied_with(self.order, self.differences)
+        ties = [f"- {name} is not separated from {', '.join(tied[name])}" for name in self.order if tied[name]]
+        if not any(d.resolved for d in self.differences):
+            ties = ["- no pair is resolved: the data cannot order these optimizers"]
+        m = sum(1 for d in self.differences if not math.isnan(d.p_value))
+        return [
+            head,
+            "",
+            f"Ranking (rank ranges the data allow): {self.ranking_text()}.",
+            "",
+            *(ties or ["- every pair is resolved"]),
+            "",
+            *(f"- {stats.verdict_line(d)}" for d in self.differences),
+            "",
+            f"All {len(self.differences)} pairs compared by seed (paired t-test on the per-seed differences),"
+            f" p-values Holm-adjusted over the {m} testable pairs (resolved: adjusted p < 0.05); each interval is"
+            " at the level of its Holm step, so it excludes 0 exactly when the pair is resolved. A failed run"
+            f" scores {self.failure_score:g}.",
+        ]
+
+
+def rank(
+    runs: Mapping[str, Sequence[Replicate]],
+    seeds: Sequence[Any],
+    failure_score: float,
+    metric: str = VERDICT_METRIC,
+) -> Ranking:
+    """The Ranking of `runs` (setting -> its judged runs) over `seeds`: a seed whose run does not count by the
+    rule (`excluded_because`: failed, diverged, non-finite) or that has no run at all scores `failure_score`
+    and is listed as a failure, so a setting that failed on 3 of 5 seeds is judged on 5, not on 2."""
+    scores: dict[str, dict[Any, float]] = {}
+    failures: dict[str, dict[Any, str]] = {}
+    for name, replicates in runs.items():
+        by_seed = {r.seed: r for r in replicates}
+        scores[name], failures[name] = {}, {}
+        for seed in seeds:
+            run = by_seed.get(seed)
+            why = "no run" if run is None else excluded_because(run, metric)
+            scores[name][seed] = failure_score if why is not None else run.value(metric)  # type: ignore[union-attr,assignment]
+            if why is not None:
+                failures[name][seed] = why
+    return Ranking(scores, failures, stats.all_pairs(scores), failure_score, metric)
 
 
 def _holm(differences: list[stats.Difference]) -> list[stats.Difference]:

@@ -12,6 +12,7 @@ from src.analysis import tables as replicate_tables
 from src.analysis.replicates import FINISHED
 from src.fair import protocol as fair
 from src.fair.results import (
+    FAILURE_SCORE,
     WorkloadResult,
     edge_lines,
     epochs_to_target,
@@ -34,6 +35,7 @@ SUMMARY_HEADER = (
         "gain_ci_low",
         "gain_ci_high",
     ),
+    *("tuned_failed", "default_failed", "judged_seeds"),
 )
 RUN_HEADER = ("workload", "optimizer", "lr_choice", "learning_rate", "seed", "test_accuracy", "final_val_accuracy")
 TRIAL_HEADER = ("workload", "optimizer", "learning_rate", "final_val_accuracy", "status", "run_id")
@@ -51,10 +53,16 @@ def protocol_lines(settings: fair.Protocol, train_seconds: float) -> list[str]:
         f" seeds {seeds}, the same epochs and batch size, no early stopping; test accuracy of the final weights"
         " on the 10000 test images. The one-shot row is trained here, at the protocol's budget, not copied from"
         " `make run` (other epochs and batch size). When the tuned rate is the default one the runs are shared.",
-        "Verdicts: each optimizer against the one with the highest mean tuned test accuracy, Welch's t-test with"
-        " the p-values Holm-corrected over those comparisons (resolved: adjusted p < 0.05). mean ± std over"
-        " seeds (sample std); 95 % CI: Student's t interval of the mean. Gain from tuning: tuned minus default"
-        " mean, with Welch's 95 % interval.",
+        "Failures count: a judged run that diverged, failed or has no finite test accuracy scores"
+        f" {FAILURE_SCORE * 100:g} % (chance on the ten classes) in every mean, gain and verdict, and the tables say"
+        " how many of the judged runs failed; an optimizer with no working learning rate on the grid fails on"
+        " every seed. n is always the number of judge seeds.",
+        "Verdicts: every pair of optimizers, paired by seed (runs that share a seed share initial weights, split"
+        " and data order: a paired t-test on the per-seed differences), the p-values Holm-corrected over all"
+        " pairs, so the chance of any false 'resolved' in the whole ranking stays under 5 %. Each interval is at"
+        " its Holm step's level (printed), so it excludes 0 exactly when the pair is resolved. A rank range"
+        " (1-3) is a tie the data cannot order. mean ± std over seeds (sample std); 95 % CI: Student's t"
+        " interval of the mean. Gain from tuning: tuned minus default, paired by seed, with its 95 % interval.",
         f"Training time (sum of the runs' train_seconds, tuning and judging): {train_seconds:.0f} s.",
     ]
 
@@ -63,9 +71,10 @@ def markdown(settings: fair.Protocol, results: Sequence[WorkloadResult], train_s
     text = ["# A fair comparison of optimizers on MNIST", "", *protocol_lines(settings, train_seconds), ""]
     for workload in results:
         text += [f"## {workload.workload}", "", markdown_table(*summary_table(workload)), ""]
-        text += ["### Verdict (tuned)", "", *workload.tuned.verdict_lines(), ""]
-        text += ["### One-shot verdict (Keras' default learning rates)", "", *workload.default.verdict_lines(), ""]
-        text += ["### Ranking by mean test accuracy", "", *ranking_lines(workload), ""]
+        text += ["### Verdict (tuned)", "", *workload.tuned_ranking.verdict_lines(), ""]
+        one_shot = workload.default_ranking.verdict_lines()
+        text += ["### One-shot verdict (Keras' default learning rates)", "", *one_shot, ""]
+        text += ["### Ranking (the rank ranges the data allow, failures counted)", "", *ranking_lines(workload), ""]
         diverged = [
             f"- {r.optimizer}: {r.selection.diverged_text()}" for r in workload.optimizers if r.selection.diverged
         ]
@@ -113,16 +122,16 @@ def trial_rows(results: Sequence[WorkloadResult]) -> list[list[Any]]:
 
 
 def summary_rows(workload: WorkloadResult) -> list[list[Any]]:
+    """summary.csv: per optimizer the means over the judge seeds with failures at FAILURE_SCORE."""
     rows = []
+    tuned, default = workload.tuned_ranking, workload.default_ranking
     for result in workload.optimizers:
-        tuned, default = workload.tuned.setting(result.optimizer), workload.default.setting(result.optimizer)
-        t = tuned.summaries.get(tuned.metric) if tuned else None
-        d = default.summaries.get(default.metric) if default else None
-        g = gain(result)
-        row: list[Any] = [workload.workload, result.optimizer, result.default_lr, d.mean if d else None]
-        row += [result.selection.best_lr, t.n if t else 0]
-        row += [t.mean, t.std, t.ci_low, t.ci_high] if t else [None] * 4
+        name = result.optimizer
+        t, d, g = tuned.summary(name), default.summary(name), gain(workload, result)
+        row: list[Any] = [workload.workload, name, result.default_lr, d.mean, result.selection.best_lr, t.n]
+        row += [t.mean, t.std, t.ci_low, t.ci_high]
         row += [g.diff, g.ci_low, g.ci_high] if g else [None] * 3
+        row += [len(tuned.failures[name]), len(default.failures[name]), t.n]
         rows.append(row)
     return rows
 

@@ -12,11 +12,13 @@ parent remains.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig
 
+from src.analysis.replicates import Comparison
 from src.fair import protocol as fair
 from src.fair.results import WorkloadResult
 
@@ -65,6 +67,14 @@ def _tuned_rates(results: Sequence[WorkloadResult]) -> dict[str, str]:
     }
 
 
+def _ranked(workload: WorkloadResult) -> Comparison:
+    """The tuned comparison as the parent's tags read it: the best is the ranking's (failures counted, all
+    pairs Holm-corrected), `best_resolved` whether it is resolved against every other optimizer."""
+    ranking = workload.tuned_ranking
+    against_best = [d for d in ranking.differences if ranking.best in (d.setting, d.best)]
+    return dataclasses.replace(workload.tuned, best=ranking.best, differences=against_best)
+
+
 def log_parent(
     settings: fair.Protocol,
     results: Sequence[WorkloadResult],
@@ -92,7 +102,7 @@ def log_parent(
                 parent.adopt(run_id, tags)
         log_batched(client, parent.run_id, params=_params(settings), tags=_tuned_rates(results))
         for workload in results:
-            parent.tag_best(workload.tuned, suffix=_suffix(results, workload))
+            parent.tag_best(_ranked(workload), suffix=_suffix(results, workload))
         parent.log_files(files)
     parent.retire_childless(REPORT_PARENTS)
     return parent.run_id

@@ -5,15 +5,22 @@ The judged runs are replicates (src/analysis/replicates.py: which runs count, th
 metric, the verdicts); the tuning trials give the learning-rate sensitivity and the expected best accuracy
 against the tuning budget (src/analysis/stats.py). Per workload and optimizer: the one-shot row (Keras' default
 learning rate, judged with the same seeds and budget as the tuned runs), the tuned learning rate, the tuned test
-accuracy, the gain from tuning, the epochs to reach each validation-accuracy target, the verdict against the
-best (Holm-corrected), and the trials that diverged.
+accuracy, the gain from tuning, the epochs to reach each validation-accuracy target, the trials that diverged,
+and the ranking: every pair compared by seed, Holm-corrected over all pairs (replicates.rank).
+
+A failure is a result: a judged run that diverged, failed or has no finite test accuracy (and every judge seed
+of an optimizer that has no working learning rate on the grid) counts against its optimizer with
+FAILURE_SCORE, chance accuracy on the ten classes, in the means, the gain and the ranking; the tables say
+"k of n failed". It never shrinks n: an optimizer that diverged on 3 of 5 seeds is judged on 5.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from omegaconf import DictConfig
@@ -23,6 +30,8 @@ from src.fair import protocol as fair
 from src.fair.records import read_record
 from src.fair.selection import Selection, select
 from src.infra.errors import ConfigError
+
+FAILURE_SCORE = 0.1  # a failed judged run's test accuracy in the comparison: chance on the 10 classes
 
 
 @dataclass
@@ -44,6 +53,21 @@ class WorkloadResult:
     optimizers: list[OptimizerResult]
     tuned: replicates.Comparison
     default: replicates.Comparison
+    judge_seeds: tuple[int, ...] = ()  # empty: the seeds the judged runs have
+
+    @cached_property
+    def tuned_ranking(self) -> replicates.Ranking:
+        """The optimizers at their tuned rates, all pairs, failures counted (no tuned rate: all failed)."""
+        return replicates.rank({r.optimizer: r.tuned for r in self.optimizers}, self._seeds(), FAILURE_SCORE)
+
+    @cached_property
+    def default_ranking(self) -> replicates.Ranking:
+        """The one-shot ranking: each optimizer at Keras' default rate, failures counted."""
+        return replicates.rank({r.optimizer: r.default for r in self.optimizers}, self._seeds(), FAILURE_SCORE)
+
+    def _seeds(self) -> tuple[int, ...]:
+        found = {run.seed for r in self.optimizers for run in [*r.tuned, *r.default]}
+        return self.judge_seeds or tuple(sorted(found))  # type: ignore[arg-type]
 
 
 def as_replicate(record: Mapping[str, Any]) -> replicates.Replicate:
@@ -97,6 +121,7 @@ def collect(settings: fair.Protocol, bases: Mapping[tuple[str, str], DictConfig]
                 per_optimizer,
                 replicates.compare(tuned_all, correction=replicates.HOLM),
                 replicates.compare(default_all, correction=replicates.HOLM),
+                settings.judge_seeds,
             )
         )
     return results
@@ -108,33 +133,29 @@ def epochs_to_target(runs: Sequence[replicates.Replicate], target: float) -> lis
 
 
 def epochs_cell(epochs: Sequence[int | None]) -> str:
-    """`2.4 ± 0.5`, `3.0 ± 0.0 (1 of 5 not reached)`, `not reached (5 of 5)`: the runs that never got
-    there are counted and shown, not dropped."""
-    reached = [e for e in epochs if e is not None]
-    missing = len(epochs) - len(reached)
+    """`median 3, reached 5 of 5`, `median ∞, reached 2 of 5`, `not reached (5 of 5)`: a run that never got
+    there (or failed) counts as infinitely slow in the median, and the fraction reached is shown; a mean of
+    the runs that got there would read faster the more runs miss."""
+    if not epochs:
+        return "n/a"
+    reached = sum(e is not None for e in epochs)
     if not reached:
-        return f"not reached ({missing} of {len(epochs)})" if epochs else "n/a"
-    summary = stats.summarize(reached)
-    text = f"{summary.mean:.1f}" + (f" ± {summary.std:.1f}" if summary.n > 1 else "")
-    return text + (f" ({missing} of {len(epochs)} not reached)" if missing else "")
+        return f"not reached ({len(epochs)} of {len(epochs)})"
+    median = statistics.median([math.inf if e is None else float(e) for e in epochs])
+    return f"median {'∞' if math.isinf(median) else f'{median:g}'}, reached {reached} of {len(epochs)}"
 
 
-def _mean_std(setting: replicates.Setting | None) -> str:
-    summary = setting.summaries.get(setting.metric) if setting else None
-    return stats.format_mean_std(summary) if summary else "n/a"
+def _mean_std(ranking: replicates.Ranking, name: str) -> str:
+    return stats.format_mean_std(ranking.summary(name)) if name in ranking.scores else "n/a"
 
 
-def _counted_values(runs: Sequence[replicates.Replicate]) -> list[float]:
-    """The verdict metric of the runs that count (src/analysis/replicates.py's rule and metric)."""
-    return [value for setting in replicates.group(runs) for value in setting.values_of(setting.metric)]
-
-
-def gain(result: OptimizerResult) -> stats.Difference | None:
-    """Tuned minus default test accuracy (Welch), None when there is nothing tuned to compare."""
-    tuned, default = _counted_values(result.tuned), _counted_values(result.default)
-    if not tuned or not default:
+def gain(workload: WorkloadResult, result: OptimizerResult) -> stats.Difference | None:
+    """Tuned minus default test accuracy, paired by seed, failures at FAILURE_SCORE; None without a tuned rate."""
+    if result.selection.best_lr is None:
         return None
-    return stats.welch(tuned, default, f"{result.optimizer} tuned", f"{result.optimizer} default")
+    name = result.optimizer
+    tuned, default = workload.tuned_ranking.scores[name], workload.default_ranking.scores[name]
+    return stats.paired(tuned, default, f"{name} tuned", f"{name} default")
 
 
 def at_grid_edge(result: OptimizerResult) -> bool:
@@ -152,59 +173,69 @@ def edge_lines(workload: WorkloadResult) -> list[str]:
     ]
 
 
-def gain_cell(result: OptimizerResult) -> str:
+def gain_cell(workload: WorkloadResult, result: OptimizerResult) -> str:
     if result.selection.best_lr == result.default_lr:
         return "0 (the default won the tuning)"
-    difference = gain(result)
+    difference = gain(workload, result)
     if difference is None:
         return "n/a"
+    if math.isnan(difference.ci_low):
+        return f"{difference.diff * 100:+.2f} pp (no interval)"
     interval = stats.format_interval(difference.ci_low, difference.ci_high, signed=True)
     return f"{difference.diff * 100:+.2f} pp ({interval})"
 
 
 def summary_table(workload: WorkloadResult) -> tuple[list[str], list[list[str]]]:
-    """The per-optimizer table of fair.md (accuracies in %)."""
-    header = ["optimizer", "default lr", "test acc % at default lr", "tuned lr", "n", "tuned test acc %", "95 % CI"]
+    """The per-optimizer table of fair.md (accuracies in %, a failed run at FAILURE_SCORE)."""
+    failure = f"{FAILURE_SCORE * 100:g} %"
+    header = ["optimizer", "default lr", "test acc % at default lr", "failed at default lr", "tuned lr"]
+    header += ["failed at tuned lr", f"tuned test acc % (a failure = {failure})", "95 % CI", "rank"]
     header += ["gain from tuning (95 % CI)", *(f"epochs to {t * 100:g} % val" for t in workload.targets)]
-    header += ["excluded", "tuning trials diverged"]
+    header += ["tuning trials diverged"]
+    tuned, default = workload.tuned_ranking, workload.default_ranking
     rows = []
     for result in workload.optimizers:
-        label = result.optimizer
-        tuned = workload.tuned.setting(label)
-        summary = tuned.summaries.get(tuned.metric) if tuned else None
-        interval = stats.format_interval(summary.ci_low, summary.ci_high) if summary and summary.n > 1 else "n/a"
-        counted = tuned.counted if tuned else []
-        row = [label, fair.lr_text(result.default_lr), _mean_std(workload.default.setting(label))]
+        name = result.optimizer
+        summary = tuned.summary(name)
+        interval = stats.format_interval(summary.ci_low, summary.ci_high)
+        row = [name, fair.lr_text(result.default_lr), _mean_std(default, name), default.failed_text(name)]
         best = result.selection.best_lr
-        tuned_lr = "none (all diverged)" if best is None else fair.lr_text(best)
-        row += [tuned_lr + (" (grid edge)" if at_grid_edge(result) else ""), str(len(counted))]
-        row += [_mean_std(tuned), interval, gain_cell(result)]
-        row += [epochs_cell(epochs_to_target(counted, target)) for target in workload.targets]
-        row += [tuned.excluded if tuned else "", result.selection.diverged_text()]
+        tuned_lr = "none: no working rate on the grid" if best is None else fair.lr_text(best)
+        row += [tuned_lr + (" (grid edge)" if at_grid_edge(result) else ""), tuned.failed_text(name)]
+        row += [_mean_std(tuned, name), interval, tuned.rank_text(name), gain_cell(workload, result)]
+        row += [epochs_cell(judged_epochs(workload, result, target)) for target in workload.targets]
+        row += [result.selection.diverged_text()]
         rows.append(row)
     return header, rows
 
 
-def ranking(comparison: replicates.Comparison) -> list[str]:
-    """Setting labels by the mean of the compared metric (test accuracy), best first."""
-    metric = comparison.metric
-    means = {s.label: s.summaries[metric].mean for s in comparison.settings if metric in s.summaries}
-    return sorted(means, key=lambda label: -means[label])
+def judged_epochs(workload: WorkloadResult, result: OptimizerResult, target: float) -> list[int | None]:
+    """Per judge seed of the tuned rate, the epoch it reached `target`; a failed or missing run never did."""
+    by_seed = {run.seed: run for run in result.tuned}
+    failed = workload.tuned_ranking.failures[result.optimizer]
+    return [
+        None if seed in failed else epochs_to_target([by_seed[seed]], target)[0]
+        for seed in workload.tuned_ranking.scores[result.optimizer]
+    ]
 
 
 def ranking_lines(workload: WorkloadResult) -> list[str]:
-    """What tuning changed in the order: both rankings, and each optimizer that moved."""
-    before, after = ranking(workload.default), ranking(workload.tuned)
+    """What tuning changed in the order: both rankings with the rank ranges the data allow (failures counted),
+    and each optimizer whose range moved."""
+    before, after = workload.default_ranking, workload.tuned_ranking
     lines = [
-        f"- at Keras' default learning rates: {' > '.join(before)}",
-        f"- each at its tuned rate: {' > '.join(after)}",
+        f"- at Keras' default learning rates: {before.ranking_text()}",
+        f"- each at its tuned rate: {after.ranking_text()}",
     ]
     moved = [
-        f"{name} {before.index(name) + 1} → {after.index(name) + 1}"
-        for name in after
-        if name in before and before.index(name) != after.index(name)
+        f"{name} {before.rank_text(name)} → {after.rank_text(name)}"
+        for name in after.order
+        if name in before.scores and before.rank_range(name) != after.rank_range(name)
     ]
-    lines.append(f"- rank changes: {', '.join(moved)}" if moved else "- no optimizer changed rank")
+    lines.append(
+        f"- rank changes the data support: {', '.join(moved)}" if moved else "- no rank range changed with tuning"
+    )
+    lines.append("- a range (1-3) is a tie: the data cannot order the optimizers inside it (all pairs, Holm)")
     return lines
 
 
@@ -222,14 +253,13 @@ def budget_curves(workload: WorkloadResult, resamples: int) -> dict[str, dict[st
 
 
 def profile_costs(results: Sequence[WorkloadResult]) -> dict[str, dict[str, float]]:
-    """costs[workload][optimizer]: the median over the tuned runs of the epochs to reach the workload's last
-    target, a run that never reached it counted as infinitely slow."""
+    """costs[workload][optimizer]: the median over the judge seeds of the epochs to reach the workload's last
+    target at the tuned rate, a run that never reached it or failed counted as infinitely slow."""
     costs: dict[str, dict[str, float]] = {}
     for workload in results:
         costs[workload.workload] = {}
         for result in workload.optimizers:
-            setting = workload.tuned.setting(result.optimizer)
-            epochs = epochs_to_target(setting.counted if setting else [], workload.targets[-1])
+            epochs = judged_epochs(workload, result, workload.targets[-1])
             values = [float("inf") if e is None else float(e) for e in epochs]
             costs[workload.workload][result.optimizer] = statistics.median(values) if values else float("inf")
     return costs
