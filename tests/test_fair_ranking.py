@@ -106,3 +106,16 @@ def test_epochs_to_target_counts_misses_as_infinite_median_and_fraction_reached(
     assert results.epochs_cell([2, 3, 4, None]) == "median 3.5, reached 3 of 4"
     assert results.epochs_cell([None, None]) == "not reached (2 of 2)"
     assert results.epochs_cell([]) == "n/a"
+
+
+def test_budget_curve_ends_at_the_grid_best_and_draws_without_a_band(tmp_path) -> None:
+    from src.analysis import plots
+
+    w = workload({"adam": [0.975, 0.976, 0.974, 0.977, 0.975], "broken": None})
+    curves = results.budget_curves(w)
+    # adam's grid: lr 0.1 scored 0.9, lr 1 diverged (a failed draw scores 0)
+    assert curves["adam"] == {"budget": [1, 2], "expected": pytest.approx([0.45, 0.9])}
+    assert curves["broken"]["expected"] == [0.0, 0.0]
+    path = tmp_path / "budget.png"
+    plots.budget_curves([("mlp", [plots.BudgetCurve(o, c["budget"], c["expected"]) for o, c in curves.items()])], path)
+    assert path.stat().st_size > 0

@@ -198,33 +198,38 @@ def _panel_row(pyplot: Any, count: int) -> tuple[Any, Sequence[Any]]:
 
 @dataclass
 class BudgetCurve:
-    """Expected best validation accuracy of k tuning trials (k = budgets) with its bootstrap band."""
+    """Expected best validation accuracy of k tuning trials (k = budgets), optionally with a band (low, high)."""
 
     optimizer: str
     budgets: Sequence[int]
     expected: Sequence[float]
-    low: Sequence[float]
-    high: Sequence[float]
+    low: Sequence[float] | None = None
+    high: Sequence[float] | None = None
 
 
 def budget_curves(panels: Sequence[tuple[str, Sequence[BudgetCurve]]], path: Path) -> None:
-    """Expected best validation accuracy against the number of tuning trials, one line and 95 % band per
-    optimizer, one panel per workload (Dodge et al. 2019)."""
+    """Expected best validation accuracy against the number of learning rates drawn without replacement from
+    the grid (Tang et al. 2020), one line per optimizer (and its band when it has one), one panel per workload."""
     from matplotlib.ticker import MaxNLocator
 
     pyplot = _pyplot()
     figure, axes_row = _panel_row(pyplot, len(panels))
     for (title, curves), axes in zip(panels, axes_row, strict=True):
+        banded = False
         for curve in curves:
             colour = optimizer_colour(curve.optimizer)
             axes.plot(curve.budgets, curve.expected, marker="o", markersize=3, color=colour, label=curve.optimizer)
-            axes.fill_between(curve.budgets, curve.low, curve.high, color=colour, alpha=0.15, linewidth=0)
+            if curve.low is not None and curve.high is not None:
+                axes.fill_between(curve.budgets, curve.low, curve.high, color=colour, alpha=0.15, linewidth=0)
+                banded = True
+        grid = max((len(curve.budgets) for curve in curves), default=0)
         axes.set_title(title, fontsize=10)
-        axes.set_xlabel("tuning budget: learning rates tried (k)")
+        axes.set_xlabel(f"k: learning rates drawn at random, without replacement, from the {grid}-rate grid")
         axes.set_ylabel("expected best validation accuracy")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         axes.grid(alpha=0.3)
-        axes.legend(title="optimizer (band: 95 % bootstrap)", title_fontsize=8, fontsize=8, loc="lower right")
+        legend = "optimizer (band: 95 %)" if banded else "optimizer"
+        axes.legend(title=legend, title_fontsize=8, fontsize=8, loc="lower right")
     save_figure_atomic(figure, path, dpi=110)
     pyplot.close(figure)
 

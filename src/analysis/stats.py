@@ -265,36 +265,18 @@ def tied_with(names: Sequence[str], differences: Sequence[Difference]) -> dict[s
 
 
 def expected_max(scores: Sequence[float], budget: int) -> float:
-    """The expected best score of `budget` trials drawn at random (with replacement) from the N trials run:
-    Dodge et al. 2019 ("Show your work"), the closed form over the empirical CDF,
-    sum_i v_(i) · ((i/N)^k - ((i-1)/N)^k) over the scores sorted ascending. k = 1 gives the mean; a large k
-    the best score. It says how much tuning a method needs to do well, not only how well it can do."""
+    """The expected best score of `budget` trials drawn at random *without replacement* from the N trials run
+    (Tang et al. 2020, correcting Dodge et al. 2019's with-replacement estimator): with the scores sorted
+    ascending, the i-th is the best of a k-subset with probability C(i-1, k-1) / C(N, k), so
+    E = sum_i v_(i) · C(i-1, k-1) / C(N, k). k = 1 gives the mean, k = N the grid's best score exactly (with
+    replacement it stays below it: the same trial can be drawn twice). It says how much tuning a method needs
+    to do well, not only how well it can do. Raises ValueError unless 1 <= budget <= N."""
     values = sorted(float(v) for v in scores)
     n = len(values)
-    if n == 0 or budget < 1:
-        raise ValueError(f"expected_max() needs scores and a budget >= 1 (got {n} scores, budget {budget})")
-    return math.fsum(v * ((i / n) ** budget - ((i - 1) / n) ** budget) for i, v in enumerate(values, start=1))
-
-
-def expected_max_band(
-    scores: Sequence[float], budgets: Sequence[int], resamples: int = 1000, seed: int = 0
-) -> tuple[list[float], list[float]]:
-    """The 95 % percentile-bootstrap band of `expected_max` at each budget: the N trials resampled with
-    replacement `resamples` times (a fixed `seed`: the same band every run), the curve recomputed on each."""
-    import numpy as np
-
-    values = np.asarray([float(v) for v in scores])
-    n = len(values)
-    if n == 0 or resamples < 1:
-        raise ValueError(f"expected_max_band() needs scores and resamples >= 1 (got {n}, {resamples})")
-    samples = np.sort(np.random.default_rng(seed).choice(values, size=(resamples, n), replace=True), axis=1)
-    ranks = np.arange(1, n + 1)
-    low, high = [], []
-    for budget in budgets:
-        curves = samples @ ((ranks / n) ** budget - ((ranks - 1) / n) ** budget)
-        low.append(float(np.quantile(curves, ALPHA / 2)))
-        high.append(float(np.quantile(curves, 1 - ALPHA / 2)))
-    return low, high
+    if not 1 <= budget <= n:
+        raise ValueError(f"expected_max() needs 1 <= budget <= the {n} scores (got budget {budget})")
+    subsets = math.comb(n, budget)
+    return math.fsum(v * math.comb(i - 1, budget - 1) / subsets for i, v in enumerate(values, start=1))
 
 
 def performance_profile(costs: Mapping[str, Mapping[str, float]], taus: Sequence[float]) -> dict[str, list[float]]:

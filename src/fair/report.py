@@ -21,7 +21,7 @@ from src.fair.results import budget_curves, collect
 def main(settings: fair.Protocol, bases: Mapping[tuple[str, str], DictConfig]) -> None:
     """Write reports/fair/ and the protocol's MLflow parent run; print the tables and verdicts."""
     results = collect(settings, bases)
-    files = report_files.write(settings, results, {w.workload: budget_curves(w, settings.bootstrap) for w in results})
+    files = report_files.write(settings, results, {w.workload: budget_curves(w) for w in results})
     parent_run_id = report_mlflow.log_parent(settings, results, files, bases)
     print((settings.report_dir / "fair.md").read_text())
     if parent_run_id:
