@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import signal
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from omegaconf import DictConfig
 
 from src import tracking
 from src.infra.errors import ConfigError, exit_on_user_error, sigterm_as_interrupt
-from src.infra.files import write_atomic, write_text_atomic
+from src.infra.files import json_safe, write_atomic, write_text_atomic
 from src.infra.masking import MaskedStream
 from src.tracking.job import config_tags, log_datasets
 from src.training import data, resume
@@ -38,13 +37,6 @@ PREDICTIONS = "test_predictions.npy"
 
 def _write_json(path: Path, payload: Any) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
-
-
-def _finite_or_null(results: dict[str, Any]) -> dict[str, Any]:
-    """NaN and infinity (a diverged run's losses) as null: metrics.json stays strict JSON for DVC and others."""
-    return {
-        key: None if isinstance(value, float) and not math.isfinite(value) else value for key, value in results.items()
-    }
 
 
 def _check_writable(key: str, folder: Path) -> None:
@@ -201,7 +193,7 @@ def _fit_and_log(
                 "model_weights": result.model_weights,
                 "model_epoch": result.model_epoch,
             }
-            _write_json(output_dir / "metrics.json", _finite_or_null(record))
+            _write_json(output_dir / "metrics.json", json_safe(record))
             tracking.log_keras_model(result.model)
         finally:  # whatever happened, keep what the job wrote so far with its run
             tracking.log_job_files(cfg, output_dir)
@@ -235,7 +227,9 @@ def cli() -> None:
     try:
         main()
     except KeyboardInterrupt:
-        tracking.close_open_sweep("KILLED")
+        from src.tracking.sweep import close_open_sweep
+
+        close_open_sweep("KILLED")
         print("interrupted: the runs in progress were ended as KILLED", file=sys.stderr)
         sys.exit(130)
 

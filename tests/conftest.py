@@ -182,9 +182,9 @@ def run_main(module: str, *arguments: str, cwd: Path, env: dict[str, str] | None
                 handler.close()  # Hydra's, to the job's log file and to our stdout
         root.setLevel(saved_root[0])
         root.handlers[:] = saved_root[1]
-        if "src.tracking" in sys.modules:  # what the process' exit does after a failed job (an atexit hook)
+        if "src.tracking.sweep" in sys.modules:  # what the process' exit does after a failed job (an atexit hook)
             with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-                sys.modules["src.tracking"].close_open_sweep("FAILED")
+                sys.modules["src.tracking.sweep"].close_open_sweep("FAILED")
         while mlflow.active_run() is not None:
             mlflow.end_run("KILLED")
         mlflow.set_tracking_uri(saved_uri)

@@ -23,7 +23,6 @@ from src.training.config import PROJECT_ROOT
 PACKAGE = "src"
 NOT_SEARCHED = {".venv", ".git", ".dvc", "node_modules"}
 ENTRY = re.compile(r"\bpython[\d.]*\s+(?:-\S+\s+)*?(?:-m\s+(?P<module>[\w.]+)|(?P<script>[\w./-]+\.py))")
-TARGET = re.compile(r"^\s*_target_:\s*['\"]?(" + PACKAGE + r"(?:\.\w+)+)", re.MULTILINE)
 
 
 def dvc_files() -> list[Path]:
@@ -77,23 +76,42 @@ def direct_imports(module: str) -> set[str]:
     return {found for name in names if name.split(".")[0] == PACKAGE for found in with_parents(name)}
 
 
-def builds_from_config(module: str) -> bool:
-    """Calls hydra's `instantiate` or is a `@hydra.main` app: the `_target_`s in conf/ are its imports."""
+def builds_from_config(module: str) -> str | None:
+    """ "app" for a `@hydra.main` app (Hydra instantiates its callbacks and launcher too: every `_target_` in
+    conf/ is its import), "objects" for a caller of `instantiate` (the `_target_`s outside the `hydra` key),
+    None otherwise."""
+    found = None
     for node in ast.walk(parsed(module)):
         if isinstance(node, ast.Call):
             function = node.func
             name = function.attr if isinstance(function, ast.Attribute) else getattr(function, "id", "")
             owner = getattr(getattr(function, "value", None), "id", None)
-            if name == "instantiate" or (name == "main" and owner == "hydra"):
-                return True
-    return False
+            if name == "main" and owner == "hydra":
+                return "app"
+            if name == "instantiate":
+                found = "objects"
+    return found
 
 
-def config_targets() -> set[str]:
+def config_targets(with_hydra: bool) -> set[str]:
+    """The `_target_`s of conf/; those Hydra itself builds (under the `hydra` key, conf/hydra/) only `with_hydra`."""
     targets = set()
+
+    def walk(node: object, under_hydra: bool) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                ours = key == "_target_" and isinstance(value, str) and value.startswith(PACKAGE + ".")
+                if ours and (with_hydra or not under_hydra):
+                    targets.update(with_parents(value))  # src.training.models.mlp -> src, src.training.models
+                walk(value, under_hydra or key == "hydra")
+        elif isinstance(node, list):
+            for item in node:
+                walk(item, under_hydra)
+
     for config in (PROJECT_ROOT / "conf").rglob("*.yaml"):
-        for target in TARGET.findall(config.read_text()):
-            targets.update(with_parents(target))  # src.training.models.mlp -> src, src.training.models
+        in_hydra_group = "hydra" in config.relative_to(PROJECT_ROOT / "conf").parts[:-1]
+        for document in yaml.safe_load_all(config.read_text()):
+            walk(document, in_hydra_group)
     return targets
 
 
@@ -106,8 +124,8 @@ def modules_run_by(entry: str) -> set[str]:
             continue
         seen.add(module)
         pending.extend(direct_imports(module))
-        if builds_from_config(module):
-            pending.extend(config_targets())
+        if kind := builds_from_config(module):
+            pending.extend(config_targets(with_hydra=kind == "app"))
     return seen
 
 

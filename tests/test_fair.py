@@ -14,7 +14,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
-from src.fair import phases
+from src.fair import selection
 from src.fair.results import epochs_cell
 from tests.conftest import run_main, store_with_tables
 
@@ -205,10 +205,10 @@ def test_selection_skips_diverged_trials_and_breaks_ties_towards_the_smaller_rat
     def record(lr: float, value: float | None, status: str = "FINISHED") -> dict:
         return {"learning_rate": lr, "status": status, "metrics": {"final_val_accuracy": value}}
 
-    best, scores, diverged = phases.select([record(1.0, 0.99, "diverged"), record(0.1, 0.9), record(0.01, 0.9)])
+    best, scores, diverged = selection.select([record(1.0, 0.99, "diverged"), record(0.1, 0.9), record(0.01, 0.9)])
     assert (best, diverged) == (0.01, [1.0])
     assert scores == {0.01: 0.9, 0.1: 0.9, 1.0: None}
-    assert phases.select([record(1.0, None, "diverged")])[0] is None
+    assert selection.select([record(1.0, None, "diverged")])[0] is None
 
 
 def test_epochs_to_target_counts_the_runs_that_never_reach_it() -> None:
@@ -338,7 +338,7 @@ def test_profile_uses_the_median_epochs_to_the_last_target_and_counts_misses_as_
     def workload(name: str, a: list[list[float]], b: list[list[float]]) -> results.WorkloadResult:
         judged = runs("a", a) + runs("b", b)
         optimizers = [
-            results.OptimizerResult(o, phases.Selection(o, name, 0.1), 0.01, [], runs(o, c), [])
+            results.OptimizerResult(o, selection.Selection(o, name, 0.1), 0.01, [], runs(o, c), [])
             for o, c in (("a", a), ("b", b))
         ]
         comparison = replicates.compare(judged)

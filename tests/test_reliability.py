@@ -23,6 +23,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from src import tracking
+from src.infra.errors import ConfigError
 from src.training import callbacks, resume
 from src.training.config import PROJECT_ROOT, compose
 from tests.conftest import all_runs, run_cli, run_main, split_parent, store_args, store_with_tables
@@ -52,7 +53,7 @@ def test_params_and_logged_config_never_hold_the_tracking_password() -> None:
 
 def test_unreachable_tracking_server_fails_within_seconds() -> None:
     started = time.monotonic()
-    with pytest.raises(tracking.ConfigError, match=r"no MLflow server answers there") as error:
+    with pytest.raises(ConfigError, match=r"no MLflow server answers there") as error:
         tracking.check_reachable("http://ana:s3cret@127.0.0.1:9")
     assert time.monotonic() - started < 5
     assert "s3cret" not in str(error.value) and "make server" in str(error.value)

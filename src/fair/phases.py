@@ -23,7 +23,7 @@ from src.fair.protocol import (
     tune_trials,
 )
 from src.fair.records import read_record
-from src.fair.selection import SELECT_METRIC, Selection, select  # noqa: F401  (phases.select: the rule between the phases)
+from src.fair.selection import Selection, select
 from src.infra.errors import ConfigError
 from src.training import resume
 

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.infra.errors import ConfigError
 from src.infra.predicates import is_finite_number, seed_problem
-from src.training.config import CONFIG_DIR, ConfigCheck, validate
+from src.training.config import CONFIG_DIR, DIVERGENCE_GUARDS, ConfigCheck, validate
 from src.training.config import compose as compose_config
 
 GROUP = "fair"
@@ -27,7 +27,6 @@ DEFAULT_PRESET = "default"
 TUNE, JUDGE = "tune", "judge"
 # The callbacks a trial keeps: the divergence guards. Everything else would end runs early, change their
 # learning rate or write files (conf/callbacks/default.yaml).
-KEPT_CALLBACKS = ("terminate_on_nan", "stop_on_divergence")
 
 
 def _names(folder: str) -> list[str]:
@@ -53,8 +52,8 @@ class Protocol:
     experiment_name: str
     trials_dir: Path
     report_dir: Path
-    engine: str = "vectorized"
-    memory_budget_mb: int = 2048
+    engine: str
+    memory_budget_mb: int
 
 
 def _name_list(check: ConfigCheck, key: str, value: Any, folder: str) -> tuple[str, ...]:
@@ -174,7 +173,7 @@ def training_config(protocol: Protocol, overrides: Sequence[str], optimizer: str
         del cfg[GROUP]
         cfg.train.epochs = protocol.epochs
         cfg.train.batch_size = protocol.batch_size
-        cfg.callbacks = {name: cfg.callbacks[name] for name in KEPT_CALLBACKS if name in cfg.callbacks}
+        cfg.callbacks = {name: cfg.callbacks[name] for name in DIVERGENCE_GUARDS if name in cfg.callbacks}
         cfg.mlflow.experiment_name = protocol.experiment_name
     validate(cfg)
     return cfg

@@ -10,7 +10,7 @@ from typing import Any
 from src.analysis import replicates as rep
 from src.fair.protocol import lr_text
 
-SELECT_METRIC = "final_val_accuracy"  # what tuning selects a learning rate on (validation only)
+TUNING_METRIC = "final_val_accuracy"  # what tuning selects a learning rate on (validation only)
 
 
 @dataclass(frozen=True)
@@ -31,13 +31,13 @@ class Selection:
 
 def select(records: Sequence[dict[str, Any]]) -> tuple[float | None, dict[float, float | None], list[float]]:
     """(best learning rate, {lr: final val accuracy or None}, diverged rates) of one optimizer's tuning
-    records. The trials that count by the replicates layer's rule (`exclusion_reason` on SELECT_METRIC:
+    records. The trials that count by the replicates layer's rule (`exclusion_reason` on TUNING_METRIC:
     finished, not diverged, finite) compete; ties go to the smaller learning rate."""
     scores: dict[float, float | None] = {}
     diverged = []
     for record in sorted(records, key=lambda r: r["learning_rate"]):
-        value = record["metrics"].get(SELECT_METRIC)
-        counts = rep.exclusion_reason(record["status"], value, SELECT_METRIC) is None
+        value = record["metrics"].get(TUNING_METRIC)
+        counts = rep.exclusion_reason(record["status"], value, TUNING_METRIC) is None
         scores[record["learning_rate"]] = value if counts else None
         if record["status"] == rep.DIVERGED:
             diverged.append(record["learning_rate"])

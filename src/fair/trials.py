@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from itertools import zip_longest
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +37,7 @@ from omegaconf import DictConfig
 from src.analysis.replicates import FAILED, FINISHED, KILLED
 from src.fair.protocol import JUDGE, Trial, lr_text
 from src.fair.records import RECORD, read_record
-from src.infra.files import write_text_atomic
+from src.infra.files import json_safe, write_text_atomic
 from src.training import resume
 
 if TYPE_CHECKING:
@@ -54,10 +52,6 @@ def trial_config(base: DictConfig, trial: Trial) -> DictConfig:
     cfg.optimizer.learning_rate = trial.learning_rate
     cfg.train.seed = trial.seed
     return cfg
-
-
-def _finite(value: Any) -> Any:
-    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 @dataclass
@@ -124,6 +118,7 @@ def train_trials(
         for trial in to_train
     ]
     client = MlflowClient()
+    _end_lost_runs(client, context.experiment_id, {hashes[trial] for trial in to_train})
     open_runs: dict[int, str] = {}
     fit_seconds = 0.0
 
@@ -138,7 +133,6 @@ def train_trials(
             "config_hash": hashes[trial],
             "data_sha256": context.data_sha256,
             "keras_backend": keras.backend.backend(),
-            "engine": getattr(engine, "name", "sequential"),  # how it trained; not part of the config hash
         }
         open_runs[index] = client.create_run(context.experiment_id, run_name=trial.run_name, tags=tags).info.run_id
 
@@ -170,6 +164,18 @@ def train_trials(
     return [read_record(trial.folder(trials_dir)) for trial in trials]  # type: ignore[misc]
 
 
+def _end_lost_runs(client: Any, experiment_id: str, config_hashes: set[str]) -> None:
+    """End KILLED, tagged `lost`, the runs of these trials still RUNNING: their process died (SIGKILL, out of
+    memory) before it could end them, and a vectorized chunk opens a run for each of its members at once.
+    They are trained again now, in new runs; nothing else would ever end the old ones."""
+    if not config_hashes:
+        return
+    for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=5000):
+        if run.data.tags.get("config_hash") in config_hashes:
+            client.set_tag(run.info.run_id, "lost", "still RUNNING when the trial was trained again")
+            client.set_terminated(run.info.run_id, KILLED)
+
+
 def _record(trial: Trial, config_hash: str, run_id: str, result: FitResult) -> dict[str, Any]:
     """trial.json: what the report reads of a finished trial (NaN and infinity as null)."""
     return {
@@ -183,8 +189,9 @@ def _record(trial: Trial, config_hash: str, run_id: str, result: FitResult) -> d
         "diverged_epoch": result.diverged_epoch,
         "run_id": run_id,
         "run_name": trial.run_name,
-        "metrics": {key: _finite(float(value)) for key, value in result.metrics().items()},
-        "history": {key: [_finite(float(v)) for v in values] for key, values in result.history.items()},
+        "engine": result.engine,
+        "metrics": json_safe({key: float(value) for key, value in result.metrics().items()}),
+        "history": json_safe({key: [float(v) for v in values] for key, values in result.history.items()}),
     }
 
 
@@ -192,22 +199,13 @@ def _log_run(client: Any, run_id: str, params: Mapping[str, str], result: FitRes
     """Params, per-epoch metrics (step = epoch, 0-based as src.train logs them), final metrics and the
     divergence tags, in as few store round trips as MLflow allows (100 params, 1000 metrics a call); with
     `with_model`, the run's model (`model/model.keras`) and the tags saying which weights it holds."""
-    from mlflow.entities import Metric, Param, RunTag
+    from src.tracking.parent import log_batched
 
-    now = int(time.time() * 1000)
-    history, metrics = result.history, result.metrics()
-    values = [Metric(key, float(v), now, step) for key, series in history.items() for step, v in enumerate(series)]
-    values += [Metric(key, float(value), now, 0) for key, value in metrics.items()]
-    values = [metric for metric in values if math.isfinite(metric.value)]  # MLflow refuses nan in some stores
     diverged_at = result.diverged_epoch
-    tags = [RunTag("diverged", "true" if diverged_at else "false")]
-    tags += [RunTag("diverged_epoch", str(diverged_at))] if diverged_at else []
-    tags += [RunTag(key, value) for key, value in result.model_tags().items()] if with_model else []
-    params_list = [Param(key, value[:6000]) for key, value in params.items()]
-    param_chunks = [params_list[i : i + 100] for i in range(0, len(params_list), 100)]
-    metric_chunks = [values[i : i + 1000] for i in range(0, len(values), 1000)]
-    for index, (some_params, some_metrics) in enumerate(zip_longest(param_chunks, metric_chunks, fillvalue=[])):
-        client.log_batch(run_id, metrics=some_metrics, params=some_params, tags=tags if index == 0 else [])
+    tags = {"diverged": "true" if diverged_at else "false", "engine": result.engine}
+    tags |= {"diverged_epoch": str(diverged_at)} if diverged_at else {}
+    tags |= result.model_tags() if with_model else {}
+    log_batched(client, run_id, metrics=result.metrics(), params=params, tags=tags, history=result.history)
     if with_model:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "model.keras"

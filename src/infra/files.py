@@ -15,6 +15,7 @@ middle of step 1 can leave a `.tmp-*` folder behind: nothing reads it, and it ca
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -129,3 +130,15 @@ def markdown_table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(str(cell) for cell in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every non-finite float (a diverged run's NaN and infinite losses) as None, through dicts,
+    lists and tuples: strict JSON that DVC, browsers and other readers accept."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value

@@ -14,10 +14,11 @@ Run model:
 - A job that raises ends FAILED, Ctrl-C/SIGTERM ends KILLED; the parent is closed in every case (on
   multirun end, or by an exit handler when Hydra stops early), so no run is ever left RUNNING.
 
-mlflow is imported inside functions: config errors are reported before its ~2 s import.
+mlflow is imported inside functions: config errors are reported before its ~2 s import. The package's face
+is one job's run and the store only: the sweep's callback is `src.tracking.sweep.MlflowSweepCallback`, so a
+stage that logs runs does not depend on the sweep, its summary or the registry.
 """
 
-from src.infra.errors import ConfigError
 from src.tracking.job import (
     adopt_into_sweep,
     config_params,
@@ -33,14 +34,10 @@ from src.tracking.job import (
     resumable_run_id,
 )
 from src.tracking.store import check_reachable, mask_uri, masked_config, sqlite_path, use_experiment
-from src.tracking.sweep import MlflowSweepCallback, close_open_sweep, validate_sweep
 
 __all__ = [
-    "ConfigError",
-    "MlflowSweepCallback",
     "adopt_into_sweep",
     "check_reachable",
-    "close_open_sweep",
     "config_params",
     "current_sweep",
     "epoch_logger",
@@ -56,5 +53,4 @@ __all__ = [
     "resumable_run_id",
     "sqlite_path",
     "use_experiment",
-    "validate_sweep",
 ]

@@ -20,10 +20,12 @@ mlflow is imported inside functions, like everywhere in src/tracking.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import zip_longest
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,21 +56,33 @@ def log_batched(
     metrics: Mapping[str, float] | None = None,
     params: Mapping[str, str] | None = None,
     tags: Mapping[str, str] | None = None,
+    history: Mapping[str, Sequence[float]] | None = None,
 ) -> None:
-    """Log metrics (step 0), params and tags to `run_id` in as few calls as MLflow's per-call limits allow
-    (1000 metrics, 100 params, 100 tags): THE batching, so that no caller writes the chunk loop again."""
+    """Log final metrics (step 0), per-epoch `history` (step = epoch, 0-based), params (cut to MLflow's
+    length limit) and tags to `run_id` in as few calls as MLflow's per-call limits allow (1000 metrics, 100
+    params, 100 tags a call): THE batching, so that no caller writes the chunk loop again. Non-finite values
+    (a diverged run's) are left out: some stores refuse NaN; the run's diverged tag says why they are missing."""
     from mlflow.entities import Metric, Param, RunTag
-    from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
+    from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
     now = int(time.time() * 1000)
-    entities: list[tuple[str, list[Any], int]] = [
-        ("metrics", [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()], MAX_METRICS_PER_BATCH),
-        ("params", [Param(k, str(v)) for k, v in (params or {}).items()], MAX_PARAMS_TAGS_PER_BATCH),
-        ("tags", [RunTag(k, str(v)) for k, v in (tags or {}).items()], MAX_PARAMS_TAGS_PER_BATCH),
-    ]
-    for kind, items, limit in entities:
-        for start in range(0, len(items), limit):
-            client.log_batch(run_id, **{kind: items[start : start + limit]})
+    series = [(key, step, value) for key, values in (history or {}).items() for step, value in enumerate(values)]
+    series += [(key, 0, value) for key, value in (metrics or {}).items()]
+    metric_list = [Metric(key, float(v), now, step) for key, step, v in series if math.isfinite(float(v))]
+    param_list = [Param(key, str(value)[:MAX_PARAM_VAL_LENGTH]) for key, value in (params or {}).items()]
+    tag_list = [RunTag(key, str(value)) for key, value in (tags or {}).items()]
+
+    def chunks(items: list[Any], size: int) -> list[list[Any]]:
+        return [items[start : start + size] for start in range(0, len(items), size)]
+
+    batches = zip_longest(
+        chunks(metric_list, MAX_METRICS_PER_BATCH),
+        chunks(param_list, MAX_PARAMS_TAGS_PER_BATCH),
+        chunks(tag_list, MAX_PARAMS_TAGS_PER_BATCH),
+        fillvalue=[],
+    )
+    for some_metrics, some_params, some_tags in batches:
+        client.log_batch(run_id, metrics=some_metrics, params=some_params, tags=some_tags)
 
 
 def adopt_run(client: MlflowClient, run: Run, parent_run_id: str) -> None:
@@ -92,8 +106,9 @@ def existing_runs(client: MlflowClient, run_ids: Iterable[str]) -> set[str]:
         try:
             if run_id and client.get_run(run_id):
                 found.add(run_id)
-        except MlflowException:
-            continue
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_DOES_NOT_EXIST":  # an unreachable store is no answer: say so
+                raise
     return found
 
 

@@ -60,6 +60,9 @@ def compose(overrides: Sequence[str] = (), *, command: str = "", return_hydra_co
 
 # What model.fit logs every epoch, and so what a callback may `monitor`.
 LOGGED_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+# The callbacks that only stop a diverging run (conf/callbacks/): all the fair protocol keeps, all the vectorized
+# engine accepts.
+DIVERGENCE_GUARDS = ("terminate_on_nan", "stop_on_divergence")
 MODES = ("auto", "min", "max")
 DATA_SOURCES = ("keras", "pypi", "local")
 VERBOSE_CHOICES = ("auto", 0, 1, 2)

@@ -138,6 +138,7 @@ class FitResult:
     checkpoint_path: Path | None = None
     restored_epochs: int = 0
     test: TestScores | None = None
+    engine: str = "sequential"  # which engine trained it (a vectorized group's refused member: sequential)
 
     @property
     def status(self) -> str:

@@ -57,7 +57,7 @@ from omegaconf import DictConfig, OmegaConf
 from src.infra.errors import ConfigError
 from src.training import data
 from src.training.callbacks import StopOnDivergence, diverged_epoch, effective_step_sizes, from_config
-from src.training.config import LOGGED_METRICS
+from src.training.config import DIVERGENCE_GUARDS, LOGGED_METRICS
 from src.training.fit import (
     FINAL,
     LOSS,
@@ -73,7 +73,6 @@ DEFAULT_MEMORY_BUDGET = 2 * 1024**3  # bytes; the fair protocol's 12 tuning tria
 MLP_TARGET = "src.training.models.mlp"
 # The callbacks the engine honours: the divergence guards (what the fair protocol keeps). Their rule is
 # applied to every member at every step.
-GUARD_CALLBACKS = ("terminate_on_nan", "stop_on_divergence")
 
 # Per accepted optimizer class: the float hyperparameters that members may differ in (each becomes an (N, 1, 1)
 # tensor). A float qualifies when its optimizer's `update_step` uses it only in arithmetic with tensors, never
@@ -168,7 +167,7 @@ def why_not_vectorized(cfg: DictConfig) -> str | None:
     for name, settings in (cfg.get("callbacks") or {}).items():  # unresolved: checkpoint paths name Hydra's run
         if not settings.get("enabled", True):
             continue
-        if name not in GUARD_CALLBACKS:
+        if name not in DIVERGENCE_GUARDS:
             return f"callbacks.{name}: the engine runs no per-trial Keras callback but the divergence guards"
         if settings.get("raise_error"):
             return f"callbacks.{name}.raise_error=true: the engine masks a diverged member instead of failing it"
@@ -588,7 +587,18 @@ def train_stacked(
     for member in members:
         diverged = diverged_epoch(member.history, chunk.limit)
         epochs_run = len(member.history["loss"]) or None
-        results.append(FitResult(member.history, member.model, member.model, FINAL, epochs_run, seconds, diverged))
+        results.append(
+            FitResult(
+                history=member.history,
+                model=member.model,
+                final_model=member.model,
+                model_weights=FINAL,
+                model_epoch=epochs_run,
+                train_seconds=seconds,
+                diverged_epoch=diverged,
+                engine="vectorized",
+            )
+        )
     return results
 
 
@@ -722,7 +732,9 @@ class VectorizedEngine:
 
     @staticmethod
     def _scored(spec: TrialSpec, result: FitResult, arrays: data.Arrays) -> FitResult:
-        if not spec.score_test:
+        if not spec.score_test or result.diverged_epoch is not None:
+            # A diverged member's weights were frozen before the bad update: scores of them would pass for a
+            # working run's. It is a failure (status diverged) and has no test scores, as the report says.
             return result
         cfg = spec.cfg
         batch_size = cfg.train.get("validation_batch_size") or cfg.train.batch_size
