@@ -212,9 +212,11 @@ def test_selection_skips_diverged_trials_and_breaks_ties_towards_the_smaller_rat
 
 
 def test_epochs_to_target_counts_the_runs_that_never_reach_it() -> None:
-    assert epochs_cell([2, 3, None]) == "2.5 ± 0.7 (1 of 3 not reached)"
+    # a miss is infinitely slow: the median of 2, 3, ∞ is 3, not the survivors' mean 2.5
+    assert epochs_cell([2, 3, None]) == "median 3, reached 2 of 3"
+    assert epochs_cell([2, None, None]) == "median ∞, reached 1 of 3"
     assert epochs_cell([None, None]) == "not reached (2 of 2)"
-    assert epochs_cell([4]) == "4.0"
+    assert epochs_cell([4]) == "median 4, reached 1 of 1"
 
 
 @pytest.mark.parametrize(
