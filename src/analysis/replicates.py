@@ -345,7 +345,7 @@ class Ranking:
             f"All {len(self.differences)} pairs compared by seed (paired t-test on the per-seed differences),"
             f" p-values Holm-adjusted over the {m} testable pairs (resolved: adjusted p < 0.05); each interval is"
             " at the level of its Holm step, so it excludes 0 exactly when the pair is resolved. A failed run"
-            f" scores {self.failure_score:g}.",
+            f" scores {self.failure_score:g} on {what}.",
         ]
 
 

@@ -45,7 +45,8 @@ class Summary:
 
 @dataclass(frozen=True)
 class Difference:
-    """`setting` minus `best`: the difference of means, its 95 % Welch interval, the p-value, the verdict."""
+    """`setting` minus `best`: the difference of means, its interval at `confidence` (95 % unless a Holm step
+    set it), the p-value of `test` (Welch's, or the paired t-test by seed), the verdict."""
 
     setting: str
     best: str
