@@ -17,6 +17,8 @@ The private APIs (every `._name` of a library in src/ and hydra_plugins/, found 
   sweeper's `_target_` naming it (src/tracking/sweep.py); `JobReturn(_return_value=...)` (src/infra/cluster.py).
 - hydra-ray-launcher (skipped when not installed), src/infra/cluster.py: `hydra_plugins.hydra_ray_launcher.
   _launcher_util._run_job`, and RayLauncher's undocumented `ray_cfg`, `config`, `hydra_context`, `task_function`.
+- keras, src/training/vectorized.py: the order `Model.fit(shuffle=True)` visits the data in after
+  `keras.utils.set_random_seed` (undocumented; `epoch_order` replays it).
 - mlflow: `mlflow.utils.validation._validate_model_name`, mirrored (not called) by
   src/training/config.py registered_model_name_problem, which must be at least as strict.
 
@@ -239,6 +241,35 @@ def test_keras_fit_starts_at_the_initial_epoch_a_callback_sets_in_on_train_begin
         "keras",
         f"Model.fit no longer starts at the `_initial_epoch` set in on_train_begin: it ran epochs {history.epoch}",
         f"{BACKUP}.on_train_begin sets it so that a resumed run trains only the epochs left",
+    )
+
+
+@pytest.mark.slow  # fits 3 one-batch epochs of a two-weight model (eagerly, to see the batches)
+def test_keras_fit_visits_the_order_the_vectorized_engine_replays_every_epoch() -> None:
+    """Keras' `fit(shuffle=True)` order after `set_random_seed(seed)` is undocumented: the vectorized engine
+    replays it (`epoch_order`), so that a member is the sequential engine's trial batch for batch."""
+    from src.training.vectorized import epoch_order
+
+    seen: list[np.ndarray] = []
+
+    class Recorder(keras.Model):
+        def train_step(self, data):
+            seen.append(np.asarray(data[0])[:, 0].astype(int))
+            return {"seen": keras.ops.convert_to_tensor(0.0)}
+
+    seed, size = 7, 12
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((2,))
+    model = Recorder(inputs, keras.layers.Dense(1)(inputs))
+    model.compile(optimizer="sgd", loss="mse", run_eagerly=True)
+    features = np.stack([np.arange(size), np.zeros(size)], axis=1).astype("float32")
+    model.fit(features, np.zeros(size, "float32"), epochs=3, batch_size=size, shuffle=True, verbose=0)
+    replayed = [epoch_order(seed, epoch, size) for epoch in range(3)]
+    assert all(np.array_equal(a, b) for a, b in zip(seen, replayed, strict=True)), changed(
+        "keras",
+        f"Model.fit(shuffle=True) after set_random_seed({seed}) visited {[list(a) for a in seen]}, "
+        f"not {[list(b) for b in replayed]}",
+        "src/training/vectorized.py epoch_order feeds each member the batches its sequential fit would see",
     )
 
 

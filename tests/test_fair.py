@@ -36,7 +36,6 @@ def overrides(folder: Path, mnist_dir: Path, grid: tuple[float, ...] = GRID) -> 
         f"fair.judge_seeds=[{','.join(map(str, SEEDS))}]",
         "fair.epochs=2",
         "fair.targets.mlp=[0.3,0.999]",  # the first is reached, the second never (400 images, 2 epochs)
-        "fair.bootstrap=50",
     ]
 
 
@@ -268,7 +267,7 @@ def _project_copy(root: Path, mnist_dir: Path) -> None:
     # one learning rate, sgd's default: one tuning trial, and the judged runs are the default rate's
     for key, value in (("optimizers", "[sgd]"), ("lr_grid", "[0.01]"), ("judge_seeds", "[1, 2]"), ("epochs", "1")):
         text = re.sub(rf"(?m)^{key}: [^#\n]*", f"{key}: {value} ", text)
-    preset.write_text(text.replace("mlp: [0.95, 0.97]", "mlp: [0.5]").replace("bootstrap: 1000", "bootstrap: 20"))
+    preset.write_text(text.replace("mlp: [0.95, 0.97]", "mlp: [0.5]"))
     data_config = root / "conf" / "data" / "mnist.yaml"
     data_config.write_text(re.sub(r"(?m)^limit: null", "limit: 400", data_config.read_text()))
     (root / "data").mkdir(exist_ok=True)

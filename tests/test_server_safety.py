@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from src.infra import mlflow_server as server
 from src.infra.postgres import Cluster
+from src.tracking import server
 from src.tracking.server import free_port, stop_group, wait_healthy, write_auth_config
 
 ROOT = Path(__file__).parent.parent

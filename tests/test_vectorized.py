@@ -2,7 +2,8 @@
 
 Exactness is tested in float64, where rounding cannot hide a wrong update: a member trained inside a batch of
 three and the same trial trained alone by the sequential engine's `build` + Keras `fit`, fed the same batches
-(`vectorized.epoch_order`), agree to 1e-6 relative after 56 steps, for every optimizer the engine accepts.
+(`vectorized.epoch_order`: Keras' own order), agree to 1e-6 relative after 56 steps, for every optimizer the
+engine accepts.
 The refused optimizers are shown to differ when trained stacked anyway, so the refusal list is not a guess.
 """
 
@@ -176,6 +177,19 @@ def test_a_member_trains_as_plain_keras_would(case: tuple[str, ...], mnist_dir: 
     for key in set(history) - {"epoch_seconds"}:
         np.testing.assert_allclose(result.history[key], history[key], rtol=1e-6, err_msg=key)
     assert result.diverged_epoch is None and result.model_epoch == EPOCHS
+
+
+@pytest.mark.slow
+def test_a_member_is_the_sequential_engines_trial_batch_for_batch(mnist_dir: Path, float64: None) -> None:
+    """No batches fed by hand: the sequential engine's own `fit(shuffle=True)` and a member of the vectorized
+    engine visit the same batches in the same order every epoch (Keras repeats one permutation per seed, and
+    `epoch_order` is it), so the two engines give the same trial, not a trial alike in distribution."""
+    base = config(mnist_dir, "momentum", *SMALL)
+    configs = members(base, [0.3, 0.03], [5, 6])
+    sequential = fit.fit_one(spec(configs[0], mnist_dir))
+    vectorized_result = quiet([]).fit_trials([spec(cfg, mnist_dir) for cfg in configs])[0]
+    assert relative_difference(sequential.model.get_weights(), vectorized_result.model.get_weights()) < 1e-6
+    np.testing.assert_allclose(vectorized_result.history["loss"], sequential.history["loss"], rtol=1e-6)
 
 
 # Trained stacked anyway (train_stacked makes no refusal check), each refused case differs from Keras.

@@ -48,7 +48,6 @@ class Protocol:
     batch_size: int
     judge_seeds: tuple[int, ...]
     targets: Mapping[str, tuple[float, ...]]
-    bootstrap: int
     experiment_name: str
     trials_dir: Path
     report_dir: Path
@@ -89,7 +88,7 @@ def read_protocol(fair: Mapping[str, Any]) -> Protocol:
         check.fail("fair.judge_seeds", seeds, f"{why}; use at least 2 distinct integers >= 0, e.g. [1, 2, 3, 4, 5]")
     if fair.get("engine") not in ENGINES:
         check.fail("fair.engine", fair.get("engine"), f"use one of {', '.join(ENGINES)}")
-    for key, minimum in (("tune_seed", 0), ("epochs", 1), ("batch_size", 1), ("bootstrap", 1), ("memory_budget_mb", 1)):
+    for key, minimum in (("tune_seed", 0), ("epochs", 1), ("batch_size", 1), ("memory_budget_mb", 1)):
         check.integer(f"fair.{key}", fair.get(key), minimum)
     targets = fair.get("targets")
     chosen: dict[str, tuple[float, ...]] = {}
@@ -117,7 +116,6 @@ def read_protocol(fair: Mapping[str, Any]) -> Protocol:
         batch_size=int(fair["batch_size"]),
         judge_seeds=tuple(seeds),
         targets=chosen,
-        bootstrap=int(fair["bootstrap"]),
         experiment_name=name,
         trials_dir=Path(str(fair["trials_dir"])),
         report_dir=Path(str(fair["report_dir"])),

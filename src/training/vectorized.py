@@ -20,11 +20,12 @@ every accepted optimizer (measured: 1e-13 or closer).
 
 What a member shares with the sequential fit: its initial weights (`keras.utils.set_random_seed(seed)`, then
 the model builder: the member's own Keras model is built and its weights stacked), its train/validation split
-(`src.training.data.split` with its seed), the loss and accuracy Keras computes, Keras' History keys. What
-differs: the order of the batches. Keras' `fit(shuffle=True)` draws each epoch's permutation with
-`tf.random.shuffle` under TensorFlow's op-seed counter, which depends on every random op the process created
-before; the engine draws member i's permutation of epoch e from `epoch_order(seed, e, n)` instead, seeded by
-the trial alone. A member is the same trial as a sequential one in distribution, not batch for batch.
+(`src.training.data.split` with its seed), the loss and accuracy Keras computes, Keras' History keys, and the
+order of its batches (`epoch_order`: the permutation Keras' `fit(shuffle=True)` draws after
+`keras.utils.set_random_seed(seed)`, a `tf.random.shuffle` in a tf.data map whose seed comes from the global
+seed alone; Keras 3.15.1 on TensorFlow draws it anew each epoch with the same seed, so it repeats it every
+epoch, and so does the engine). A member is the sequential engine's trial batch for batch; only float32
+rounding (stacked products sum in another order) tells them apart.
 
 A member whose running epoch loss becomes non-finite or passes the StopOnDivergence limit is masked: the
 update of that step is not applied, its weights and optimizer slots stay frozen from then on, its history
@@ -40,6 +41,7 @@ batch size); a budget that cannot hold one member is refused before anything tra
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -210,9 +212,27 @@ def divergence_limit(cfg: DictConfig, model: keras.Model) -> float:
 
 
 def epoch_order(seed: int, epoch: int, size: int) -> np.ndarray:
-    """The permutation of a member's `size` training images in `epoch` (0-based): seeded by the trial alone, so
-    a member's batches do not depend on which other members share its program."""
-    return np.random.default_rng([seed, epoch]).permutation(size)
+    """The order in which Keras' `fit(shuffle=True)` visits a trial's `size` training images in `epoch`, after
+    `keras.utils.set_random_seed(seed)`: the same every epoch (module docstring; tests/test_vectorized.py
+    compares it with fit's own order). Seeded by the trial alone, so a member's batches do not depend on which
+    other members share its program."""
+    del epoch  # Keras repeats one permutation: its tf.data map is re-seeded alike for every epoch
+    return _keras_order(seed, size)
+
+
+@functools.lru_cache(maxsize=1024)
+def _keras_order(seed: int, size: int) -> np.ndarray:
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)  # what the sequential fit runs under; after every member is built
+
+    @tf.autograph.experimental.do_not_convert
+    def permutation(_: Any) -> Any:  # as keras' ArrayDataAdapter.get_tf_dataset: range, then shuffle
+        return tf.random.shuffle(tf.range(size, dtype=tf.int64))
+
+    order = next(iter(tf.data.Dataset.range(1).map(permutation))).numpy()
+    order.setflags(write=False)
+    return order
 
 
 # ------------------------------------------------------------------------------------------------
