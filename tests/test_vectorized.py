@@ -192,6 +192,26 @@ def test_a_member_is_the_sequential_engines_trial_batch_for_batch(mnist_dir: Pat
     np.testing.assert_allclose(vectorized_result.history["loss"], sequential.history["loss"], rtol=1e-6)
 
 
+@pytest.mark.slow
+def test_a_member_diverges_exactly_when_keras_fit_would(mnist_dir: Path, float64: None) -> None:
+    """Keras' divergence guards read the running loss when a compiled call returns, not after every step. At
+    rmsprop 1.0 (seed 2) the loss passes StopOnDivergence's limit in the first steps and is back under it when
+    the first call of 8 steps ends: Keras trains on (one step a call, it stops), and so does the member. At 3.0
+    both stop in epoch 1, with that call's updates in the weights."""
+    guards = ["callbacks=[terminate_on_nan,stop_on_divergence]", "train.epochs=2"]
+    configs = members(config(mnist_dir, "rmsprop", *SMALL[:-1], *guards), [0.3, 1.0, 3.0], [1, 2, 3])
+    results = quiet([]).fit_trials([spec(cfg, mnist_dir) for cfg in configs])
+    for cfg, result in zip(configs, results, strict=True):
+        alone = fit.fit_one(spec(cfg, mnist_dir))
+        assert result.diverged_epoch == alone.diverged_epoch, cfg.optimizer.learning_rate
+        assert relative_difference(alone.model.get_weights(), result.model.get_weights()) < 1e-6
+        np.testing.assert_allclose(result.history["loss"], alone.history["loss"], rtol=1e-6)
+    assert [r.diverged_epoch for r in results] == [None, None, 1]
+    one_step_calls = configs[1].copy()
+    one_step_calls.train.steps_per_execution = 1
+    assert quiet([]).fit_trials([spec(one_step_calls, mnist_dir)])[0].diverged_epoch == 1  # the limit was passed
+
+
 # Trained stacked anyway (train_stacked makes no refusal check), each refused case differs from Keras.
 REFUSED = [
     ("lamb",),
@@ -219,7 +239,7 @@ def test_a_refused_optimizer_really_differs_when_stacked(case: tuple[str, ...], 
 @pytest.mark.slow
 def test_members_do_not_leak_and_a_diverged_member_spoils_nothing(mnist_dir: Path) -> None:
     """Member 1's learning rate and seed change, or it diverges: members 0 and 2 end bitwise the same. With the
-    fair protocol's guards on, the diverged member is masked in epoch 1 and its weights stay finite."""
+    fair protocol's guards on, the diverged member is masked in epoch 1 and trains no further."""
     guards = ["callbacks=[terminate_on_nan,stop_on_divergence]", "train.epochs=2"]
     base = config(mnist_dir, "adam", *SMALL[:-1], *guards)
     lines: list[str] = []

@@ -27,12 +27,13 @@ seed alone; Keras 3.15.1 on TensorFlow draws it anew each epoch with the same se
 epoch, and so does the engine). A member is the sequential engine's trial batch for batch; only float32
 rounding (stacked products sum in another order) tells them apart.
 
-A member whose running epoch loss becomes non-finite or passes the StopOnDivergence limit is masked: the
-update of that step is not applied, its weights and optimizer slots stay frozen from then on, its history
-ends with that epoch, and `src.training.callbacks.diverged_epoch` (the house rule) names the epoch. The other
-members are unaffected (their gradients never touch it). Keras' fit stops the same trial a little later (after
-the compiled call of `train.steps_per_execution` batches in which the loss passed), so a diverged member's last
-epoch differs; whether and when it diverged does not.
+A member diverges exactly when Keras' fit would stop the same trial: its running epoch loss is checked (non-finite,
+or past the StopOnDivergence limit) when each compiled call of `train.steps_per_execution` batches ends, as
+Keras' guards read it, not after every step (a loss may pass the limit in a call's first steps and be back under
+it by its end; Keras goes on then, and so does the member). A diverged member keeps that call's updates, as
+Keras' model does, then is masked: its weights and optimizer slots stay frozen, its history ends with that
+epoch, and `src.training.callbacks.diverged_epoch` (the house rule) names the epoch. The other members are
+unaffected (their gradients never touch it).
 
 Memory is bounded: the members of a group are trained in chunks, each fitting `memory_budget_bytes`
 (`estimate_member_bytes`: weights, gradients, optimizer slots and their masking copies, activations at the
@@ -441,7 +442,10 @@ class _Chunk:
         self.loss_sum = tf.Variable(tf.zeros(self.size, tf.float64), trainable=False)
         self.correct = tf.Variable(tf.zeros(self.size, tf.float64), trainable=False)
         self.seen = tf.Variable(tf.zeros(self.size, tf.float64), trainable=False)
-        self.train = tf.function(self._train, input_signature=[tf.TensorSpec([None, self.size, None], tf.int32)])
+        self.train = tf.function(
+            self._train,
+            input_signature=[tf.TensorSpec([None, self.size, None], tf.int32), tf.TensorSpec([], tf.bool)],
+        )
         self.evaluate = tf.function(self._evaluate, input_signature=[tf.TensorSpec([self.size, None], tf.int32)])
         stacked_shapes = [_member_shape(variable) for variable in self.slots]
         for member in members:
@@ -462,28 +466,31 @@ class _Chunk:
         correct = tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.float64), axis=1)
         return member_loss, correct
 
-    def _train(self, batches):
+    def _train(self, batches, check):
+        """The steps of one compiled call of Keras' fit. Keras' divergence guards read the running loss only when
+        a call returns, so a member alive at the call's start takes every update of the call, and is masked
+        (if `check`) only at its end: a member diverges exactly when, and with the weights, Keras' fit would."""
         tf = self.tf
+        alive = self.alive.value()
+        everyone = tf.reduce_all(alive)
         for step in tf.range(tf.shape(batches)[0]):
             positions = batches[step]
             with tf.GradientTape() as tape:
                 member_loss, correct = self._forward(positions)
                 scaled = self.optimizer.scale_loss(tf.reduce_sum(member_loss))
             gradients = tape.gradient(scaled, self.model.trainable_variables)
-            was_alive = self.alive.value()
             count = tf.cast(tf.shape(positions)[1], tf.float64)
-            self.loss_sum.assign_add(tf.where(was_alive, tf.cast(member_loss, tf.float64) * count, 0.0))
-            self.correct.assign_add(tf.where(was_alive, correct, 0.0))
-            self.seen.assign_add(tf.where(was_alive, count, 0.0))
-            running = self.loss_sum / tf.maximum(self.seen, 1.0)  # what Keras' logs["loss"] holds after the step
-            healthy = tf.math.is_finite(running) & (running <= self.limit)  # callbacks.loss_diverged, negated
-            alive = was_alive & healthy
-            self.alive.assign(alive)
+            self.loss_sum.assign_add(tf.where(alive, tf.cast(member_loss, tf.float64) * count, 0.0))
+            self.correct.assign_add(tf.where(alive, correct, 0.0))
+            self.seen.assign_add(tf.where(alive, count, 0.0))
             tf.cond(
-                tf.reduce_all(alive),
+                everyone,
                 lambda gradients=gradients: self._apply(gradients),
-                lambda gradients=gradients, alive=alive: self._apply_masked(gradients, alive),
+                lambda gradients=gradients: self._apply_masked(gradients, alive),
             )
+        running = self.loss_sum / tf.maximum(self.seen, 1.0)  # what Keras' logs["loss"] holds after the call
+        healthy = tf.math.is_finite(running) & (running <= self.limit)  # callbacks.loss_diverged, negated
+        self.alive.assign(tf.where(check, alive & healthy, alive))
 
     def _apply(self, gradients):
         self.optimizer.apply(gradients, self.model.trainable_variables)
@@ -504,8 +511,9 @@ class _Chunk:
         return self.tf.cast(member_loss, self.tf.float64) * count, correct
 
     def train_epoch(self, epoch: int, batch_size: int, steps_per_call: int) -> tuple[np.ndarray, np.ndarray]:
-        """One epoch of every member, each in its own order (`epoch_order`); their mean loss and accuracy, as
-        Keras' epoch logs hold them (over the batches trained before a member was masked)."""
+        """One epoch of every member, each in its own order (`epoch_order`), in the compiled calls Keras' fit makes
+        (`steps_per_call` batches each); their mean loss and accuracy, as Keras' epoch logs hold them (over the
+        batches trained until a member was masked)."""
         tf = self.tf
         for variable in (self.loss_sum, self.correct, self.seen):
             variable.assign(tf.zeros_like(variable))
@@ -513,10 +521,12 @@ class _Chunk:
         order = np.stack([m.train_positions[epoch_order(m.seed, epoch, size)] for m in self.members]).astype(np.int32)
         full = size // batch_size * batch_size
         batches = order[:, :full].reshape(self.size, -1, batch_size).transpose(1, 0, 2)
+        partial = full < size  # Keras' fit ends the epoch with a smaller batch, in the same call as the last ones
         for begin in range(0, len(batches), steps_per_call):
-            self.train(tf.constant(batches[begin : begin + steps_per_call]))
-        if full < size:  # the last, smaller batch, as Keras' fit makes it
-            self.train(tf.constant(order[None, :, full:]))
+            ends_call = begin + steps_per_call <= len(batches) or not partial
+            self.train(tf.constant(batches[begin : begin + steps_per_call]), tf.constant(ends_call))
+        if partial:
+            self.train(tf.constant(order[None, :, full:]), tf.constant(True))
         seen = np.maximum(self.seen.numpy(), 1.0)  # 0 only for members masked before this epoch (not recorded)
         return self.loss_sum.numpy() / seen, self.correct.numpy() / seen
 
@@ -753,8 +763,8 @@ class VectorizedEngine:
     @staticmethod
     def _scored(spec: TrialSpec, result: FitResult, arrays: data.Arrays) -> FitResult:
         if not spec.score_test or result.diverged_epoch is not None:
-            # A diverged member's weights were frozen before the bad update: scores of them would pass for a
-            # working run's. It is a failure (status diverged) and has no test scores, as the report says.
+            # A diverged member is a failure (status diverged) and has no test scores, as the report says, like a
+            # sequential trial that diverged.
             return result
         cfg = spec.cfg
         batch_size = cfg.train.get("validation_batch_size") or cfg.train.batch_size
