@@ -153,6 +153,18 @@ def stop_nodes(nodes: list[RayNode], grace: float = 2) -> None:
         shutil.rmtree(node.temp_dir, ignore_errors=True)
 
 
+# The fixed ports a Ray node takes unless told otherwise (dashboard, dashboard agent HTTP, client server, GCS):
+# a port picked for the head must not be one of them, or `ray start` refuses ("used by other components";
+# seen once, when the OS handed out 52365 for the head's GCS).
+RAY_DEFAULT_PORTS = {8265, 52365, 10001, 6379}
+
+
+def ray_free_port() -> int:
+    while (port := free_port()) in RAY_DEFAULT_PORTS:
+        pass
+    return port
+
+
 @dataclass
 class RayCluster:
     address: str
@@ -178,7 +190,7 @@ class RayCluster:
         if head:
             port = int(self.address.rsplit(":", 1)[1])
             command += ["--head", f"--port={port}", "--include-dashboard=false"]
-            command += [f"--ray-client-server-port={free_port()}"]
+            command += [f"--ray-client-server-port={ray_free_port()}"]
         else:
             command += [f"--address={self.address}"]
         environment = {key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "MLFLOW"))}
@@ -230,7 +242,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
     failure."""
     folder = tmp_path_factory.mktemp("cluster")
     with tracking_server_at(folder / "server") as server_ready:
-        cluster = RayCluster(f"127.0.0.1:{free_port()}", "", [], folder)
+        cluster = RayCluster(f"127.0.0.1:{ray_free_port()}", "", [], folder)
         try:
             cluster.start_nodes(("head", {}, 0), head=True)
             cluster.start_nodes(("node-a", {"trainer": 2, "slot": 1}, 2), ("node-b", {"slot": 1}, 1))
