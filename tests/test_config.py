@@ -121,14 +121,15 @@ BAD_VALUES = [
     ("callbacks.model_checkpoint.filepath=/tmp/best.h5", "callbacks.model_checkpoint.filepath='/tmp/best.h5'"),
     ("data.limit=0", "data.limit=0"),
     ("data.sources=[ftp]", "data.sources=['ftp']"),
-    ("model.hidden_units=[]", "model.hidden_units=[]"),
+    ("model.hidden_units=[0]", "model.hidden_units=[0]"),
+    ("model=cnn model.filters=[]", "model.filters=[]"),
 ]
 
 
 @pytest.mark.parametrize(("override", "named"), BAD_VALUES)
 def test_bad_value_is_named_with_what_is_allowed(override: str, named: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        validate(compose_config(override))
+        validate(compose_config(*override.split()))  # "a b": two overrides
     message = str(caught.value)
     assert named in message
     assert "use " in message or "Keras needs" in message or "never logged" in message
@@ -157,7 +158,7 @@ def _fair_group() -> dict:
 
 def test_the_fair_protocol_lists_every_bad_key_one_line_each_like_the_training_config() -> None:
     fair = _fair_group()
-    assert fair_protocol.read_protocol(fair).workloads == ("mlp",)  # the shipped protocol is valid
+    assert fair_protocol.read_protocol(fair).workloads == ("mlp", "logreg")  # the shipped protocol is valid
     bad = {
         **fair,
         "optimizers": ["adam", "adamm"],
@@ -188,7 +189,11 @@ def test_the_fair_protocol_lists_every_bad_key_one_line_each_like_the_training_c
     ("changes", "line"),
     [
         ({"epochs": 0}, "invalid config: fair.epochs=0 is invalid: use an integer >= 1"),
-        ({"tune_seed": 1.5}, "invalid config: fair.tune_seed=1.5 is invalid: use an integer >= 0"),
+        ({"tune_seeds": []}, "invalid config: fair.tune_seeds=[] is invalid: holds no seed"),
+        ({"tune_seeds": [100, 100]}, "fair.tune_seeds=[100, 100] is invalid: repeats 100"),
+        ({"tune_seeds": [1.5]}, "fair.tune_seeds=[1.5] is invalid: holds 1.5, not a non-negative integer"),
+        # judged on a tuning seed, the selection would be scored on the data it was chosen on
+        ({"tune_seeds": [0, 3]}, "fair.tune_seeds=[0, 3] is invalid: shares 3 with fair.judge_seeds"),
         ({"lr_grid": [0.1, math.inf]}, "inf is not a number > 0"),
         ({"targets": "high"}, "invalid config: fair.targets='high' is invalid: a mapping workload -> list"),
         # a workload without a conf/model/ file is one problem, not a second one about its targets

@@ -21,6 +21,7 @@ from tests.conftest import run_main, store_with_tables
 OPTIMIZERS = ("sgd", "adam")
 GRID = (0.01, 0.1, 1000.0)  # 1000 diverges for both; sgd's default (0.01) is on the grid, adam's (0.001) not
 SEEDS = (1, 2)
+TUNE_SEEDS = (0, 7)  # two tuning studies, each the whole grid
 
 
 def overrides(folder: Path, mnist_dir: Path, grid: tuple[float, ...] = GRID) -> list[str]:
@@ -34,6 +35,8 @@ def overrides(folder: Path, mnist_dir: Path, grid: tuple[float, ...] = GRID) -> 
         f"fair.optimizers=[{','.join(OPTIMIZERS)}]",
         f"fair.lr_grid=[{','.join(map(str, grid))}]",
         f"fair.judge_seeds=[{','.join(map(str, SEEDS))}]",
+        f"fair.tune_seeds=[{','.join(map(str, TUNE_SEEDS))}]",
+        "fair.workloads=[mlp]",
         "fair.epochs=2",
         "fair.targets.mlp=[0.3,0.999]",  # the first is reached, the second never (400 images, 2 epochs)
     ]
@@ -69,7 +72,7 @@ def test_every_run_is_a_tagged_child_of_one_finished_parent(protocol: Path) -> N
     children = [r for r in found if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     tune = [r for r in children if r.data.tags["phase"] == "tune"]
     judge = [r for r in children if r.data.tags["phase"] == "judge"]
-    assert len(tune) == len(OPTIMIZERS) * len(GRID)
+    assert len(tune) == len(OPTIMIZERS) * len(GRID) * len(TUNE_SEEDS)
     assert len(children) == len(found) - 1 == len(tune) + len(judge)
     for run in children:
         assert {"optimizer", "workload", "learning_rate", "seed"} <= set(run.data.tags)
@@ -99,12 +102,17 @@ def test_the_report_matches_the_runs_in_mlflow(protocol: Path) -> None:
     assert set(summary) == set(OPTIMIZERS)
     for optimizer in OPTIMIZERS:
         tune = [r for r in found if r.data.tags["phase"] == "tune" and r.data.tags["optimizer"] == optimizer]
-        usable = [r for r in tune if r.data.tags["diverged"] == "false"]
-        best = max(usable, key=lambda r: r.data.metrics["final_val_accuracy"])  # selected on validation only
-        assert float(summary[optimizer]["tuned_lr"]) == pytest.approx(float(best.data.tags["learning_rate"]))
+        # selected on validation only: the highest mean over the studies, among rates that worked in every one
+        by_rate: dict[str, list[float]] = {}
+        for run in tune:
+            if run.data.tags["diverged"] == "false":
+                by_rate.setdefault(run.data.tags["learning_rate"], []).append(run.data.metrics["final_val_accuracy"])
+        working = {lr: statistics.mean(values) for lr, values in by_rate.items() if len(values) == len(TUNE_SEEDS)}
+        best_lr = max(working, key=lambda lr: (working[lr], -float(lr)))
+        assert float(summary[optimizer]["tuned_lr"]) == pytest.approx(float(best_lr))
         judged = [r for r in found if r.data.tags["phase"] == "judge" and r.data.tags["optimizer"] == optimizer]
         for lr, column in (
-            (best.data.tags["learning_rate"], "tuned_test_accuracy_mean"),
+            (best_lr, "tuned_test_accuracy_mean"),
             (summary[optimizer]["default_lr"], "default_test_accuracy_mean"),
         ):
             values = [
@@ -112,11 +120,7 @@ def test_the_report_matches_the_runs_in_mlflow(protocol: Path) -> None:
             ]
             assert len(values) == len(SEEDS)
             assert float(summary[optimizer][column]) == pytest.approx(statistics.mean(values), abs=1e-5)
-        tuned = [
-            r.data.metrics["test_accuracy"]
-            for r in judged
-            if r.data.tags["learning_rate"] == best.data.tags["learning_rate"]
-        ]
+        tuned = [r.data.metrics["test_accuracy"] for r in judged if r.data.tags["learning_rate"] == best_lr]
         assert float(summary[optimizer]["tuned_test_accuracy_std"]) == pytest.approx(statistics.stdev(tuned), abs=1e-5)
     # DVC's metrics.json says what summary.csv says, column by column
     metrics = json.loads((protocol / "report" / "metrics.json").read_text())
@@ -193,21 +197,53 @@ def test_rerunning_trains_nothing_and_a_wider_grid_trains_only_its_new_rates(
     wider = run_main("src.fair.__main__", *overrides(protocol, mnist_dir, (*GRID, 0.03)), cwd=protocol)
     assert wider.returncode == 0, wider.stderr[-3000:]
     new = [r for r in runs(protocol) if r.info.run_id not in before and r.data.tags.get("phase") == "tune"]
-    assert sorted((r.data.tags["optimizer"], r.data.tags["learning_rate"]) for r in new) == [
-        ("adam", "0.03"),
-        ("adam", "0.1"),
-        ("sgd", "0.03"),
+    assert sorted((r.data.tags["optimizer"], r.data.tags["learning_rate"], r.data.tags["seed"]) for r in new) == [
+        ("adam", "0.03", "0"),
+        ("adam", "0.03", "7"),
+        ("adam", "0.1", "0"),
+        ("sgd", "0.03", "0"),
+        ("sgd", "0.03", "7"),
     ]
 
 
 def test_selection_skips_diverged_trials_and_breaks_ties_towards_the_smaller_rate() -> None:
-    def record(lr: float, value: float | None, status: str = "FINISHED") -> dict:
-        return {"learning_rate": lr, "status": status, "metrics": {"final_val_accuracy": value}}
+    def record(lr: float, value: float | None, status: str = "FINISHED", seed: int = 0) -> dict:
+        return {"learning_rate": lr, "seed": seed, "status": status, "metrics": {"final_val_accuracy": value}}
 
-    best, scores, diverged = selection.select([record(1.0, 0.99, "diverged"), record(0.1, 0.9), record(0.01, 0.9)])
-    assert (best, diverged) == (0.01, [1.0])
-    assert scores == {0.01: 0.9, 0.1: 0.9, 1.0: None}
-    assert selection.select([record(1.0, None, "diverged")])[0] is None
+    chosen = selection.select([record(1.0, 0.99, "diverged"), record(0.1, 0.9), record(0.01, 0.9)])
+    assert (chosen.best_lr, chosen.diverged) == (0.01, {1.0: 1})
+    assert chosen.scores == {0.01: 0.9, 0.1: 0.9, 1.0: None}
+    assert chosen.diverged_text() == "diverged at lr 1"
+    assert selection.select([record(1.0, None, "diverged")]).best_lr is None
+
+
+def test_selection_takes_the_mean_over_studies_among_rates_that_worked_in_every_one() -> None:
+    """Three studies: 0.3 wins two of them alone but diverged in the third, so it is not selected; of the rates
+    that worked everywhere 0.1 has the highest mean (0.9) though study 2 alone would pick 0.03."""
+
+    def study(seed: int, scores: dict[float, float | None]) -> list[dict]:
+        return [
+            {
+                "learning_rate": lr,
+                "seed": seed,
+                "status": "FINISHED" if value is not None else "diverged",
+                "metrics": {"final_val_accuracy": value},
+            }
+            for lr, value in scores.items()
+        ]
+
+    records = [
+        *study(1, {0.03: 0.85, 0.1: 0.92, 0.3: 0.95}),
+        *study(2, {0.03: 0.91, 0.1: 0.88, 0.3: None}),
+        *study(3, {0.03: 0.86, 0.1: 0.90, 0.3: 0.96}),
+    ]
+    chosen = selection.select(records, "sgd", "mlp")
+    assert chosen.best_lr == 0.1
+    assert chosen.scores == pytest.approx({0.03: (0.85 + 0.91 + 0.86) / 3, 0.1: 0.9, 0.3: None})
+    assert chosen.picks == {1: 0.3, 2: 0.03, 3: 0.3}
+    assert chosen.agreeing == 0
+    assert chosen.stability_text() == "0 of 3 studies (other: 0.03, 0.3)"
+    assert chosen.diverged_text() == "diverged at lr 0.3 (1 of 3 studies)"
 
 
 def test_epochs_to_target_counts_the_runs_that_never_reach_it() -> None:
@@ -265,7 +301,10 @@ def _project_copy(root: Path, mnist_dir: Path) -> None:
     preset = root / "conf" / "fair" / "default.yaml"
     text = preset.read_text()
     # one learning rate, sgd's default: one tuning trial, and the judged runs are the default rate's
-    for key, value in (("optimizers", "[sgd]"), ("lr_grid", "[0.01]"), ("judge_seeds", "[1, 2]"), ("epochs", "1")):
+    for key, value in (
+        *(("optimizers", "[sgd]"), ("workloads", "[mlp]"), ("lr_grid", "[0.01]"), ("tune_seeds", "[0]")),
+        *(("judge_seeds", "[1, 2]"), ("epochs", "1")),
+    ):
         text = re.sub(rf"(?m)^{key}: [^#\n]*", f"{key}: {value} ", text)
     preset.write_text(text.replace("mlp: [0.95, 0.97]", "mlp: [0.5]"))
     data_config = root / "conf" / "data" / "mnist.yaml"

@@ -35,7 +35,8 @@ def workload(tuned: dict[str, list[float | None] | None]) -> results.WorkloadRes
     for name, accuracies in tuned.items():
         judged = runs(name, accuracies) if accuracies is not None else []
         best = 0.1 if accuracies is not None else None
-        selection = Selection(name, "mlp", best, {0.1: 0.9 if best else None, 1.0: None}, [1.0])
+        scores = {0.1: 0.9 if best else None, 1.0: None}
+        selection = Selection(name, "mlp", best, scores, {1.0: 1}, {0: scores}, {0: best})
         optimizers.append(results.OptimizerResult(name, selection, 0.1, [], judged, judged))
     everything = [run for r in optimizers for run in r.tuned]
     comparison = replicates.compare(everything, correction=replicates.HOLM)
@@ -108,14 +109,26 @@ def test_epochs_to_target_counts_misses_as_infinite_median_and_fraction_reached(
     assert results.epochs_cell([]) == "n/a"
 
 
-def test_budget_curve_ends_at_the_grid_best_and_draws_without_a_band(tmp_path) -> None:
+def test_budget_curve_ends_at_the_grid_best_and_its_band_spans_the_tuning_studies(tmp_path) -> None:
     from src.analysis import plots
 
     w = workload({"adam": [0.975, 0.976, 0.974, 0.977, 0.975], "broken": None})
     curves = results.budget_curves(w)
-    # adam's grid: lr 0.1 scored 0.9, lr 1 diverged (a failed draw scores 0)
-    assert curves["adam"] == {"budget": [1, 2], "expected": pytest.approx([0.45, 0.9])}
+    # adam's one study: lr 0.1 scored 0.9, lr 1 diverged (a failed draw scores 0); one study, no spread
+    assert curves["adam"] == {"budget": [1, 2], "expected": pytest.approx([0.45, 0.9])} | {
+        "low": pytest.approx([0.45, 0.9]),
+        "high": pytest.approx([0.45, 0.9]),
+    }
     assert curves["broken"]["expected"] == [0.0, 0.0]
+    # two studies: (0.9, diverged) and (0.8, 0.6): per study k=1 gives 0.45 and 0.7, k=2 their bests 0.9 and 0.8
+    studies = {1: {0.1: 0.9, 1.0: None}, 2: {0.1: 0.8, 1.0: 0.6}}
+    w.optimizers[0].selection = Selection(
+        "adam", "mlp", 0.1, {0.1: 0.85, 1.0: None}, {1.0: 1}, studies, {1: 0.1, 2: 0.1}
+    )
+    curves = results.budget_curves(w)
+    assert curves["adam"]["expected"] == pytest.approx([(0.45 + 0.7) / 2, (0.9 + 0.8) / 2])
+    assert (curves["adam"]["low"], curves["adam"]["high"]) == (pytest.approx([0.45, 0.8]), pytest.approx([0.7, 0.9]))
     path = tmp_path / "budget.png"
-    plots.budget_curves([("mlp", [plots.BudgetCurve(o, c["budget"], c["expected"]) for o, c in curves.items()])], path)
+    panel = [plots.BudgetCurve(o, c["budget"], c["expected"], c["low"], c["high"]) for o, c in curves.items()]
+    plots.budget_curves([("mlp", panel)], path, "band: lowest to highest of 2 tuning studies")
     assert path.stat().st_size > 0

@@ -153,6 +153,7 @@ ACCEPTED = [
     ("adadelta",),
     ("ftrl",),
     ("rmsprop", "optimizer.centered=true", "optimizer.momentum=0.5"),
+    ("adagrad", "model=logreg", "model.hidden_units=[]"),  # the fair protocol's other workload (SMALL sets [8])
 ]
 
 

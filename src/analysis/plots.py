@@ -207,9 +207,12 @@ class BudgetCurve:
     high: Sequence[float] | None = None
 
 
-def budget_curves(panels: Sequence[tuple[str, Sequence[BudgetCurve]]], path: Path) -> None:
+def budget_curves(
+    panels: Sequence[tuple[str, Sequence[BudgetCurve]]], path: Path, band_label: str = "band: 95 %"
+) -> None:
     """Expected best validation accuracy against the number of learning rates drawn without replacement from
-    the grid (Tang et al. 2020), one line per optimizer (and its band when it has one), one panel per workload."""
+    the grid (Tang et al. 2020), one line per optimizer (and its band when it has one, named in the legend by
+    `band_label`), one panel per workload."""
     from matplotlib.ticker import MaxNLocator
 
     pyplot = _pyplot()
@@ -228,7 +231,7 @@ def budget_curves(panels: Sequence[tuple[str, Sequence[BudgetCurve]]], path: Pat
         axes.set_ylabel("expected best validation accuracy")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         axes.grid(alpha=0.3)
-        legend = "optimizer (band: 95 %)" if banded else "optimizer"
+        legend = f"optimizer ({band_label})" if banded else "optimizer"
         axes.legend(title=legend, title_fontsize=8, fontsize=8, loc="lower right")
     save_figure_atomic(figure, path, dpi=110)
     pyplot.close(figure)

@@ -1,8 +1,10 @@
 """The protocol's two training phases for one optimizer x workload, and the rule between them.
 
-- tune: one trial per learning rate of the grid, all with the same seed and epochs (an equal budget);
-- select: the learning rate whose trial ends with the highest validation accuracy. A diverged trial is a
-  reported outcome ("diverged at lr 1"), never the winner; when every trial diverged there is none;
+- tune: one study per tuning seed, each one trial per learning rate of the grid, all with the same epochs
+  (an equal budget);
+- select (selection.py): the learning rate with the highest mean final validation accuracy over the studies,
+  among the rates that worked in every study. A diverged trial is a reported outcome ("diverged at lr 1"),
+  never the winner; when no rate worked in every study there is none;
 - judge: every judge seed at the selected learning rate and at Keras' default one (the one-shot row),
   so the report can say how much of a gap was the default. When they coincide, the runs are shared.
 """
@@ -45,7 +47,8 @@ def engine(protocol: Protocol) -> Engine:
 def tune(protocol: Protocol, base: DictConfig, optimizer: str, workload: str) -> list[dict[str, Any]]:
     """Train the grid's trials that are not trained yet; return every trial's record."""
     context = trial_runs.open_context(base, optimizer, workload)
-    print(f"tune {optimizer} on {workload}: {len(protocol.lr_grid)} learning rates, seed {protocol.tune_seed}")
+    studies = f"{len(protocol.tune_seeds)} studies (seeds {', '.join(map(str, protocol.tune_seeds))})"
+    print(f"tune {optimizer} on {workload}: {len(protocol.lr_grid)} learning rates x {studies}")
     trials = tune_trials(protocol, optimizer, workload)
     return trial_runs.train_trials(trials, base, context, protocol.trials_dir, engine(protocol))
 
@@ -63,8 +66,7 @@ def tuned(protocol: Protocol, base: DictConfig, optimizer: str, workload: str, d
                 f" `python -m src.fair tune {optimizer} {workload}` (or `dvc repro fair/dvc.yaml`) first"
             )
         records.append(record)
-    best, scores, diverged = select(records)
-    return Selection(optimizer, workload, best, scores, diverged)
+    return select(records, optimizer, workload)
 
 
 def judge(protocol: Protocol, base: DictConfig, optimizer: str, workload: str) -> list[dict[str, Any]]:
@@ -73,8 +75,9 @@ def judge(protocol: Protocol, base: DictConfig, optimizer: str, workload: str) -
     selection = tuned(protocol, base, optimizer, workload, context.data_sha256)
     default = default_learning_rate(base)
     rates = [rate for rate in (selection.best_lr, default) if rate is not None]
-    chosen = "none (every trial diverged)" if selection.best_lr is None else lr_text(selection.best_lr)
-    print(f"judge {optimizer} on {workload}: tuned lr {chosen}, default lr {lr_text(default)}", end="")
+    chosen = "none (no rate worked in every study)" if selection.best_lr is None else lr_text(selection.best_lr)
+    print(f"judge {optimizer} on {workload}: tuned lr {chosen} ({selection.stability_text()} agree),", end="")
+    print(f" default lr {lr_text(default)}", end="")
     print(f"; {selection.diverged_text()}" if selection.diverged else "", flush=True)
     trials = judge_trials(protocol, optimizer, workload, rates)
     return trial_runs.train_trials(trials, base, context, protocol.trials_dir, engine(protocol))

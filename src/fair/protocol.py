@@ -43,7 +43,7 @@ class Protocol:
     optimizers: tuple[str, ...]
     workloads: tuple[str, ...]
     lr_grid: tuple[float, ...]
-    tune_seed: int
+    tune_seeds: tuple[int, ...]
     epochs: int
     batch_size: int
     judge_seeds: tuple[int, ...]
@@ -82,13 +82,24 @@ def read_protocol(fair: Mapping[str, Any]) -> Protocol:
     elif len({float(lr) for lr in grid}) != len(grid):
         check.fail("fair.lr_grid", grid, "a learning rate is listed twice; list each once")
     seeds = fair.get("judge_seeds")
-    problem = seed_problem(seeds) if isinstance(seeds, list) else "is not a list"
-    if problem or len(seeds) < 2:
-        why = problem or "holds fewer than 2 seeds (one seed resolves nothing)"
+    judge_problem = seed_problem(seeds) if isinstance(seeds, list) else "is not a list"
+    if judge_problem or len(seeds) < 2:
+        why = judge_problem or "holds fewer than 2 seeds (one seed resolves nothing)"
         check.fail("fair.judge_seeds", seeds, f"{why}; use at least 2 distinct integers >= 0, e.g. [1, 2, 3, 4, 5]")
+    tune_seeds = fair.get("tune_seeds")
+    tune_problem = seed_problem(tune_seeds) if isinstance(tune_seeds, list) else "is not a list"
+    if tune_problem:
+        check.fail("fair.tune_seeds", tune_seeds, f"{tune_problem}; use distinct integers >= 0, one per tuning study")
+    elif not judge_problem and (shared := sorted(set(tune_seeds) & set(seeds))):
+        check.fail(
+            "fair.tune_seeds",
+            tune_seeds,
+            f"shares {', '.join(map(str, shared))} with fair.judge_seeds; judging on a tuning seed would score the"
+            " selection on the data it was chosen on: use seeds disjoint from fair.judge_seeds",
+        )
     if fair.get("engine") not in ENGINES:
         check.fail("fair.engine", fair.get("engine"), f"use one of {', '.join(ENGINES)}")
-    for key, minimum in (("tune_seed", 0), ("epochs", 1), ("batch_size", 1), ("memory_budget_mb", 1)):
+    for key, minimum in (("epochs", 1), ("batch_size", 1), ("memory_budget_mb", 1)):
         check.integer(f"fair.{key}", fair.get(key), minimum)
     targets = fair.get("targets")
     chosen: dict[str, tuple[float, ...]] = {}
@@ -111,7 +122,7 @@ def read_protocol(fair: Mapping[str, Any]) -> Protocol:
         optimizers=optimizers,
         workloads=workloads,
         lr_grid=tuple(sorted(float(lr) for lr in grid)),
-        tune_seed=int(fair["tune_seed"]),
+        tune_seeds=tuple(tune_seeds),
         epochs=int(fair["epochs"]),
         batch_size=int(fair["batch_size"]),
         judge_seeds=tuple(seeds),
@@ -216,7 +227,8 @@ def phase_dir(trials_dir: Path, workload: str, optimizer: str, phase: str) -> Pa
 
 
 def tune_trials(protocol: Protocol, optimizer: str, workload: str) -> list[Trial]:
-    return [Trial(TUNE, workload, optimizer, lr, protocol.tune_seed) for lr in protocol.lr_grid]
+    """Every tuning study (one per tuning seed) is the whole grid: an equal budget per study."""
+    return [Trial(TUNE, workload, optimizer, lr, seed) for seed in protocol.tune_seeds for lr in protocol.lr_grid]
 
 
 def judge_trials(protocol: Protocol, optimizer: str, workload: str, learning_rates: Sequence[float]) -> list[Trial]:

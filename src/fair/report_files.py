@@ -9,7 +9,6 @@ from typing import Any
 
 from src.analysis import plots, stats
 from src.analysis import tables as replicate_tables
-from src.analysis.replicates import FINISHED
 from src.fair import protocol as fair
 from src.fair.results import (
     FAILURE_SCORE,
@@ -38,17 +37,22 @@ SUMMARY_HEADER = (
     *("tuned_failed", "default_failed", "judged_seeds"),
 )
 RUN_HEADER = ("workload", "optimizer", "lr_choice", "learning_rate", "seed", "test_accuracy", "final_val_accuracy")
-TRIAL_HEADER = ("workload", "optimizer", "learning_rate", "final_val_accuracy", "status", "run_id")
+TRIAL_HEADER = ("workload", "optimizer", "learning_rate", "seed", "final_val_accuracy", "status", "run_id")
 
 
 def protocol_lines(settings: fair.Protocol, train_seconds: float) -> list[str]:
     grid = ", ".join(map(fair.lr_text, settings.lr_grid))
     seeds = ", ".join(map(str, settings.judge_seeds))
+    tune_seeds = ", ".join(map(str, settings.tune_seeds))
     return [
-        f"Tuning: every optimizer tried each of the {len(settings.lr_grid)} learning rates {grid}, for"
-        f" {settings.epochs} epochs at batch {settings.batch_size} with seed {settings.tune_seed} (the same"
-        " budget for all); the learning rate with the highest final validation accuracy was selected. The test"
-        " set is not touched in tuning. A diverged trial is reported, never selected.",
+        f"Tuning: every optimizer ran {len(settings.tune_seeds)} tuning studies (seeds {tune_seeds}), each"
+        f" trying all {len(settings.lr_grid)} learning rates {grid} for {settings.epochs} epochs at batch"
+        f" {settings.batch_size} (the same budget for all); the learning rate with the highest mean final"
+        " validation accuracy over the studies was selected, among those that worked in every study. The test"
+        " set is not touched in tuning. A diverged trial is reported, never selected. Selection noise: the"
+        " table says how many studies would have picked the same rate alone; the judged intervals hold the judge"
+        " seeds' noise at the selected rate, not the selection's (a rate that fewer studies agree on is a less"
+        " certain choice, whatever its interval).",
         f"Judging: each optimizer at its tuned learning rate and at Keras' default one (the one-shot row), with"
         f" seeds {seeds}, the same epochs and batch size, no early stopping; test accuracy of the final weights"
         " on the 10000 test images. The one-shot row is trained here, at the protocol's budget, not copied from"
@@ -89,7 +93,8 @@ def markdown(settings: fair.Protocol, results: Sequence[WorkloadResult], train_s
         "![validation accuracy per epoch at each optimizer's tuned learning rate, mean ± 1 std](curves.png)",
         "",
         "![expected best validation accuracy of k learning rates drawn without replacement from the grid: at"
-        " k = N the grid's best; one tuning seed, so no band of seed noise](budget.png)",
+        " k = N the grid's best; mean over the tuning studies, the band from the lowest to the highest"
+        " study](budget.png)",
         "",
     ]
     if len(results) > 1:
@@ -113,13 +118,17 @@ def run_rows(results: Sequence[WorkloadResult]) -> list[list[Any]]:
 
 
 def trial_rows(results: Sequence[WorkloadResult]) -> list[list[Any]]:
-    """trials.csv and lr_sensitivity.json: every tuning trial."""
+    """trials.csv: every tuning trial of every study."""
     return [
-        [w.workload, r.optimizer, t["learning_rate"], t["metrics"].get("final_val_accuracy"), t["status"], t["run_id"]]
+        [w.workload, r.optimizer, t["learning_rate"], t["seed"], t["metrics"].get("final_val_accuracy"), *_ended(t)]
         for w in results
         for r in w.optimizers
         for t in r.trials
     ]
+
+
+def _ended(trial: Mapping[str, Any]) -> list[Any]:
+    return [trial["status"], trial["run_id"]]
 
 
 def summary_rows(workload: WorkloadResult) -> list[list[Any]]:
@@ -178,18 +187,21 @@ def write(
     write_json(
         folder / "lr_sensitivity.json",
         [
-            {"workload": w, "optimizer": o, "learning_rate": lr, "final_val_accuracy": _plotted(v, status)}
-            | {"status": status}
-            for w, o, lr, v, status, _ in trial_rows(results)
+            {"workload": w.workload, "optimizer": r.optimizer, "learning_rate": lr, "final_val_accuracy": v or 0.0}
+            | {"worked_in_every_study": v is not None}
+            for w in results
+            for r in w.optimizers
+            for lr, v in r.selection.scores.items()
         ],
     )
     write_json(
         folder / "budget.json",
         [
             {"workload": w, "optimizer": o, "trials": k, "expected_best_val_accuracy": e}
+            | {"lowest_study": low, "highest_study": high}
             for w, per in curves.items()
             for o, c in per.items()
-            for k, e in zip(c["budget"], c["expected"], strict=True)
+            for k, e, low, high in zip(c["budget"], c["expected"], c["low"], c["high"], strict=True)
         ],
     )
     draw(settings, results, curves)
@@ -206,7 +218,7 @@ def draw(settings: fair.Protocol, results: Sequence[WorkloadResult], curves: Map
     folder = settings.report_dir
     panels = [
         (
-            f"{w.workload}: tuning trials ({settings.epochs} epochs, seed {settings.tune_seed})",
+            f"{w.workload}: tuning ({settings.epochs} epochs, mean of {len(settings.tune_seeds)} studies)",
             [
                 plots.LrCurve(
                     r.optimizer,
@@ -236,17 +248,13 @@ def draw(settings: fair.Protocol, results: Sequence[WorkloadResult], curves: Map
     budget_panels = [
         (
             f"{workload}: expected best of k learning rates drawn from the grid",
-            [plots.BudgetCurve(o, c["budget"], c["expected"]) for o, c in per.items()],
+            [plots.BudgetCurve(o, c["budget"], c["expected"], c["low"], c["high"]) for o, c in per.items()],
         )
         for workload, per in curves.items()
     ]
-    plots.budget_curves(budget_panels, folder / "budget.png")
+    band = f"band: lowest to highest of {len(settings.tune_seeds)} tuning studies"
+    plots.budget_curves(budget_panels, folder / "budget.png", band)
     if len(results) > 1:
         fractions = stats.performance_profile(profile_costs(results), TAUS)
         title = "Performance profile: epochs to each workload's last target (median over seeds)"
         plots.performance_profile(TAUS, fractions, title, folder / "profile.png")
-
-
-def _plotted(value: float | None, status: str) -> float:
-    """A tuning trial's point in the DVC plot: 0 for a diverged or unscored one, as the PNG draws it."""
-    return 0.0 if value is None or status != FINISHED else value

@@ -49,7 +49,7 @@ def _params(settings: fair.Protocol) -> dict[str, str]:
         "optimizers": ",".join(settings.optimizers),
         "workloads": ",".join(settings.workloads),
         "lr_grid": ",".join(map(fair.lr_text, settings.lr_grid)),
-        "tune_seed": str(settings.tune_seed),
+        "tune_seeds": ",".join(map(str, settings.tune_seeds)),
         "epochs": str(settings.epochs),
         "batch_size": str(settings.batch_size),
         "judge_seeds": ",".join(map(str, settings.judge_seeds)),

@@ -104,8 +104,8 @@ def collect(settings: fair.Protocol, bases: Mapping[tuple[str, str], DictConfig]
         per_optimizer = []
         for optimizer in settings.optimizers:
             trials = _records(settings, fair.tune_trials(settings, optimizer, workload))
-            best, scores, diverged = select(trials)
-            selection = Selection(optimizer, workload, best, scores, diverged)
+            selection = select(trials, optimizer, workload)
+            best = selection.best_lr
             default_lr = fair.default_learning_rate(bases[(optimizer, workload)])
             rates = [rate for rate in (best, default_lr) if rate is not None]
             judged = _records(settings, fair.judge_trials(settings, optimizer, workload, rates))
@@ -189,6 +189,7 @@ def summary_table(workload: WorkloadResult) -> tuple[list[str], list[list[str]]]
     """The per-optimizer table of fair.md (accuracies in %, a failed run at FAILURE_SCORE)."""
     failure = f"{FAILURE_SCORE * 100:g} %"
     header = ["optimizer", "default lr", "test acc % at default lr", "failed at default lr", "tuned lr"]
+    header += ["tuning studies that pick it alone"]
     header += ["failed at tuned lr", f"tuned test acc % (a failure = {failure})", "95 % CI", "rank"]
     header += ["gain from tuning (95 % CI)", *(f"epochs to {t * 100:g} % val" for t in workload.targets)]
     header += ["tuning trials diverged"]
@@ -201,7 +202,8 @@ def summary_table(workload: WorkloadResult) -> tuple[list[str], list[list[str]]]
         row = [name, fair.lr_text(result.default_lr), _mean_std(default, name), default.failed_text(name)]
         best = result.selection.best_lr
         tuned_lr = "none: no working rate on the grid" if best is None else fair.lr_text(best)
-        row += [tuned_lr + (" (grid edge)" if at_grid_edge(result) else ""), tuned.failed_text(name)]
+        row += [tuned_lr + (" (grid edge)" if at_grid_edge(result) else ""), result.selection.stability_text()]
+        row += [tuned.failed_text(name)]
         row += [_mean_std(tuned, name), interval, tuned.rank_text(name), gain_cell(workload, result)]
         row += [epochs_cell(judged_epochs(workload, result, target)) for target in workload.targets]
         row += [result.selection.diverged_text()]
@@ -242,14 +244,22 @@ def ranking_lines(workload: WorkloadResult) -> list[str]:
 def budget_curves(workload: WorkloadResult) -> dict[str, dict[str, list[float]]]:
     """Per optimizer, the expected best final validation accuracy of k = 1 … N learning rates drawn without
     replacement from its N-rate grid (stats.expected_max, Tang et al. 2020): at k = N it is the grid's best.
-    A diverged trial scores 0: it is a draw that failed. No band: the grid was tuned with one seed, so the
-    curve holds no seed noise, and resampling its N fixed scores would not add any (a band needs repeated
-    tuning studies)."""
+    Computed per tuning study; the curve is their mean and the band their range (lowest to highest study), the
+    seed noise of a whole tuning study. A diverged trial scores 0: it is a draw that failed."""
     curves = {}
     for result in workload.optimizers:
-        scores = [0.0 if value is None else value for value in result.selection.scores.values()]
-        budgets = list(range(1, len(scores) + 1))
-        curves[result.optimizer] = {"budget": budgets, "expected": [stats.expected_max(scores, k) for k in budgets]}
+        per_study = [
+            [0.0 if value is None else value for value in study.values()] for study in result.selection.studies.values()
+        ]
+        budgets = list(range(1, max(map(len, per_study), default=0) + 1))
+        expected = [[stats.expected_max(scores, k) for k in budgets] for scores in per_study]
+        columns = list(zip(*expected, strict=True)) if expected else []
+        curves[result.optimizer] = {
+            "budget": budgets,
+            "expected": [statistics.fmean(column) for column in columns],
+            "low": [min(column) for column in columns],
+            "high": [max(column) for column in columns],
+        }
     return curves
 
 

@@ -221,11 +221,13 @@ def _check_callback(check: ConfigCheck, name: str, callback: Mapping[str, Any]) 
 
 
 def _check_model(check: ConfigCheck, model: Mapping[str, Any]) -> None:
-    for key in ("hidden_units", "filters"):
+    # hidden_units may be empty (no hidden layer: logistic regression, conf/model/logreg.yaml); filters may not
+    for key, what in (("hidden_units", "a list of integers >= 1, e.g. [128] ([]: none)"), ("filters", None)):
         if key in model:
             units = model[key]
-            if not isinstance(units, list) or not units or not all(is_integer(u) and u >= 1 for u in units):
-                check.fail(f"model.{key}", units, "use a non-empty list of integers >= 1, e.g. [128]")
+            valid = isinstance(units, list) and all(is_integer(u) and u >= 1 for u in units)
+            if not valid or not (units or what):
+                check.fail(f"model.{key}", units, f"use {what or 'a non-empty list of integers >= 1, e.g. [32, 64]'}")
     if "kernel_size" in model:
         check.integer("model.kernel_size", model["kernel_size"], 1)
     if "dropout" in model:
