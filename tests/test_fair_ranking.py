@@ -22,7 +22,7 @@ def runs(optimizer: str, accuracies: list[float | None], lr: float = 0.1) -> lis
             "FINISHED" if value is not None else replicates.DIVERGED,
             {"test_accuracy": value if value is not None else 0.99},  # a diverged run's number never counts
             values={"optimizer": optimizer, "learning_rate": lr},
-            history={"val_accuracy": [0.5, 0.9] if value is not None else [0.5, 0.95]},
+            history={"val_accuracy": [0.5, 0.9] if value is not None else [0.5, 0.95], "epoch_seconds": [1.0, 1.0]},
         )
         for seed, value in zip(SEEDS, accuracies, strict=True)
     ]
@@ -66,7 +66,10 @@ def test_an_optimizer_that_diverged_on_3_of_5_seeds_is_not_declared_best_with_n_
     row = dict(zip(header, rows[0], strict=True))
     assert row["failed at tuned lr"].startswith("3 of 5")
     assert row["tuned test acc % (a failure = 10 %)"] == "45.60 ± 48.75"  # sqrt((2 · 0.534² + 3 · 0.356²) / 4)
-    assert row["epochs to 80 % val"] == "median ∞, reached 2 of 5"  # the diverged runs never reach it
+    header, rows = results.speed_table(w)
+    speed = dict(zip(header, rows[0], strict=True))
+    assert speed["epochs to 80 % val"] == "median ∞, reached 2 of 5"  # the diverged runs never reach it
+    assert speed["seconds to 80 % val"] == "median ∞, reached 2 of 5"
 
 
 def test_all_pairs_verdicts_and_ties_in_the_report_lines() -> None:

@@ -60,6 +60,22 @@ def test_performance_profile_by_hand() -> None:
     assert profile["c"] == pytest.approx([1 / 3, 1 / 3, 1 / 3, 1 / 3])
 
 
+def test_profile_score_by_hand_is_the_area_under_the_profile() -> None:
+    """AlgoPerf's score over the same three problems: a's ratios 1, 2, failed: (3/3 + 2/3 + 0) / 3; b's 2, 1,
+    failed: the same; c's failed, 1, failed: 1/3. And it is the profile's area from 1 to r_max, over r_max - 1."""
+    costs = {"p1": {"a": 2, "b": 4, "c": INF}, "p2": {"a": 6, "b": 3, "c": 3}, "p3": {"a": INF, "b": INF, "c": INF}}
+    scores = stats.profile_scores(costs, r_max=4.0)
+    assert scores == pytest.approx({"a": 5 / 9, "b": 5 / 9, "c": 1 / 3})
+    taus = [1 + step / 10000 for step in range(30001)]  # 1 ... 4, fine enough for the step function
+    profile = stats.performance_profile(costs, taus)
+    for method, fractions in profile.items():
+        steps = zip(taus, taus[1:], fractions, fractions[1:], strict=False)  # consecutive pairs: one shorter
+        area = sum((t1 - t0) * (f0 + f1) / 2 for t0, t1, f0, f1 in steps)
+        assert area / 3 == pytest.approx(scores[method], abs=1e-3)
+    with pytest.raises(ValueError, match="r_max"):
+        stats.profile_scores(costs, r_max=1.0)
+
+
 def test_performance_profile_counts_a_missing_method_as_failed() -> None:
     profile = stats.performance_profile({"p1": {"a": 1}, "p2": {"a": 1, "b": 2}}, [1, 2, 3])
     assert profile == {"a": [1.0, 1.0, 1.0], "b": [0.0, 0.5, 0.5]}

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -280,12 +281,9 @@ def expected_max(scores: Sequence[float], budget: int) -> float:
     return math.fsum(v * math.comb(i - 1, budget - 1) / subsets for i, v in enumerate(values, start=1))
 
 
-def performance_profile(costs: Mapping[str, Mapping[str, float]], taus: Sequence[float]) -> dict[str, list[float]]:
-    """Dolan & Moré's (2002) performance profile: for each method, at each τ, the fraction of problems on
-    which its cost is within a factor τ of the best method's cost on that problem.
-
-    `costs[problem][method]`: lower is better (e.g. epochs to reach a target); inf (or absent) means it
-    failed, and a failure is within no factor. A problem no method solved counts as failed for all."""
+def performance_ratios(costs: Mapping[str, Mapping[str, float]]) -> dict[str, list[float]]:
+    """Per method, its cost over the best method's on each problem (1 for the best; inf when it failed, or when
+    no method solved the problem). `costs[problem][method]`: lower is better; inf or absent: failed."""
     methods = list(dict.fromkeys(method for per_problem in costs.values() for method in per_problem))
     ratios: dict[str, list[float]] = {method: [] for method in methods}
     for per_problem in costs.values():
@@ -296,5 +294,30 @@ def performance_profile(costs: Mapping[str, Mapping[str, float]], taus: Sequence
                 ratios[method].append(math.inf)
             else:
                 ratios[method].append(1.0 if cost == best else (cost / best if best > 0 else math.inf))
+    return ratios
+
+
+def performance_profile(costs: Mapping[str, Mapping[str, float]], taus: Sequence[float]) -> dict[str, list[float]]:
+    """Dolan & Moré's (2002) performance profile: for each method, at each τ, the fraction of problems on
+    which its cost is within a factor τ of the best method's cost on that problem.
+
+    `costs[problem][method]`: lower is better (e.g. epochs to reach a target); inf (or absent) means it
+    failed, and a failure is within no factor. A problem no method solved counts as failed for all."""
+    ratios = performance_ratios(costs)
     problems = len(costs)
-    return {method: [sum(r <= tau for r in ratios[method]) / problems for tau in taus] for method in methods}
+    return {method: [sum(r <= tau for r in values) / problems for tau in taus] for method, values in ratios.items()}
+
+
+def profile_scores(costs: Mapping[str, Mapping[str, float]], r_max: float = 4.0) -> dict[str, float]:
+    """AlgoPerf's benchmark score: the area under a method's performance profile from τ = 1 to r_max, over
+    r_max - 1, so in [0, 1]: 1 when it is the fastest on every problem, 0 when it is never within r_max of the
+    fastest. Exact for the step-shaped profile: a problem with ratio r adds (r_max - r) / (r_max - 1)."""
+    if r_max <= 1:
+        raise ValueError(f"r_max={r_max}: must be > 1")
+    ratios = performance_ratios(costs)
+    return {
+        method: statistics.fmean([max(0.0, r_max - r) / (r_max - 1) if math.isfinite(r) else 0.0 for r in values])
+        if values
+        else 0.0
+        for method, values in ratios.items()
+    }

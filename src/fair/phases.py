@@ -63,7 +63,7 @@ def tuned(protocol: Protocol, base: DictConfig, optimizer: str, workload: str, d
         if record is None:
             raise ConfigError(
                 f"no finished tuning trial {trial.name} of {optimizer} on {workload} for this config: run"
-                f" `python -m src.fair tune {optimizer} {workload}` (or `dvc repro fair/dvc.yaml`) first"
+                f" `python -m src.fair optimizer {optimizer}` (or `dvc repro fair/dvc.yaml`) first"
             )
         records.append(record)
     return select(records, optimizer, workload)

@@ -160,18 +160,22 @@ def compose(overrides: Sequence[str], optimizer: str | None = None, workload: st
 
 
 def load(
-    overrides: Sequence[str], only: tuple[str, str] | None = None
+    overrides: Sequence[str], only: tuple[str, str] | str | None = None
 ) -> tuple[Protocol, dict[tuple[str, str], DictConfig]]:
     """The protocol and its optimizer x workload training configs, all validated: a bad value stops the
-    protocol before its first trial. `only` (optimizer, workload): that pair's config alone (a DVC stage)."""
+    protocol before its first trial. `only`: an optimizer (its configs on every workload: a DVC stage) or one
+    (optimizer, workload) pair."""
     settings = read_protocol(OmegaConf.to_container(compose(overrides)[GROUP], resolve=True))
     pairs = [(optimizer, workload) for workload in settings.workloads for optimizer in settings.optimizers]
-    if only is not None and only not in pairs:
-        raise ConfigError(
-            f"{' '.join(only)} is not in the protocol: fair.optimizers={list(settings.optimizers)},"
-            f" fair.workloads={list(settings.workloads)}"
-        )
-    return settings, {pair: training_config(settings, overrides, *pair) for pair in ([only] if only else pairs)}
+    if only is not None:
+        chosen = [pair for pair in pairs if pair == only or pair[0] == only]
+        if not chosen:
+            raise ConfigError(
+                f"{only if isinstance(only, str) else ' '.join(only)} is not in the protocol:"
+                f" fair.optimizers={list(settings.optimizers)}, fair.workloads={list(settings.workloads)}"
+            )
+        pairs = chosen
+    return settings, {pair: training_config(settings, overrides, *pair) for pair in pairs}
 
 
 def training_config(protocol: Protocol, overrides: Sequence[str], optimizer: str, workload: str) -> DictConfig:
@@ -209,7 +213,7 @@ class Trial:
     seed: int
 
     def folder(self, trials_dir: Path) -> Path:
-        """`<trials_dir>/<workload>/<optimizer>/<phase>/lr<lr>-seed<seed>`: one folder per trial."""
+        """`<trials_dir>/<optimizer>/<workload>/<phase>/lr<lr>-seed<seed>`: one folder per trial."""
         return phase_dir(trials_dir, self.workload, self.optimizer, self.phase) / self.name
 
     @property
@@ -222,8 +226,9 @@ class Trial:
 
 
 def phase_dir(trials_dir: Path, workload: str, optimizer: str, phase: str) -> Path:
-    """The folder of one optimizer x workload's phase: a DVC stage's output (fair/dvc.yaml)."""
-    return trials_dir / workload / optimizer / phase
+    """The folder of one optimizer x workload's phase, under the optimizer's folder: the output of its DVC
+    stage (optimizer@<optimizer>, fair/dvc.yaml)."""
+    return trials_dir / optimizer / workload / phase
 
 
 def tune_trials(protocol: Protocol, optimizer: str, workload: str) -> list[Trial]:

@@ -13,11 +13,14 @@ from src.fair import protocol as fair
 from src.fair.results import (
     FAILURE_SCORE,
     WorkloadResult,
+    answer_lines,
     edge_lines,
     epochs_to_target,
     gain,
     profile_costs,
+    profile_score_lines,
     ranking_lines,
+    speed_table,
     summary_table,
 )
 from src.infra.files import markdown_table, write_text_atomic
@@ -72,9 +75,12 @@ def protocol_lines(settings: fair.Protocol, train_seconds: float) -> list[str]:
 
 
 def markdown(settings: fair.Protocol, results: Sequence[WorkloadResult], train_seconds: float) -> str:
-    text = ["# A fair comparison of optimizers on MNIST", "", *protocol_lines(settings, train_seconds), ""]
+    text = ["# A fair comparison of optimizers on MNIST", "", "## The answer", "", *answer_lines(results), ""]
+    text += ["## The protocol", "", *protocol_lines(settings, train_seconds), ""]
     for workload in results:
         text += [f"## {workload.workload}", "", markdown_table(*summary_table(workload)), ""]
+        text += ["### Speed to the validation targets (median over the judge seeds, a miss = ∞)", ""]
+        text += [markdown_table(*speed_table(workload)), ""]
         text += ["### Verdict (tuned)", "", *workload.tuned_ranking.verdict_lines(), ""]
         one_shot = workload.default_ranking.verdict_lines()
         text += ["### One-shot verdict (Keras' default learning rates)", "", *one_shot, ""]
@@ -98,7 +104,7 @@ def markdown(settings: fair.Protocol, results: Sequence[WorkloadResult], train_s
         "",
     ]
     if len(results) > 1:
-        text += ["![performance profile over the workloads](profile.png)", ""]
+        text += ["![performance profile over the workloads](profile.png)", "", *profile_score_lines(results), ""]
     return "\n".join(text)
 
 

@@ -89,9 +89,9 @@ def _records(settings: fair.Protocol, trials: Sequence[fair.Trial]) -> list[dict
     for trial in trials:
         record = read_record(trial.folder(settings.trials_dir))
         if record is None:
-            stage = f"{trial.phase} {trial.optimizer} {trial.workload}"
             raise ConfigError(
-                f"{trial.folder(settings.trials_dir)} has no finished trial: run `python -m src.fair {stage}`"
+                f"{trial.folder(settings.trials_dir)} has no finished trial: run `python -m src.fair optimizer"
+                f" {trial.optimizer}` (or `dvc repro fair/dvc.yaml`)"
             )
         found.append(record)
     return found
@@ -191,8 +191,7 @@ def summary_table(workload: WorkloadResult) -> tuple[list[str], list[list[str]]]
     header = ["optimizer", "default lr", "test acc % at default lr", "failed at default lr", "tuned lr"]
     header += ["tuning studies that pick it alone"]
     header += ["failed at tuned lr", f"tuned test acc % (a failure = {failure})", "95 % CI", "rank"]
-    header += ["gain from tuning (95 % CI)", *(f"epochs to {t * 100:g} % val" for t in workload.targets)]
-    header += ["tuning trials diverged"]
+    header += ["gain from tuning (95 % CI)", "tuning trials diverged"]
     tuned, default = workload.tuned_ranking, workload.default_ranking
     rows = []
     for result in workload.optimizers:
@@ -205,8 +204,54 @@ def summary_table(workload: WorkloadResult) -> tuple[list[str], list[list[str]]]
         row += [tuned_lr + (" (grid edge)" if at_grid_edge(result) else ""), result.selection.stability_text()]
         row += [tuned.failed_text(name)]
         row += [_mean_std(tuned, name), interval, tuned.rank_text(name), gain_cell(workload, result)]
-        row += [epochs_cell(judged_epochs(workload, result, target)) for target in workload.targets]
         row += [result.selection.diverged_text()]
+        rows.append(row)
+    return header, rows
+
+
+def seconds_to_target(run: replicates.Replicate, target: float) -> float | None:
+    """Training seconds until the end of the first epoch whose validation accuracy reached `target` (the
+    run's own `epoch_seconds`; a vectorized member's is its share of its program's epoch); None: never."""
+    history = run.history or {}
+    epoch = first_epoch_reaching(history.get("val_accuracy", []), target)
+    seconds = history.get("epoch_seconds", [])
+    if epoch is None or len(seconds) < epoch:
+        return None
+    return float(sum(seconds[:epoch]))
+
+
+def judged_seconds(workload: WorkloadResult, result: OptimizerResult, target: float) -> list[float | None]:
+    """Per judge seed of the tuned rate, the training seconds to `target`; a failed or missing run never got there."""
+    by_seed = {run.seed: run for run in result.tuned}
+    failed = workload.tuned_ranking.failures[result.optimizer]
+    return [
+        None if seed in failed or seed not in by_seed else seconds_to_target(by_seed[seed], target)
+        for seed in workload.tuned_ranking.scores[result.optimizer]
+    ]
+
+
+def seconds_cell(seconds: Sequence[float | None]) -> str:
+    """`median 2.1 s, reached 5 of 5`, as epochs_cell: a miss counts as infinitely slow."""
+    if not seconds:
+        return "n/a"
+    reached = sum(s is not None for s in seconds)
+    if not reached:
+        return f"not reached ({len(seconds)} of {len(seconds)})"
+    median = statistics.median([math.inf if s is None else s for s in seconds])
+    return f"median {'∞' if math.isinf(median) else f'{median:.2f} s'}, reached {reached} of {len(seconds)}"
+
+
+def speed_table(workload: WorkloadResult) -> tuple[list[str], list[list[str]]]:
+    """Per optimizer at its tuned rate: epochs and training seconds to each validation-accuracy target."""
+    header = ["optimizer"]
+    for target in workload.targets:
+        header += [f"epochs to {target * 100:g} % val", f"seconds to {target * 100:g} % val"]
+    rows = []
+    for result in workload.optimizers:
+        row = [result.optimizer]
+        for target in workload.targets:
+            row += [epochs_cell(judged_epochs(workload, result, target))]
+            row += [seconds_cell(judged_seconds(workload, result, target))]
         rows.append(row)
     return header, rows
 
@@ -274,6 +319,80 @@ def profile_costs(results: Sequence[WorkloadResult]) -> dict[str, dict[str, floa
             values = [float("inf") if e is None else float(e) for e in epochs]
             costs[workload.workload][result.optimizer] = statistics.median(values) if values else float("inf")
     return costs
+
+
+PROFILE_R_MAX = 4.0  # AlgoPerf's r_max: slower than 4x the fastest counts as not within reach
+
+
+def profile_score_lines(results: Sequence[WorkloadResult]) -> list[str]:
+    """The performance profile's integrated score per optimizer (AlgoPerf: area under the profile from 1 to
+    r_max, over r_max - 1), best first."""
+    scores = stats.profile_scores(profile_costs(results), PROFILE_R_MAX)
+    ranked = sorted(scores, key=lambda name: -scores[name])
+    return [
+        f"Score (area under the profile from τ = 1 to r_max = {PROFILE_R_MAX:g}, over r_max - 1; 1 = fastest"
+        f" on every workload, 0 = never within {PROFILE_R_MAX:g}x of the fastest): "
+        + ", ".join(f"{name} {scores[name]:.2f}" for name in ranked)
+        + f". Over {len(results)} workloads: a coarse summary, not a verdict.",
+    ]
+
+
+def _spread(ranking: replicates.Ranking) -> float:
+    means = [ranking.summary(name).mean for name in ranking.scores]
+    return (max(means) - min(means)) * 100 if means else 0.0
+
+
+def _resolved_text(ranking: replicates.Ranking) -> str:
+    pairs = [f"{d.best} > {d.setting}" for d in ranking.differences if d.resolved]
+    if not pairs:
+        return "no pair resolved"
+    return f"{len(pairs)} of {len(ranking.differences)} pairs resolved ({', '.join(pairs)})"
+
+
+def answer_lines(results: Sequence[WorkloadResult]) -> list[str]:
+    """Five lines a student can read first: what the data separate at the defaults and once tuned, per
+    workload; how much tuning mattered; how stable the tuning was; and who is fastest."""
+    lines = []
+    defaults = [
+        f"{w.workload}: {_spread(w.default_ranking):.1f} points, {_resolved_text(w.default_ranking)}" for w in results
+    ]
+    lines.append("1. **At Keras' default learning rates** the optimizers span " + "; ".join(defaults) + ".")
+    tuned = [f"{w.workload}: {_spread(w.tuned_ranking):.2f} points, {_resolved_text(w.tuned_ranking)}" for w in results]
+    lines.append(
+        "2. **Each at its tuned rate** they span " + "; ".join(tuned) + " (all pairs, Holm, failures counted)."
+    )
+    gains = []
+    for w in results:
+        measured = {r.optimizer: gain(w, r) for r in w.optimizers}
+        known = {name: g.diff for name, g in measured.items() if g is not None}
+        if known:
+            most, least = max(known, key=known.get), min(known, key=known.get)  # type: ignore[arg-type]
+            gains.append(
+                f"{w.workload}: most {most} ({known[most] * 100:+.2f} pp), least {least} ({known[least] * 100:+.2f} pp)"
+            )
+    lines.append("3. **Tuning mattered**: " + ("; ".join(gains) or "no tuned rate") + ".")
+    stable = []
+    for w in results:
+        shaky = [
+            f"{r.optimizer} ({r.selection.stability_text()})"
+            for r in w.optimizers
+            if r.selection.agreeing < len(r.selection.picks)
+        ]
+        stable.append(f"{w.workload}: " + (", ".join(shaky) if shaky else "every optimizer's studies agree"))
+    lines.append("4. **Tuning studies that pick another rate alone**: " + "; ".join(stable) + ".")
+    fastest = []
+    for w in results:
+        costs = profile_costs([w])[w.workload]
+        best = min(costs.values(), default=math.inf)
+        leaders = [name for name, cost in costs.items() if cost == best and math.isfinite(best)]
+        target = f"{w.targets[-1] * 100:g} %"
+        fastest.append(
+            f"{w.workload}: {', '.join(leaders)} ({best:g} epochs to {target})"
+            if leaders
+            else f"{w.workload}: nobody reaches {target}"
+        )
+    lines.append("5. **Fastest to the last target** (median epochs, a miss = ∞): " + "; ".join(fastest) + ".")
+    return lines
 
 
 def first_epoch_reaching(val_accuracy: Sequence[float | None], target: float) -> int | None:
