@@ -227,7 +227,7 @@ def budget_curves(
                 banded = True
         grid = max((len(curve.budgets) for curve in curves), default=0)
         axes.set_title(title, fontsize=10)
-        axes.set_xlabel(f"k: learning rates drawn at random, without replacement, from the {grid}-rate grid")
+        axes.set_xlabel(f"k: learning rates drawn at random, without\nreplacement, from the {grid}-rate grid")
         axes.set_ylabel("expected best validation accuracy")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         axes.grid(alpha=0.3)

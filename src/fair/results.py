@@ -343,10 +343,18 @@ def _spread(ranking: replicates.Ranking) -> float:
 
 
 def _resolved_text(ranking: replicates.Ranking) -> str:
-    pairs = [f"{d.best} > {d.setting}" for d in ranking.differences if d.resolved]
-    if not pairs:
-        return "no pair resolved"
-    return f"{len(pairs)} of {len(ranking.differences)} pairs resolved ({', '.join(pairs)})"
+    """`no pair resolved`; `2 of 10 pairs resolved (a > b, c > d)`; `9 of 10 pairs resolved, all but b vs c`;
+    `all 10 pairs resolved: a > b > c > d > e`: the shorter of the resolved and the unresolved lists."""
+    resolved = [d for d in ranking.differences if d.resolved]
+    total = len(ranking.differences)
+    if not resolved:
+        return f"no pair of {total} resolved"
+    if len(resolved) == total:
+        return f"all {total} pairs resolved: {' > '.join(ranking.order)}"
+    if 2 * len(resolved) <= total:
+        return f"{len(resolved)} of {total} pairs resolved ({', '.join(f'{d.best} > {d.setting}' for d in resolved)})"
+    open_pairs = [f"{d.best} vs {d.setting}" for d in ranking.differences if not d.resolved]
+    return f"{len(resolved)} of {total} pairs resolved, all but {', '.join(open_pairs)}"
 
 
 def answer_lines(results: Sequence[WorkloadResult]) -> list[str]:
@@ -374,12 +382,15 @@ def answer_lines(results: Sequence[WorkloadResult]) -> list[str]:
     stable = []
     for w in results:
         shaky = [
-            f"{r.optimizer} ({r.selection.stability_text()})"
+            f"{r.optimizer} {r.selection.stability_text()}"
             for r in w.optimizers
             if r.selection.agreeing < len(r.selection.picks)
         ]
         stable.append(f"{w.workload}: " + (", ".join(shaky) if shaky else "every optimizer's studies agree"))
-    lines.append("4. **Tuning studies that pick another rate alone**: " + "; ".join(stable) + ".")
+    lines.append(
+        "4. **Selection stability** (tuning studies that pick the selected rate on their own), where not all"
+        " agree: " + "; ".join(stable) + "."
+    )
     fastest = []
     for w in results:
         costs = profile_costs([w])[w.workload]
