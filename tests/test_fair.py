@@ -16,7 +16,8 @@ from mlflow.entities import ViewType
 
 from src.analysis.replicates import Replicate
 from src.fair import selection
-from src.fair.results import epochs_cell, seconds_cell, seconds_to_target
+from src.fair.report_text import epochs_cell, seconds_cell
+from src.fair.results import seconds_to_target
 from tests.conftest import run_main, store_with_tables
 
 OPTIMIZERS = ("sgd", "adam")
@@ -89,7 +90,7 @@ def test_every_run_is_a_tagged_child_of_one_finished_parent(protocol: Path) -> N
     assert not any("model_weights" in r.data.tags for r in tune)  # tuning keeps no model
     assert client.list_artifacts(tune[0].info.run_id) == []
     parent_files = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
-    assert {"fair.md", "summary.csv", "lr_sensitivity.png", "curves.png", "budget.png"} <= parent_files
+    assert {"fair.md", "summary.csv", "lr_sensitivity.png", "curves.png", "budget.png", "profile.png"} <= parent_files
     # sgd's default learning rate won or not: its default-lr runs are judged with both seeds either way
     sgd_default = [r for r in judge if r.data.tags["optimizer"] == "sgd" and r.data.tags["learning_rate"] == "0.01"]
     assert sorted(r.data.tags["seed"] for r in sgd_default) == ["1", "2"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from src.analysis import replicates
-from src.fair import results
+from src.fair import report_text, results
 from src.fair.report_files import summary_rows
 from src.fair.selection import Selection
 
@@ -62,11 +62,11 @@ def test_an_optimizer_that_diverged_on_3_of_5_seeds_is_not_declared_best_with_n_
     # adam vs sgd is resolved; flaky's spread (0.1 or 0.99) leaves it unseparated: a tie, not a winner
     assert ranking.rank_text("adam") == "1-2" and ranking.rank_text("flaky") == "1-3"
     assert not ranking.best_resolved
-    header, rows = results.summary_table(w)
+    header, rows = report_text.summary_table(w)
     row = dict(zip(header, rows[0], strict=True))
     assert row["failed at tuned lr"].startswith("3 of 5")
     assert row["tuned test acc % (a failure = 10 %)"] == "45.60 ± 48.75"  # sqrt((2 · 0.534² + 3 · 0.356²) / 4)
-    header, rows = results.speed_table(w)
+    header, rows = report_text.speed_table(w)
     speed = dict(zip(header, rows[0], strict=True))
     assert speed["epochs to 80 % val"] == "median ∞, reached 2 of 5"  # the diverged runs never reach it
     assert speed["seconds to 80 % val"] == "median ∞, reached 2 of 5"
@@ -87,12 +87,12 @@ def test_all_pairs_verdicts_and_ties_in_the_report_lines() -> None:
     pairs = [line for line in lines if line.startswith("- ") and " vs " in line]
     assert len(pairs) == 3 and all("paired t-test, Holm-adjusted p = " in line for line in pairs)
     assert "All 3 pairs compared by seed" in lines[-1]
-    assert results.ranking_lines(w)[1] == "- each at its tuned rate: a (rank 1-2), b (1-2), c (3)"
+    assert report_text.ranking_lines(w)[1] == "- each at its tuned rate: a (rank 1-2), b (1-2), c (3)"
 
 
 def test_an_optimizer_with_no_working_learning_rate_stays_in_the_table_as_failed() -> None:
     w = workload({"adam": [0.975, 0.976, 0.974, 0.977, 0.975], "broken": None})
-    header, rows = results.summary_table(w)
+    header, rows = report_text.summary_table(w)
     row = dict(zip(header, rows[1], strict=True))
     assert row["optimizer"] == "broken" and row["tuned lr"] == "none: no working rate on the grid"
     assert row["failed at tuned lr"].startswith("5 of 5 (seed 1: no run")
@@ -104,12 +104,12 @@ def test_an_optimizer_with_no_working_learning_rate_stays_in_the_table_as_failed
 
 
 def test_epochs_to_target_counts_misses_as_infinite_median_and_fraction_reached() -> None:
-    assert results.epochs_cell([2, 3, None]) == "median 3, reached 2 of 3"  # median of 2, 3, ∞
-    assert results.epochs_cell([4, 4, None, None, None]) == "median ∞, reached 2 of 5"  # not "4.0 ± 0.0"
-    assert results.epochs_cell([2, 3, 3, 5]) == "median 3, reached 4 of 4"
-    assert results.epochs_cell([2, 3, 4, None]) == "median 3.5, reached 3 of 4"
-    assert results.epochs_cell([None, None]) == "not reached (2 of 2)"
-    assert results.epochs_cell([]) == "n/a"
+    assert report_text.epochs_cell([2, 3, None]) == "median 3, reached 2 of 3"  # median of 2, 3, ∞
+    assert report_text.epochs_cell([4, 4, None, None, None]) == "median ∞, reached 2 of 5"  # not "4.0 ± 0.0"
+    assert report_text.epochs_cell([2, 3, 3, 5]) == "median 3, reached 4 of 4"
+    assert report_text.epochs_cell([2, 3, 4, None]) == "median 3.5, reached 3 of 4"
+    assert report_text.epochs_cell([None, None]) == "not reached (2 of 2)"
+    assert report_text.epochs_cell([]) == "n/a"
 
 
 def test_budget_curve_ends_at_the_grid_best_and_its_band_spans_the_tuning_studies(tmp_path) -> None:

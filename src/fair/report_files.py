@@ -10,19 +10,15 @@ from typing import Any
 from src.analysis import plots, stats
 from src.analysis import tables as replicate_tables
 from src.fair import protocol as fair
-from src.fair.results import (
-    FAILURE_SCORE,
-    WorkloadResult,
+from src.fair.report_text import (
     answer_lines,
     edge_lines,
-    epochs_to_target,
-    gain,
-    profile_costs,
     profile_score_lines,
     ranking_lines,
     speed_table,
     summary_table,
 )
+from src.fair.results import FAILURE_SCORE, WorkloadResult, epochs_to_target, gain, profile_costs
 from src.infra.files import markdown_table, write_text_atomic
 
 TAUS = [1 + step / 20 for step in range(61)]  # τ from 1 to 4 for the performance profile
@@ -103,8 +99,7 @@ def markdown(settings: fair.Protocol, results: Sequence[WorkloadResult], train_s
         " study](budget.png)",
         "",
     ]
-    if len(results) > 1:
-        text += ["![performance profile over the workloads](profile.png)", "", *profile_score_lines(results), ""]
+    text += ["![performance profile over the workloads](profile.png)", "", *profile_score_lines(results), ""]
     return "\n".join(text)
 
 
@@ -212,7 +207,7 @@ def write(
     )
     draw(settings, results, curves)
     names = [*files, "metrics.json", "lr_sensitivity.json", "budget.json"]
-    names += ["lr_sensitivity.png", "curves.png", "budget.png"] + (["profile.png"] if len(results) > 1 else [])
+    names += ["lr_sensitivity.png", "curves.png", "budget.png", "profile.png"]
     return [folder / name for name in names]
 
 
@@ -260,7 +255,8 @@ def draw(settings: fair.Protocol, results: Sequence[WorkloadResult], curves: Map
     ]
     band = f"band: lowest to highest of {len(settings.tune_seeds)} tuning studies"
     plots.budget_curves(budget_panels, folder / "budget.png", band)
-    if len(results) > 1:
-        fractions = stats.performance_profile(profile_costs(results), TAUS)
-        title = "Performance profile: epochs to each workload's last target (median over seeds)"
-        plots.performance_profile(TAUS, fractions, title, folder / "profile.png")
+    # Drawn for one workload too (a profile over one problem: each optimizer's ratio to the fastest), so the
+    # report's files, and DVC's outputs, are the same whatever fair.workloads holds
+    fractions = stats.performance_profile(profile_costs(results), TAUS)
+    title = "Performance profile: epochs to each workload's last target (median over seeds)"
+    plots.performance_profile(TAUS, fractions, title, folder / "profile.png")
