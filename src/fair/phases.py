@@ -76,7 +76,8 @@ def judge(protocol: Protocol, base: DictConfig, optimizer: str, workload: str) -
     default = default_learning_rate(base)
     rates = [rate for rate in (selection.best_lr, default) if rate is not None]
     chosen = "none (no rate worked in every study)" if selection.best_lr is None else lr_text(selection.best_lr)
-    print(f"judge {optimizer} on {workload}: tuned lr {chosen} ({selection.stability_text()} agree),", end="")
+    alone = f"{selection.agreeing} of {len(selection.picks)} studies pick it alone"
+    print(f"judge {optimizer} on {workload}: tuned lr {chosen} ({alone}),", end="")
     print(f" default lr {lr_text(default)}", end="")
     print(f"; {selection.diverged_text()}" if selection.diverged else "", flush=True)
     trials = judge_trials(protocol, optimizer, workload, rates)
