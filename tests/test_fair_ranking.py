@@ -3,6 +3,8 @@ every pair is compared by seed with Holm over all pairs, and the tables say how 
 
 from __future__ import annotations
 
+import statistics
+
 import pytest
 
 from src.analysis import replicates
@@ -88,6 +90,30 @@ def test_all_pairs_verdicts_and_ties_in_the_report_lines() -> None:
     assert len(pairs) == 3 and all("paired t-test, Holm-adjusted p = " in line for line in pairs)
     assert "All 3 pairs compared by seed" in lines[-1]
     assert report_text.ranking_lines(w)[1] == "- each at its tuned rate: a (rank 1-2), b (1-2), c (3)"
+
+
+def test_the_five_line_answer_says_what_the_data_separate_and_who_is_fastest() -> None:
+    """a and b are tied, both ahead of c: the answer lists the shorter list (the one open pair); every study
+    agrees (one study here); all three reach 80 % in epoch 2. A second workload with a failed optimizer: its
+    one pair is resolved and the order is written out."""
+    w = workload(
+        {
+            "a": [0.975, 0.976, 0.974, 0.977, 0.975],
+            "b": [0.9750, 0.9758, 0.9741, 0.9768, 0.9751],
+            "c": [0.951, 0.950, 0.953, 0.952, 0.950],
+        }
+    )
+    other = workload({"adam": [0.975, 0.976, 0.974, 0.977, 0.975], "broken": None})
+    other.workload = "logreg"
+    lines = report_text.answer_lines([w, other])
+    assert [line[:3] for line in lines] == ["1. ", "2. ", "3. ", "4. ", "5. "]
+    spread = (
+        statistics.mean([0.975, 0.976, 0.974, 0.977, 0.975]) - statistics.mean([0.951, 0.950, 0.953, 0.952, 0.950])
+    ) * 100
+    assert f"mlp: {spread:.2f} points, 2 of 3 pairs resolved, all but a vs b" in lines[1]
+    assert "logreg: " in lines[1] and "the one pair resolved: adam > broken" in lines[1]
+    assert "mlp: every optimizer's studies agree" in lines[3]
+    assert "mlp: a, b, c (2 epochs to 80 %)" in lines[4] and "logreg: adam (2 epochs to 80 %)" in lines[4]
 
 
 def test_an_optimizer_with_no_working_learning_rate_stays_in_the_table_as_failed() -> None:

@@ -151,14 +151,14 @@ def _spread(ranking: replicates.Ranking) -> float:
 
 
 def _resolved_text(ranking: replicates.Ranking) -> str:
-    """`no pair resolved`; `2 of 10 pairs resolved (a > b, c > d)`; `9 of 10 pairs resolved, all but b vs c`;
+    """`no pair of 10 resolved`; `2 of 10 pairs resolved (a > b, c > d)`; `9 of 10 pairs resolved, all but b vs c`;
     `all 10 pairs resolved: a > b > c > d > e`: the shorter of the resolved and the unresolved lists."""
     resolved = [d for d in ranking.differences if d.resolved]
     total = len(ranking.differences)
     if not resolved:
-        return f"no pair of {total} resolved"
+        return "the one pair not resolved" if total == 1 else f"no pair of {total} resolved"
     if len(resolved) == total:
-        return f"all {total} pairs resolved: {' > '.join(ranking.order)}"
+        return f"{'the one pair' if total == 1 else f'all {total} pairs'} resolved: {' > '.join(ranking.order)}"
     if 2 * len(resolved) <= total:
         return f"{len(resolved)} of {total} pairs resolved ({', '.join(f'{d.best} > {d.setting}' for d in resolved)})"
     open_pairs = [f"{d.best} vs {d.setting}" for d in ranking.differences if not d.resolved]

@@ -18,7 +18,7 @@ FAILURE_SCORE, chance accuracy on the ten classes, in the means, the gain and th
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -158,24 +158,27 @@ def seconds_to_target(run: replicates.Replicate, target: float) -> float | None:
     return float(sum(seconds[:epoch]))
 
 
-def judged_seconds(workload: WorkloadResult, result: OptimizerResult, target: float) -> list[float | None]:
-    """Per judge seed of the tuned rate, the training seconds to `target`; a failed or missing run never got there."""
+def _per_judge_seed(
+    workload: WorkloadResult, result: OptimizerResult, measure: Callable[[replicates.Replicate], Any]
+) -> list[Any]:
+    """`measure` of each judge seed's run at the tuned rate, in the ranking's seed order; None for a seed whose
+    run failed or is missing (it never reached anything)."""
     by_seed = {run.seed: run for run in result.tuned}
     failed = workload.tuned_ranking.failures[result.optimizer]
     return [
-        None if seed in failed or seed not in by_seed else seconds_to_target(by_seed[seed], target)
+        None if seed in failed or seed not in by_seed else measure(by_seed[seed])
         for seed in workload.tuned_ranking.scores[result.optimizer]
     ]
+
+
+def judged_seconds(workload: WorkloadResult, result: OptimizerResult, target: float) -> list[float | None]:
+    """Per judge seed of the tuned rate, the training seconds to `target` (None: never, or failed)."""
+    return _per_judge_seed(workload, result, lambda run: seconds_to_target(run, target))
 
 
 def judged_epochs(workload: WorkloadResult, result: OptimizerResult, target: float) -> list[int | None]:
-    """Per judge seed of the tuned rate, the epoch it reached `target`; a failed or missing run never did."""
-    by_seed = {run.seed: run for run in result.tuned}
-    failed = workload.tuned_ranking.failures[result.optimizer]
-    return [
-        None if seed in failed else epochs_to_target([by_seed[seed]], target)[0]
-        for seed in workload.tuned_ranking.scores[result.optimizer]
-    ]
+    """Per judge seed of the tuned rate, the epoch it reached `target` (None: never, or failed)."""
+    return _per_judge_seed(workload, result, lambda run: epochs_to_target([run], target)[0])
 
 
 def budget_curves(workload: WorkloadResult) -> dict[str, dict[str, list[float]]]:
