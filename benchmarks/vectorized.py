@@ -98,7 +98,7 @@ def main() -> None:
     import keras
     import tensorflow as tf
 
-    from src.training import data, vectorized
+    from src.training import data, stackable, vectorized
     from src.training.fit import SequentialEngine, TrialSpec
 
     peak, assumption = peak_gflops()
@@ -113,7 +113,7 @@ def main() -> None:
         first.data.dir, first.data.sources, first.data.local_path, first.data.cache_dir, True
     )
     specs = [TrialSpec(cfg, data_path, verbose=0) for cfg in configs]
-    reason = vectorized.why_not_vectorized(first)
+    reason = stackable.why_not_vectorized(first)
     if reason:
         raise SystemExit(f"error: the vectorized engine refuses {args.optimizer}: {reason}")
     splits = specs[0].splits()

@@ -19,7 +19,7 @@ import pytest
 from omegaconf import DictConfig
 
 from src.infra.errors import ConfigError
-from src.training import data, fit, vectorized
+from src.training import data, fit, stackable, vectorized
 from src.training.callbacks import EpochStats
 from src.training.config import compose
 
@@ -50,7 +50,7 @@ def members(base: DictConfig, learning_rates: Sequence[float], seeds: Sequence[i
         cfg = base.copy()
         cfg.optimizer.learning_rate = learning_rate
         cfg.train.seed = seed
-        for key in vectorized.memberwise_keys(cfg)[1:]:
+        for key in stackable.memberwise_keys(cfg)[1:]:
             value = cfg.optimizer.get(key)
             if value is None:
                 continue
@@ -162,7 +162,7 @@ ACCEPTED = [
 def test_a_member_trains_as_plain_keras_would(case: tuple[str, ...], mnist_dir: Path, float64: None) -> None:
     optimizer, *overrides = case
     base = config(mnist_dir, optimizer, *SMALL, *overrides)
-    assert vectorized.why_not_vectorized(base) is None
+    assert stackable.why_not_vectorized(base) is None
     configs = members(base, [1e-3, 3e-3, 3e-2], [1, 2, 3])
     lines: list[str] = []
     results = quiet(lines).fit_trials([spec(cfg, mnist_dir) for cfg in configs])
@@ -229,7 +229,7 @@ REFUSED = [
 def test_a_refused_optimizer_really_differs_when_stacked(case: tuple[str, ...], mnist_dir: Path, float64: None) -> None:
     optimizer, *overrides = case
     base = config(mnist_dir, optimizer, *SMALL, *overrides, "train.epochs=1")  # 14 steps show it
-    reason = vectorized.why_not_vectorized(base)
+    reason = stackable.why_not_vectorized(base)
     assert reason and "\n" not in reason and (overrides[0].split("=")[0] if overrides else "keras.optimizers") in reason
     configs = members(base, [1e-3, 3e-3], [1, 2])
     stacked = vectorized.train_stacked(configs, vectorized.verified_arrays(mnist_dir / data.FILE_NAME))
@@ -339,7 +339,7 @@ def test_chunks_are_balanced_and_within_the_budget() -> None:
     ],
 )
 def test_what_cannot_be_vectorized_is_named_in_one_line(overrides: list[str], named: str, mnist_dir: Path) -> None:
-    reason = vectorized.why_not_vectorized(config(mnist_dir, "adam", *overrides))
+    reason = stackable.why_not_vectorized(config(mnist_dir, "adam", *overrides))
     assert reason is not None and named in reason and "\n" not in reason
 
 

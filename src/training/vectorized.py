@@ -12,7 +12,7 @@ batched matrix product per layer, sums the members' losses, and lets the optimiz
   tensor, so every place Keras reads it (`update_step`, decoupled weight decay) broadcasts one rate per
   member; the float hyperparameters of `MEMBERWISE_FLOATS` may differ per member the same way;
 - only optimizers whose update is element-wise are accepted; `why_not_vectorized` names the others and why,
-  and they train on the sequential engine.
+  and they train on the sequential engine (both in stackable.py: which trials can be stacked, and together).
 
 tests/test_vectorized.py checks it: in float64, a member trained in a batch of N and the same trial trained
 alone by plain Keras (`fit` from the sequential engine's `build`) agree to 1e-6 relative after 56 steps, for
@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -54,13 +53,13 @@ from typing import Any
 
 import keras
 import numpy as np
-from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig, OmegaConf
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 
 from src.infra.errors import ConfigError
 from src.training import data
 from src.training.callbacks import StopOnDivergence, diverged_epoch, effective_step_sizes, from_config
-from src.training.config import DIVERGENCE_GUARDS, LOGGED_METRICS
+from src.training.config import LOGGED_METRICS
 from src.training.fit import (
     FINAL,
     LOSS,
@@ -71,55 +70,9 @@ from src.training.fit import (
     freeze_imported_objects,
     score,
 )
+from src.training.stackable import container, group_key, memberwise_keys, optimizer_class, why_not_vectorized
 
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3  # bytes; the fair protocol's 12 tuning trials of the MLP need ~140 MiB
-MLP_TARGET = "src.training.models.mlp"
-# The callbacks the engine honours: the divergence guards (what the fair protocol keeps). Their rule is
-# applied to every member at every step.
-
-# Per accepted optimizer class: the float hyperparameters that members may differ in (each becomes an (N, 1, 1)
-# tensor). A float qualifies when its optimizer's `update_step` uses it only in arithmetic with tensors, never
-# through `ops.cast`: Keras casts a Python float with `tf.cast`, which rounds it to float32 first, while the same
-# float in `1 - beta_1` stays a double, so no one tensor can stand for both (Adam's betas differ by 6e-6 after
-# one float64 step). Structural settings are shared by a group too: SGD's and RMSprop's `momentum` choose a
-# Python branch, `initial_accumulator_value` is an initializer, `weight_decay` is cast. `learning_rate` is
-# member-wise for all: Keras reads it from a float variable (`update_step` and weight decay alike).
-MEMBERWISE_FLOATS: dict[type, tuple[str, ...]] = {
-    keras.optimizers.SGD: (),
-    keras.optimizers.Adam: ("epsilon",),
-    keras.optimizers.AdamW: ("epsilon",),
-    keras.optimizers.Adamax: ("beta_2", "epsilon"),
-    keras.optimizers.Nadam: ("epsilon",),
-    keras.optimizers.Adagrad: ("epsilon",),
-    keras.optimizers.RMSprop: ("rho", "epsilon"),
-    keras.optimizers.Adadelta: ("rho", "epsilon"),
-    keras.optimizers.Lion: (),
-    keras.optimizers.Ftrl: (
-        "learning_rate_power",
-        "l1_regularization_strength",
-        "l2_regularization_strength",
-        "l2_shrinkage_regularization_strength",
-        "beta",
-    ),
-}
-ALWAYS_MEMBERWISE = ("learning_rate",)
-# Optimizers whose update is not element-wise on a stacked variable, or not reproducible in another train loop:
-# they train on the sequential engine. tests/test_vectorized.py shows that each really differs.
-REFUSED_OPTIMIZERS: dict[type, str] = {
-    keras.optimizers.Lamb: "scales each variable's step by the ratio of its weight norm to its update norm, and a"
-    " stacked variable's norm spans every member",
-    keras.optimizers.Muon: "orthogonalises each 2-D kernel (Newton-Schulz); a stacked kernel is 3-D, which Keras'"
-    " Muon updates with AdamW instead",
-    keras.optimizers.Adafactor: "scales its step by the RMS of the whole variable and factors the last two axes;"
-    " on a stacked variable both span members",
-    keras.optimizers.ScheduleFreeAdamW: "its update reads `momentum.value` as an alias of a variable it assigns, so"
-    " its result depends on how the compiled step orders that read; Keras' train step and the engine's differ",
-}
-# Base-optimizer settings that act on a whole variable or on all of them together.
-REFUSED_SETTINGS = {
-    "clipnorm": "clips each variable's gradient to a norm, and a stacked variable's norm spans every member",
-    "global_clipnorm": "clips all gradients to one global norm, which spans every member",
-}
 
 
 class NotVectorizable(Exception):
@@ -128,77 +81,8 @@ class NotVectorizable(Exception):
 
 
 # ------------------------------------------------------------------------------------------------
-# What can be vectorized, and which trials share a program
+# Keras' rules a member follows: its divergence limit and its batch order
 # ------------------------------------------------------------------------------------------------
-
-
-def _container(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
-def _optimizer_class(optimizer_cfg: Mapping[str, Any]) -> type | None:
-    try:
-        return get_class(str(optimizer_cfg.get("_target_")))
-    except Exception:  # Hydra raises its own error types for a bad target; the config validation reports them
-        return None
-
-
-def why_not_vectorized(cfg: DictConfig) -> str | None:
-    """None when the engine trains `cfg` exactly as Keras would; else one line naming the key and why."""
-    if keras.backend.backend() != "tensorflow":
-        return f"Keras backend {keras.backend.backend()}: the engine's train step is written for TensorFlow"
-    optimizer = _container(cfg.optimizer)
-    target = optimizer.get("_target_")
-    cls = _optimizer_class(optimizer)
-    if cls in REFUSED_OPTIMIZERS:
-        return f"optimizer {target}: {REFUSED_OPTIMIZERS[cls]}"
-    if cls not in MEMBERWISE_FLOATS:
-        return f"optimizer {target}: not one of the optimizers checked member by member against Keras"
-    for key, reason in REFUSED_SETTINGS.items():
-        if optimizer.get(key):
-            return f"optimizer.{key}={optimizer[key]}: {reason}"
-    learning_rate = optimizer.get("learning_rate")
-    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)):
-        return f"optimizer.learning_rate={learning_rate!r}: the engine gives each member one constant rate"
-    model = _container(cfg.model)
-    if model.get("_target_") != MLP_TARGET:
-        return f"model {model.get('_target_')}: the engine stacks Dense layers only (the MLP), not convolutions"
-    if model.get("dropout"):
-        return f"model.dropout={model['dropout']}: Keras' dropout masks come from its seed generator, not reproducible"
-    if cfg.train.get("steps_per_epoch") is not None:
-        return f"train.steps_per_epoch={cfg.train.steps_per_epoch}: the engine trains whole epochs"
-    for name, settings in (cfg.get("callbacks") or {}).items():  # unresolved: checkpoint paths name Hydra's run
-        if not settings.get("enabled", True):
-            continue
-        if name not in DIVERGENCE_GUARDS:
-            return f"callbacks.{name}: the engine runs no per-trial Keras callback but the divergence guards"
-        if settings.get("raise_error"):
-            return f"callbacks.{name}.raise_error=true: the engine masks a diverged member instead of failing it"
-    return None
-
-
-def memberwise_keys(cfg: DictConfig) -> tuple[str, ...]:
-    """The optimizer keys in which the members of one program may differ."""
-    optimizer = _container(cfg.optimizer)
-    return ALWAYS_MEMBERWISE + MEMBERWISE_FLOATS.get(_optimizer_class(optimizer), ())
-
-
-def group_key(cfg: DictConfig) -> str:
-    """Trials with equal keys can share one program: the same optimizer class and structural settings, the same
-    workload, batch size, epochs and data; they may differ in seed and member-wise floats. A member-wise key set
-    to null is structural: it joins the key."""
-    optimizer = _container(cfg.optimizer)
-    for key in memberwise_keys(cfg):
-        if optimizer.get(key) is not None:
-            optimizer.pop(key)
-    shared = {
-        "optimizer": optimizer,
-        "model": _container(cfg.model),
-        "train": {key: cfg.train.get(key) for key in ("batch_size", "epochs", "validation_batch_size")},
-        "data": {key: cfg.data.get(key) for key in ("val_split", "limit")},
-        "callbacks": OmegaConf.to_container(cfg.callbacks) if cfg.get("callbacks") else {},
-    }
-    return json.dumps(shared, sort_keys=True, default=str)
 
 
 def divergence_limit(cfg: DictConfig, model: keras.Model) -> float:
@@ -379,7 +263,7 @@ def _memberwise_tensor(values: Sequence[float], dtype: str) -> Any:
 def build_optimizer(configs: Sequence[DictConfig], dtype: str) -> keras.optimizers.Optimizer:
     """The group's optimizer, its member-wise values as (N, 1, 1) tensors: the learning rate through the public
     callable form (so weight decay reads it too), the other floats as the attributes `update_step` reads."""
-    optimizers = [_container(cfg.optimizer) for cfg in configs]
+    optimizers = [container(cfg.optimizer) for cfg in configs]
     rates = _memberwise_tensor([float(o["learning_rate"]) for o in optimizers], dtype)
     optimizer = instantiate(optimizers[0] | {"learning_rate": lambda: rates})
     for key in memberwise_keys(configs[0]):
@@ -638,8 +522,8 @@ def train_stacked(
 
 
 def _label(cfg: DictConfig) -> str:
-    optimizer = _optimizer_class(_container(cfg.optimizer))
-    workload = str(_container(cfg.model).get("_target_", "")).rsplit(".", 1)[-1]
+    optimizer = optimizer_class(container(cfg.optimizer))
+    workload = str(container(cfg.model).get("_target_", "")).rsplit(".", 1)[-1]
     return f"{getattr(optimizer, '__name__', 'optimizer')} ({workload})"
 
 
@@ -673,7 +557,7 @@ def plan_group(configs: Sequence[DictConfig], arrays: data.Arrays, budget: int) 
     batch_size = int(first.train.batch_size)
     member_bytes = estimate_member_bytes(
         member.model,
-        _container(first.optimizer),
+        container(first.optimizer),
         batch_size,
         int(first.train.get("validation_batch_size") or batch_size),
         len(member.train_positions),
