@@ -212,7 +212,12 @@ def main(cfg: DictConfig) -> float:
             validate(cfg)
             tracking.check_reachable(str(cfg.mlflow.tracking_uri))
             _, data_path = data.load_for_training(  # fetches if allowed, verifies once per process
-                cfg.data.dir, cfg.data.sources, cfg.data.local_path, cfg.data.cache_dir, cfg.data.fetch_if_missing
+                cfg.data.dir,
+                cfg.data.sources,
+                cfg.data.local_path,
+                cfg.data.cache_dir,
+                cfg.data.fetch_if_missing,
+                data.for_config(cfg.data),
             )
             return train(cfg, data_path)
     finally:

@@ -158,7 +158,13 @@ def _fair_group() -> dict:
 
 def test_the_fair_protocol_lists_every_bad_key_one_line_each_like_the_training_config() -> None:
     fair = _fair_group()
-    assert fair_protocol.read_protocol(fair).workloads == ("mlp", "logreg")  # the shipped protocol is valid
+    shipped = fair_protocol.read_protocol(fair)  # the shipped protocol is valid
+    assert shipped.workloads == ("mlp", "logreg", "fashion_mlp")
+    assert {name: (part.model, part.data) for name, part in shipped.parts.items()} == {
+        "mlp": ("mlp", "mnist"),
+        "logreg": ("logreg", "mnist"),
+        "fashion_mlp": ("mlp", "fashion_mnist"),
+    }
     bad = {
         **fair,
         "optimizers": ["adam", "adamm"],
@@ -196,8 +202,8 @@ def test_the_fair_protocol_lists_every_bad_key_one_line_each_like_the_training_c
         ({"tune_seeds": [0, 3]}, "fair.tune_seeds=[0, 3] is invalid: shares 3 with fair.judge_seeds"),
         ({"lr_grid": [0.1, math.inf]}, "inf is not a number > 0"),
         ({"targets": "high"}, "invalid config: fair.targets='high' is invalid: a mapping workload -> list"),
-        # a workload without a conf/model/ file is one problem, not a second one about its targets
-        ({"workloads": ["rnn"]}, "'rnn' has no conf/model/rnn.yaml"),
+        # a workload without a conf/workload/ file is one problem, not a second one about its targets
+        ({"workloads": ["rnn"]}, "'rnn' has no conf/workload/rnn.yaml"),
     ],
 )
 def test_one_bad_key_of_the_fair_protocol_is_one_line(changes: dict, line: str) -> None:

@@ -14,7 +14,7 @@ import pytest
 from mlflow import MlflowClient
 
 from src.infra.errors import ConfigError
-from src.tracking.job import DATASET_NAME, dataset_digest
+from src.tracking.job import dataset_digest
 from src.training.callbacks import StopOnDivergence, diverged_epoch
 from src.training.config import compose as compose_config
 from src.training.config import shapes_training, validate
@@ -198,7 +198,7 @@ def test_every_run_logs_its_data_as_mnist_dataset_inputs(diverging_sweep, mnist_
         for dataset_input in inputs:
             tags = {tag.key: tag.value for tag in dataset_input.tags}
             dataset = dataset_input.dataset
-            assert dataset.name == DATASET_NAME and dataset.source_type == "local"
+            assert dataset.name == "mnist" and dataset.source_type == "local"
             assert json.loads(dataset.source) == {"uri": str(mnist_dir / "mnist.npz")}
             rows = int(tags["rows"])
             assert json.loads(dataset.profile)["features_shape"] == [rows, 28, 28]

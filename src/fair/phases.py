@@ -46,7 +46,7 @@ def engine(protocol: Protocol) -> Engine:
 
 def tune(protocol: Protocol, base: DictConfig, optimizer: str, workload: str) -> list[dict[str, Any]]:
     """Train the grid's trials that are not trained yet; return every trial's record."""
-    context = trial_runs.open_context(base, optimizer, workload)
+    context = trial_runs.open_context(base, optimizer, protocol.parts[workload].model)
     studies = f"{len(protocol.tune_seeds)} studies (seeds {', '.join(map(str, protocol.tune_seeds))})"
     print(f"tune {optimizer} on {workload}: {len(protocol.lr_grid)} learning rates x {studies}")
     trials = tune_trials(protocol, optimizer, workload)
@@ -71,7 +71,7 @@ def tuned(protocol: Protocol, base: DictConfig, optimizer: str, workload: str, d
 
 def judge(protocol: Protocol, base: DictConfig, optimizer: str, workload: str) -> list[dict[str, Any]]:
     """Train every judge seed at the tuned and the default learning rate (what is not trained yet)."""
-    context = trial_runs.open_context(base, optimizer, workload)
+    context = trial_runs.open_context(base, optimizer, protocol.parts[workload].model)
     selection = tuned(protocol, base, optimizer, workload, context.data_sha256)
     default = default_learning_rate(base)
     rates = [rate for rate in (selection.best_lr, default) if rate is not None]

@@ -37,11 +37,20 @@ ENGINES = ("vectorized", "sequential")  # fair.engine: how trials train (conf/fa
 
 
 @dataclass(frozen=True)
+class Workload:
+    """A model trained on a data set: conf/workload/<name>.yaml's `model` (conf/model/) and `data` (conf/data/)."""
+
+    model: str
+    data: str
+
+
+@dataclass(frozen=True)
 class Protocol:
     """The validated `fair` group (conf/fair/default.yaml explains every key)."""
 
     optimizers: tuple[str, ...]
     workloads: tuple[str, ...]
+    parts: Mapping[str, Workload]  # each workload's model and data set
     lr_grid: tuple[float, ...]
     tune_seeds: tuple[int, ...]
     epochs: int
@@ -69,11 +78,23 @@ def _name_list(check: ConfigCheck, key: str, value: Any, folder: str) -> tuple[s
     return tuple(name for name in value if name in allowed)
 
 
+def _workload(check: ConfigCheck, name: str) -> Workload:
+    """conf/workload/<name>.yaml's model and data set, each a name with its own config file."""
+    spec = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "workload" / f"{name}.yaml"))
+    spec = spec if isinstance(spec, dict) else {}
+    for key, folder in (("model", "model"), ("data", "data")):
+        if spec.get(key) not in _names(folder):
+            allowed = ", ".join(_names(folder))
+            check.fail(f"conf/workload/{name}.yaml: {key}", spec.get(key), f"use a name of conf/{folder}/ ({allowed})")
+    return Workload(str(spec.get("model")), str(spec.get("data")))
+
+
 def read_protocol(fair: Mapping[str, Any]) -> Protocol:
     """The Protocol of a composed `fair` group, or one ConfigError listing every bad key, one line each."""
     check = ConfigCheck()
     optimizers = _name_list(check, "fair.optimizers", fair.get("optimizers"), "optimizer")
-    workloads = _name_list(check, "fair.workloads", fair.get("workloads"), "model")
+    workloads = _name_list(check, "fair.workloads", fair.get("workloads"), "workload")
+    parts = {name: _workload(check, name) for name in workloads}
     grid = fair.get("lr_grid")
     if not isinstance(grid, list) or not grid:
         check.fail("fair.lr_grid", grid, "a non-empty list of learning rates > 0, e.g. [1.0e-04, 1.0e-03, 1.0e-02]")
@@ -121,6 +142,7 @@ def read_protocol(fair: Mapping[str, Any]) -> Protocol:
     return Protocol(
         optimizers=optimizers,
         workloads=workloads,
+        parts=parts,
         lr_grid=tuple(sorted(float(lr) for lr in grid)),
         tune_seeds=tuple(tune_seeds),
         epochs=int(fair["epochs"]),
@@ -138,12 +160,12 @@ def read_protocol(fair: Mapping[str, Any]) -> Protocol:
 def with_group(overrides: Sequence[str]) -> list[str]:
     """The overrides with the `fair` group added (`+fair=default`, or the preset a `fair=<name>` asks for).
 
-    `optimizer=` and `model=` are refused: the protocol itself chooses them from fair.optimizers and
-    fair.workloads, so such an override would be silently ignored."""
+    `optimizer=`, `model=` and `data=` are refused: the protocol itself chooses them from fair.optimizers and
+    fair.workloads (conf/workload/), so such an override would be silently ignored."""
     result, preset = [], DEFAULT_PRESET
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
-        if key in ("optimizer", "model"):
+        if key in ("optimizer", "model", "data"):
             plural = "optimizers" if key == "optimizer" else "workloads"
             raise ConfigError(f"{override!r}: the protocol picks the {key}; use fair.{plural}=[...] instead")
         if key == GROUP:
@@ -153,9 +175,11 @@ def with_group(overrides: Sequence[str]) -> list[str]:
     return [f"+{GROUP}={preset}", *result]
 
 
-def compose(overrides: Sequence[str], optimizer: str | None = None, workload: str | None = None) -> DictConfig:
-    """conf/config.yaml + the fair group + `overrides` (+ the optimizer and model when given)."""
-    extra = [f"optimizer={optimizer}"] * bool(optimizer) + [f"model={workload}"] * bool(workload)
+def compose(overrides: Sequence[str], optimizer: str | None = None, workload: Workload | None = None) -> DictConfig:
+    """conf/config.yaml + the fair group + `overrides` (+ the optimizer and the workload's model and data)."""
+    extra = [f"optimizer={optimizer}"] * bool(optimizer)
+    if workload is not None:
+        extra += [f"model={workload.model}", f"data={workload.data}"]
     return compose_config([*with_group(overrides), *extra], command="src.fair")
 
 
@@ -181,7 +205,7 @@ def load(
 def training_config(protocol: Protocol, overrides: Sequence[str], optimizer: str, workload: str) -> DictConfig:
     """One optimizer x workload's training config: the protocol's budget, only the divergence guards, no
     `fair` group (it does not shape a run), validated like any training config."""
-    cfg = compose(overrides, optimizer, workload)
+    cfg = compose(overrides, optimizer, protocol.parts[workload])
     with open_dict(cfg):
         del cfg[GROUP]
         cfg.train.epochs = protocol.epochs

@@ -64,17 +64,18 @@ class Context:
     choices: Mapping[str, str]
 
 
-def open_context(cfg: DictConfig, optimizer: str, workload: str) -> Context:
-    """The verified MNIST file (fetched if the config allows) and the protocol's MLflow experiment."""
+def open_context(cfg: DictConfig, optimizer: str, model: str) -> Context:
+    """The workload's verified data file (fetched if the config allows) and the protocol's MLflow experiment."""
     from src import tracking
     from src.training import data
 
     tracking.check_reachable(str(cfg.mlflow.tracking_uri))
+    dataset = data.for_config(cfg.data)
     _, data_path = data.load_for_training(
-        cfg.data.dir, cfg.data.sources, cfg.data.local_path, cfg.data.cache_dir, cfg.data.fetch_if_missing
+        cfg.data.dir, cfg.data.sources, cfg.data.local_path, cfg.data.cache_dir, cfg.data.fetch_if_missing, dataset
     )
     experiment_id = tracking.use_experiment(cfg.mlflow)
-    choices = {"optimizer": optimizer, "model": workload, "data": "mnist"}
+    choices = {"optimizer": optimizer, "model": model, "data": dataset.name}
     return Context(data_path, data.sha256_file(data_path), experiment_id, choices)
 
 

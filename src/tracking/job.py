@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.tracking.store import mask_uri, masked_config, retry_duplicate_insert
 from src.training.config import flatten, shapes_training
+from src.training.data import dataset_of
 
 if TYPE_CHECKING:
     from mlflow import ActiveRun
@@ -32,8 +33,6 @@ if TYPE_CHECKING:
 SWEEP_ENV = "MNIST_OPTIMIZERS_SWEEP"
 # Config keys that do not shape training are logged as tags `config.<key>` (config_tags), not params.
 CONFIG_TAG_PREFIX = "config."
-# The name of the MLflow dataset inputs every run logs (log_datasets): MNIST in three contexts.
-DATASET_NAME = "mnist"
 
 
 def config_params(cfg: DictConfig, choices: Mapping[str, str]) -> dict[str, str]:
@@ -161,8 +160,8 @@ def dataset_digest(data_sha256: str, context: str, selection: Mapping[str, Any])
 
 def log_datasets(splits: Splits, source: Path, data_sha256: str, selection: Mapping[str, Any]) -> None:
     """Log to the active run what it trained and was scored on, as MLflow dataset inputs (the runs table's
-    Dataset column): the dataset `mnist` in the contexts training, validation and test, each with its own
-    digest (`dataset_digest`; MLflow keeps one input per name and digest), the file as source, the row
+    Dataset column): the data set (`mnist`, `fashion_mnist`) in the contexts training, validation and test, each
+    with its own digest (`dataset_digest`; MLflow keeps one input per name and digest), the file as source, the row
     count as the input tag `rows` and the file's sha256 as `data_sha256`. No image is hashed again: the
     digest comes from the file's sha256. Logging twice (a resumed run, a retried race) adds nothing."""
     import mlflow
@@ -179,7 +178,7 @@ def log_datasets(splits: Splits, source: Path, data_sha256: str, selection: Mapp
             images,
             source=file_source,
             targets=labels,
-            name=DATASET_NAME,
+            name=dataset_of(source).name,
             digest=dataset_digest(data_sha256, context, picked),
         )
         for context, (images, labels, picked) in parts.items()

