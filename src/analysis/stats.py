@@ -239,14 +239,32 @@ def all_pairs(
     """Every pair of settings compared by `paired` (groups: name -> {seed: value}), Holm-corrected over all
     the pairs that can be tested, so that the chance of any false "resolved" in the whole ranking stays
     under `alpha`. Pairs come in ranking order (by mean, best first), each as the lower-ranked minus the
-    higher-ranked. Each interval is at the level of its Holm step: alpha / (m - i) for the pair with the
-    i-th smallest p (i from 0) while the steps before it rejected, alpha / (m - j) for every pair from the
-    first step j that did not; so a pair is resolved exactly when its printed interval excludes 0."""
+    higher-ranked. Each interval is at the level of its Holm step (`holm_paired`), so a pair is resolved
+    exactly when its printed interval excludes 0."""
     sign = 1 if higher_is_better else -1
     means = {name: math.fsum(values.values()) / len(values) for name, values in groups.items() if values}
     order = sorted(means, key=lambda name: -sign * means[name])
     pairs = [(lower, higher) for i, higher in enumerate(order) for lower in order[i + 1 :]]
-    tests = [paired(groups[lower], groups[higher], lower, higher) for lower, higher in pairs]
+    return holm_paired(groups, pairs, alpha)
+
+
+def against_reference(
+    groups: Mapping[str, Mapping[object, float]], reference: str, alpha: float = ALPHA
+) -> list[Difference]:
+    """Every other setting minus `reference` (a baseline), paired by seed, Holm-corrected over those K - 1
+    comparisons (the family: a claim that "some setting beats the baseline" keeps its error rate under
+    `alpha`); intervals at their Holm step's level as in `all_pairs`. Settings in `groups`' order."""
+    return holm_paired(groups, [(name, reference) for name in groups if name != reference], alpha)
+
+
+def holm_paired(
+    groups: Mapping[str, Mapping[object, float]], pairs: Sequence[tuple[str, str]], alpha: float = ALPHA
+) -> list[Difference]:
+    """`paired(first - second)` for each pair, Holm-corrected over the pairs that can be tested. Each interval
+    is at the level of its Holm step: alpha / (m - i) for the pair with the i-th smallest p (i from 0) while
+    the steps before it rejected, alpha / (m - j) for every pair from the first step j that did not; so a pair
+    is resolved exactly when its interval excludes 0."""
+    tests = [paired(groups[first], groups[second], first, second) for first, second in pairs]
     tested = sorted((i for i, d in enumerate(tests) if not math.isnan(d.p_value)), key=lambda i: tests[i].p_value)
     adjusted = holm([tests[i].p_value for i in tested])
     m = len(tested)
@@ -254,8 +272,8 @@ def all_pairs(
     result = list(tests)
     for step, (index, p_adjusted) in enumerate(zip(tested, adjusted, strict=True)):
         level = alpha / (m - min(step, first_kept))
-        lower, higher = pairs[index]
-        again = paired(groups[lower], groups[higher], lower, higher, confidence=1 - level)
+        first, second = pairs[index]
+        again = paired(groups[first], groups[second], first, second, confidence=1 - level)
         result[index] = dataclasses.replace(again, p_adjusted=p_adjusted, resolved=p_adjusted < alpha)
     return result
 

@@ -271,7 +271,7 @@ def fit(trial: BuiltTrial) -> FitResult:
     history = merge_history(restored, fitted.history)
     guard = trial.guard
     diverged_at = diverged_epoch(history, guard.limit if guard else math.inf)  # the limit is set in fit
-    model, weights, epoch, checkpoint_path = _kept_model(trial, history)
+    model, weights, epoch, checkpoint_path = kept_model(trial, history)
     test = None
     if spec.score_test:
         batch_size = cfg.train.get("validation_batch_size") or cfg.train.batch_size
@@ -290,10 +290,12 @@ def fit(trial: BuiltTrial) -> FitResult:
     )
 
 
-def _kept_model(
+def kept_model(
     trial: BuiltTrial, history: Mapping[str, Sequence[float]]
 ) -> tuple[keras.Model, str, int | None, Path | None]:
-    """(the run's model, which weights it holds, their 1-based epoch, the checkpoint file it was read from)."""
+    """(the run's model, which weights it holds, their 1-based epoch, the checkpoint file it was read from): the
+    module docstring's rule, for a fit and for callbacks replayed over a run's recorded epochs
+    (src/callback_study/replay.py)."""
     final = trial.model
     checkpoint = trial.best_checkpoint
     if checkpoint is not None:
