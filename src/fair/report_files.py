@@ -20,6 +20,7 @@ from src.fair.report_text import (
 )
 from src.fair.results import FAILURE_SCORE, WorkloadResult, epochs_to_target, gain, profile_costs
 from src.infra.files import markdown_table, write_text_atomic
+from src.training.data import DATASETS
 
 TAUS = [1 + step / 20 for step in range(61)]  # τ from 1 to 4 for the performance profile
 SUMMARY_HEADER = (
@@ -71,10 +72,14 @@ def protocol_lines(settings: fair.Protocol, train_seconds: float) -> list[str]:
 
 
 def markdown(settings: fair.Protocol, results: Sequence[WorkloadResult], train_seconds: float) -> str:
-    text = ["# A fair comparison of optimizers on MNIST", "", "## The answer", "", *answer_lines(results), ""]
+    data_sets = dict.fromkeys(DATASETS[settings.parts[w.workload].data].title for w in results)
+    title = f"# A fair comparison of optimizers on {' and '.join(data_sets)}"
+    text = [title, "", "## The answer", "", *answer_lines(results), ""]
     text += ["## The protocol", "", *protocol_lines(settings, train_seconds), ""]
     for workload in results:
-        text += [f"## {workload.workload}", "", markdown_table(*summary_table(workload)), ""]
+        part = settings.parts[workload.workload]
+        heading = f"## {workload.workload} (model {part.model} on {DATASETS[part.data].title})"
+        text += [heading, "", markdown_table(*summary_table(workload)), ""]
         text += ["### Speed to the validation targets (median over the judge seeds, a miss = ∞)", ""]
         text += [markdown_table(*speed_table(workload)), ""]
         text += ["### Verdict (tuned)", "", *workload.tuned_ranking.verdict_lines(), ""]

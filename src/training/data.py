@@ -333,12 +333,8 @@ def fetch(
         write_npz_atomic(arrays, target)
         log.info("wrote %s from source %s", target, source)
         return FetchResult(target, source)
-    raise DataError(
-        f"could not obtain {dataset.title}; tried:\n  "
-        + "\n  ".join(failures or ["no sources (data.sources is empty)"])
-        + "\n"
-        + dataset.hint
-    )
+    tried = "; ".join(failures or ["no sources (data.sources is empty)"])
+    raise DataError(f"could not obtain {dataset.title}; tried: {tried}. {dataset.hint}")  # one line
 
 
 def load_for_training(
