@@ -12,13 +12,13 @@ import yaml
 from omegaconf import OmegaConf
 
 from src.callback_study import settings
-from src.callback_study.settings import EARLY_STOPPING, MODEL_CHECKPOINT, Setting, Trial
+from src.callback_study.settings import EARLY_STOPPING, MODEL_CHECKPOINT, REDUCE_LR, Setting, Trial
 from src.infra.errors import ConfigError
 from tests.conftest import store_with_tables, tracking_uri
 
-# Real runs against replays: both monitors, patience 0 and > 0, restore_best_weights false and true, min_delta,
-# start_from_epoch, and ModelCheckpoint's best by each monitor. Adam at 0.01 on 2,000 images overfits within a few
-# epochs, so most of them stop early and the restored epoch differs from the last one (asserted below).
+# Real runs against replays and forks: EarlyStopping with both monitors, patience 0 and > 0, restore_best_weights
+# false and true, min_delta, start_from_epoch; ModelCheckpoint's best by each monitor; ReduceLROnPlateau (forked).
+# Adam at 0.01 on 2,000 images overfits within a few epochs, so most of them act early (asserted below).
 EQUIVALENCE_SETTINGS = [
     Setting(EARLY_STOPPING, (("monitor", "val_loss"), ("patience", 0), ("restore_best_weights", False))),
     Setting(EARLY_STOPPING, (("monitor", "val_loss"), ("patience", 2), ("restore_best_weights", True))),
@@ -28,6 +28,8 @@ EQUIVALENCE_SETTINGS = [
     Setting(EARLY_STOPPING, (("monitor", "val_loss"), ("patience", 0), ("start_from_epoch", 3))),
     Setting(MODEL_CHECKPOINT, (("monitor", "val_accuracy"), ("save_best_only", True))),
     Setting(MODEL_CHECKPOINT, (("monitor", "val_loss"), ("save_best_only", True))),
+    Setting(REDUCE_LR, (("factor", 0.5), ("patience", 1))),  # forked from the baseline where it first acts
+    Setting(REDUCE_LR, (("factor", 0.1), ("patience", 2))),
 ]
 EPOCHS = 8
 
@@ -47,10 +49,10 @@ def small_study(mnist_dir: Path, folder: Path) -> tuple[settings.Study, list[str
 
 
 @pytest.mark.slow
-def test_replayed_early_stopping_and_checkpoints_equal_real_keras_runs(mnist_dir: Path, tmp_path: Path) -> None:
+def test_replayed_and_forked_runs_equal_real_keras_runs(mnist_dir: Path, tmp_path: Path) -> None:
     """The study's own path (runs.run_all: the baseline trained with its per-epoch weights, then each setting
-    replayed) against `model.fit` with the real callbacks: the same epochs trained (the same history, exactly),
-    the same kept epoch and weights kind, the same test accuracy and loss."""
+    replayed or forked) against `model.fit` from scratch with the real callbacks: the same epochs trained (the same
+    history, exactly), the same kept epoch and weights kind, the same test accuracy and loss."""
     from src.callback_study import runs
     from src.training import fit
 
@@ -61,7 +63,7 @@ def test_replayed_early_stopping_and_checkpoints_equal_real_keras_runs(mnist_dir
     with tracking_uri(str(base.mlflow.tracking_uri)):
         context = runs.open_context(base)
         records = runs.run_all(trials, base, context, study.trials_dir)
-    stopped_early = restored = 0
+    stopped_early = restored = forked = 0
     for trial, record in zip(trials, records, strict=True):
         if trial.setting == baseline:
             continue
@@ -72,15 +74,17 @@ def test_replayed_early_stopping_and_checkpoints_equal_real_keras_runs(mnist_dir
             )
         )
         what = f"{trial.setting.name} seed {trial.seed}"
-        assert record["replayed"] is True, what
+        assert record["how"] == ("forked" if trial.setting.kind == REDUCE_LR else "replayed"), what
         assert record["history"]["val_loss"] == real.history["val_loss"], what
+        assert record["history"]["learning_rate"] == real.history["learning_rate"], what
         assert record["metrics"]["epochs_trained"] == len(real.history["loss"]), what
         assert (record["model_weights"], record["metrics"]["model_epoch"]) == (real.model_weights, real.model_epoch)
         assert record["metrics"]["test_accuracy"] == real.test.accuracy, what
         assert record["metrics"]["test_loss"] == pytest.approx(real.test.loss, rel=1e-6), what
         stopped_early += len(real.history["loss"]) < EPOCHS
         restored += real.model_epoch != len(real.history["loss"])
-    assert stopped_early >= 3 and restored >= 2, (stopped_early, restored)  # the settings did act
+        forked += 0 < record.get("forked_after_epoch", EPOCHS) < EPOCHS
+    assert stopped_early >= 3 and restored >= 2 and forked == 2, (stopped_early, restored, forked)  # they acted
 
 
 # ------------------------------------------------------------------------------------------------

@@ -251,3 +251,82 @@ def performance_profile(taus: Sequence[float], fractions: dict[str, Sequence[flo
     axes.legend(title="optimizer", fontsize=8)
     save_figure_atomic(figure, path, dpi=110)
     pyplot.close(figure)
+
+
+@dataclass
+class ParetoPoint:
+    """One setting on a cost-benefit plane: mean and 95 % interval on each axis (`x`, `y`); `marker` and `colour`
+    say what kind of setting it is, `short` its name beside the marker when it is on the frontier."""
+
+    label: str
+    short: str
+    x: Summary
+    y: Summary
+    marker: str = "o"
+    colour: str = OTHER_COLOUR
+    filled: bool = True
+
+
+def pareto(
+    panels: Sequence[tuple[str, Sequence[ParetoPoint], Sequence[str]]],
+    path: Path,
+    xlabel: str,
+    ylabel: str,
+    suptitle: str = "",
+    y_scale: float = 100.0,
+) -> None:
+    """One panel per (title, points, frontier labels): each point its mean with 95 % interval bars on both axes,
+    the frontier (the points no other beats on both axes: fewer x and more y) joined by a dashed step line and
+    named; one legend for all panels (a label appears once)."""
+    pyplot = _pyplot()
+    figure, axes_row = pyplot.subplots(
+        1, len(panels), figsize=(PAGE_WIDTH, 4.6), squeeze=False, layout="constrained", sharey=False
+    )
+    seen: dict[str, Any] = {}
+    for axes, (title, points, frontier) in zip(axes_row[0], panels, strict=True):
+        for point in points:
+            xerr = _half_width(point.x)
+            yerr = _half_width(point.y, y_scale)
+            drawn = axes.errorbar(
+                point.x.mean,
+                point.y.mean * y_scale,
+                xerr=xerr,
+                yerr=yerr,
+                fmt=point.marker,
+                color=point.colour,
+                markerfacecolor=point.colour if point.filled else "white",
+                markersize=6,
+                elinewidth=0.8,
+                capsize=2,
+                alpha=0.9,
+            )
+            seen.setdefault(point.label, drawn)
+        on_front = sorted((p for p in points if p.label in frontier), key=lambda p: p.x.mean)
+        if on_front:
+            xs = [p.x.mean for p in on_front]
+            ys = [p.y.mean * y_scale for p in on_front]
+            axes.step(xs, ys, where="post", linestyle="--", color="black", linewidth=0.9, alpha=0.6)
+            for point in on_front:
+                axes.annotate(
+                    point.short,
+                    (point.x.mean, point.y.mean * y_scale),
+                    textcoords="offset points",
+                    xytext=(4, -10),
+                    fontsize=7,
+                )
+        axes.set_title(title, fontsize=10)
+        axes.set_xlabel(xlabel)
+        axes.set_ylabel(ylabel)
+        axes.grid(alpha=0.3)
+    figure.legend(list(seen.values()), list(seen), loc="outside lower center", ncol=3, fontsize=7, frameon=False)
+    if suptitle:
+        figure.suptitle(suptitle, fontsize=10)
+    save_figure_atomic(figure, path, dpi=110)
+    pyplot.close(figure)
+
+
+def _half_width(summary: Summary, scale: float = 1.0) -> float:
+    """The 95 % interval's half width (0 where n < 2 or every value was the same)."""
+    if summary.n < 2 or summary.ci_high != summary.ci_high:
+        return 0.0
+    return (summary.ci_high - summary.mean) * scale

@@ -28,29 +28,34 @@ from src.training import fit
 from src.training.callbacks import diverged_epoch, from_config
 
 WEIGHTS = "weights.npz"  # a baseline's weights after each epoch, in its trial folder
+OPTIMIZER_STATES = "optimizer.npz"  # its optimizer's variables after each epoch (step, learning rate, slots)
 
 
 class EpochWeights(keras.callbacks.Callback):
-    """Keeps the model's weights after every epoch (a copy): what a replay sets the model to. The MLP's ~100k
-    parameters are 0.4 MB an epoch."""
+    """Keeps the model's weights and its optimizer's variables after every epoch (copies): what a replay sets the
+    model to, and where a forked run starts. The MLP's ~100k parameters are 0.4 MB an epoch (Adam's two slots
+    0.8 MB more)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.epochs: list[list[np.ndarray]] = []
+        self.optimizer_states: list[list[np.ndarray]] = []
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self.epochs.append([np.array(weights, copy=True) for weights in self.model.get_weights()])
+        variables = self.model.optimizer.variables
+        self.optimizer_states.append([np.array(keras.ops.convert_to_numpy(v), copy=True) for v in variables])
 
 
-def save_weights(path: Path, epochs: Sequence[Sequence[np.ndarray]]) -> None:
-    """Every epoch's weights in one .npz (`e<epoch>_<index>`), written atomically."""
+def save_arrays(path: Path, epochs: Sequence[Sequence[np.ndarray]]) -> None:
+    """Every epoch's arrays (weights, optimizer variables) in one .npz (`e<epoch>_<index>`), written atomically."""
     from src.infra.files import write_atomic
 
     arrays = {f"e{epoch}_{index}": w for epoch, weights in enumerate(epochs) for index, w in enumerate(weights)}
     write_atomic(path, lambda temp: np.savez(temp, **arrays))
 
 
-def load_weights(path: Path) -> list[list[np.ndarray]]:
+def load_arrays(path: Path) -> list[list[np.ndarray]]:
     with np.load(path) as stored:
         epochs: dict[int, dict[int, np.ndarray]] = {}
         for key in stored.files:
@@ -133,3 +138,77 @@ def epoch_test_accuracy(spec: fit.TrialSpec, weights: Sequence[Sequence[np.ndarr
         built.model.set_weights(epoch_weights)
         scores.append(fit.score(built.model, splits.x_test, splits.y_test, batch_size).accuracy)
     return scores
+
+
+# ------------------------------------------------------------------------------------------------
+# ReduceLROnPlateau: forked from the baseline where it first acts
+# ------------------------------------------------------------------------------------------------
+
+
+def first_change(spec: fit.TrialSpec, epochs: Sequence[Mapping[str, float]]) -> int | None:
+    """The 0-based epoch at whose end the spec's callbacks (ReduceLROnPlateau) first change the learning rate, fed
+    the baseline's recorded logs; None if they never do. Until then the run is its baseline."""
+    built = fit.build(spec)
+    optimizer = built.model.optimizer
+    callbacks = keras.callbacks.CallbackList(built.callbacks, model=built.model, epochs=len(epochs), verbose=0)
+    callbacks.on_train_begin()
+    for epoch, logs in enumerate(epochs):
+        before = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        callbacks.on_epoch_end(epoch, dict(logs))
+        if float(keras.ops.convert_to_numpy(optimizer.learning_rate)) != before:
+            return epoch
+    return None
+
+
+class ContinueFrom(keras.callbacks.Callback):
+    """Put last in a fit's callbacks: after the others reset themselves (`on_train_begin`), feed `peers` the logs of
+    the epochs already run (`epochs`: the baseline's, up to the fork) and start the fit after them, as Keras'
+    BackupAndRestore resumes a run (`model._initial_epoch`). ReduceLROnPlateau thus gets back its best value, its
+    patience count and cooldown, and makes its first change on the restored optimizer, as it did in the real run."""
+
+    def __init__(self, epochs: Sequence[Mapping[str, float]]) -> None:
+        super().__init__()
+        self.epochs = epochs
+        self.peers: list[keras.callbacks.Callback] = []
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        for epoch, epoch_logs in enumerate(self.epochs):
+            for peer in self.peers:
+                peer.on_epoch_end(epoch, dict(epoch_logs))
+        self.model._initial_epoch = len(self.epochs)
+
+
+def fork(
+    spec: fit.TrialSpec,
+    epochs: Sequence[Mapping[str, float]],
+    weights: Sequence[Sequence[np.ndarray]],
+    optimizer_states: Sequence[Sequence[np.ndarray]],
+    branch: int,
+) -> fit.FitResult:
+    """The real run of `spec` (a ReduceLROnPlateau config), trained from the end of its baseline's epoch `branch`
+    (0-based; its first change, `first_change`) instead of from scratch: the model gets the baseline's weights and
+    optimizer variables of that epoch, the callbacks its logs up to it (`ContinueFrom`), and `model.fit` trains the
+    remaining epochs. The result's history is the whole run's (the baseline's first epochs, then the fit's), its
+    model epoch the run's last. tests/test_callback_study.py checks it against runs trained from scratch."""
+    resume = ContinueFrom(epochs[: branch + 1])
+    forked = fit.TrialSpec(spec.cfg, spec.data_path, spec.score_test, [*spec.callbacks, resume], verbose=spec.verbose)
+    built = fit.build(forked)
+    resume.peers = list(built.callbacks)
+    model = built.model
+    model.set_weights(weights[branch])
+    model.optimizer.build(model.trainable_variables)
+    for variable, value in zip(model.optimizer.variables, optimizer_states[branch], strict=True):
+        variable.assign(value)
+    result = fit.fit(built)
+    history = fit.merge_history(epochs[: branch + 1], result.history)
+    guard = built.guard
+    return fit.FitResult(
+        history=history,
+        model=result.model,
+        final_model=result.final_model,
+        model_weights=result.model_weights,
+        model_epoch=len(history["loss"]),
+        train_seconds=result.train_seconds,
+        diverged_epoch=diverged_epoch(history, guard.limit if guard else math.inf),
+        test=result.test,
+    )

@@ -1,24 +1,29 @@
-"""The study's runs, each once: real ones trained by the fit core, EarlyStopping and ModelCheckpoint ones replayed
-from their seed's baseline (replay.py); one MLflow run and one record file (trial.json) per run.
+"""The study's runs, each once, in three ways; one MLflow run and one record file (trial.json) per run.
 
-Real runs (the baseline, ReduceLROnPlateau, the TensorBoard cost runs) train through src/training/fit.py on the
-sequential engine: plain `model.fit` with the real Keras callbacks of their config, which is what the replay must
-equal (the vectorized engine runs no callbacks, and a baseline trained by it would differ from a real run in
-float32 rounding). A baseline also keeps its weights after every epoch (weights.npz) and the test accuracy they
-score (`epoch_test_accuracy`), for the replays and for "the baseline's best epoch".
+- trained: the baselines and the TensorBoard cost runs, through src/training/fit.py on the sequential engine
+  (plain `model.fit` with the real Keras callbacks of their config: the vectorized engine runs no callbacks, and
+  a baseline trained by it would differ from a real run in float32 rounding). A baseline also keeps its weights
+  and optimizer variables after every epoch (weights.npz, optimizer.npz) and the test accuracy of those weights
+  (`epoch_test_accuracy`), for the replays, the forks and "the baseline's best epoch";
+- replayed: EarlyStopping and ModelCheckpoint, whose real callbacks are fed the baseline's recorded epochs
+  (replay.py: a run with them is its baseline until they act);
+- forked: ReduceLROnPlateau, a real run that starts from the baseline's state at the end of the epoch where it
+  first changes the learning rate (the run is its baseline until then) and trains the remaining epochs. One that
+  never changes it (or only after the last epoch) is its baseline.
+tests/test_callback_study.py checks that replayed and forked runs equal runs trained from scratch.
 
-A run's folder holds trial.json once its MLflow run ended FINISHED, with the run's config hash
-(src/training/resume.py; a replayed run's is its own config's, as if it were trained). A folder with the current
-hash is kept: rerunning the stage after an interruption, or after adding a setting, trains and replays only what
-is missing. Wall time: a real run's is its `model.fit` time; a replayed run's is its baseline's minus the epochs it
-did not train (its callbacks' own cost, a checkpoint write per improvement, is not in it).
+A run's folder holds trial.json once its MLflow run ended FINISHED, with its config hash (src/training/resume.py;
+a replayed or forked run's is its own config's, as if trained from scratch). A folder with the current hash is
+kept: rerunning the stage after an interruption, or after adding a setting, runs only what is missing. Wall time:
+a trained run's `model.fit` time; a replayed or forked run's is its baseline's with the epochs it did not share
+replaced by its own (a replayed callback's own cost, a checkpoint write per improvement, is not in it).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +31,14 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from src.analysis.replicates import FAILED, FINISHED, KILLED
-from src.callback_study.replay import WEIGHTS, EpochWeights, Replayer, epoch_test_accuracy, load_weights, save_weights
-from src.callback_study.settings import BASELINE, Setting, Trial, trial_config
+from src.analysis.replicates import DIVERGED, FAILED, FINISHED, KILLED
+from src.callback_study import replay
+from src.callback_study.records import RECORD, read_record
+from src.callback_study.settings import BASELINE, REDUCE_LR, Setting, Trial, trial_config
 from src.infra.files import json_safe, write_text_atomic
 from src.training import resume
 
-RECORD = "trial.json"
+TRAINED, REPLAYED, FORKED = "trained", "replayed", "forked"  # how a run was had (record key `how`, tag `how`)
 
 
 @dataclass(frozen=True)
@@ -56,33 +62,30 @@ def open_context(cfg: DictConfig) -> Context:
     return Context(data_path, data.sha256_file(data_path), tracking.use_experiment(cfg.mlflow))
 
 
-def read_record(folder: Path, config_hash: str | None = None) -> dict[str, Any] | None:
-    """The finished run recorded in `folder` (of `config_hash`, when given), or None."""
-    path = folder / RECORD
-    if not path.is_file():
-        return None
-    record = json.loads(path.read_text())
-    return record if config_hash is None or record.get("config_hash") == config_hash else None
+def how(trial: Trial) -> str:
+    return REPLAYED if trial.setting.replayed else FORKED if trial.setting.kind == REDUCE_LR else TRAINED
 
 
 def run_all(trials: Sequence[Trial], base: DictConfig, context: Context, trials_dir: Path) -> list[dict[str, Any]]:
-    """Train the real runs of `trials` that have no record of their current config, then replay the replayed ones
-    that have none (from their seed's baseline, which must be among `trials`); return every run's record."""
+    """Run every trial of `trials` that has no record of its current config: the trained ones first, then the
+    replayed and forked ones from their seed's baseline (which must be among `trials`); return every record."""
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # every run traces its train step anew: expected
     configs = {trial: trial_config(base, trial, trial.folder(trials_dir)) for trial in trials}
     hashes = {trial: resume.config_hash(configs[trial], context.data_sha256) for trial in trials}
     _remove_unowned(trials, trials_dir)
     missing = [trial for trial in trials if read_record(trial.folder(trials_dir), hashes[trial]) is None]
     for trial in missing:
         shutil.rmtree(trial.folder(trials_dir), ignore_errors=True)
-    real = [trial for trial in missing if not trial.setting.replayed]
-    replayed = [trial for trial in missing if trial.setting.replayed]
-    print(f"{len(real)} to train, {len(replayed)} to replay, {len(trials) - len(missing)} kept", flush=True)
-    _train(real, configs, hashes, context, trials_dir)
-    replayers: dict[int, tuple[dict[str, Any], Replayer]] = {}  # per seed: its baseline, replayed
-    for trial in replayed:
-        if trial.seed not in replayers:
-            replayers = {trial.seed: _replayer(trial, trials_dir)}  # one baseline in memory at a time
-        _replay(trial, configs[trial], hashes[trial], context, trials_dir, *replayers[trial.seed])
+    ways = {way: [trial for trial in missing if how(trial) == way] for way in (TRAINED, REPLAYED, FORKED)}
+    counts = ", ".join(f"{len(ways[way])} {way}" for way in ways)
+    print(f"{counts} now; {len(trials) - len(missing)} kept from earlier runs", flush=True)
+    recorder = Recorder(context, trials_dir, configs, hashes)
+    _train(ways[TRAINED], recorder)
+    baselines: dict[int, Baseline] = {}
+    for trial in ways[REPLAYED] + ways[FORKED]:
+        if trial.seed not in baselines:
+            baselines = {trial.seed: Baseline.read(trial, trials_dir)}  # one baseline in memory at a time
+        (_replay if how(trial) == REPLAYED else _fork)(trial, baselines[trial.seed], recorder)
     return [read_record(trial.folder(trials_dir)) for trial in trials]  # type: ignore[misc]
 
 
@@ -98,180 +101,203 @@ def _remove_unowned(trials: Sequence[Trial], trials_dir: Path) -> None:
                 setting_dir.rmdir()
 
 
-def _tags(trial: Trial, config_hash: str, context: Context) -> dict[str, str]:
-    import keras
+@dataclass
+class Recorder:
+    """Opens each run's MLflow run, and logs, ends and records it (trial.json) once its outcome is known."""
 
-    return {
-        "optimizer": trial.optimizer,
-        "setting": trial.setting.label,
-        "setting_name": trial.setting.name,
-        "callback": trial.setting.kind,
-        "seed": str(trial.seed),
-        "config_hash": config_hash,
-        "data_sha256": context.data_sha256,
-        "keras_backend": keras.backend.backend(),
-    }
+    context: Context
+    trials_dir: Path
+    configs: Mapping[Trial, DictConfig]
+    hashes: Mapping[Trial, str]
+
+    def __post_init__(self) -> None:
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient()
+
+    def start(self, trial: Trial, extra_tags: Mapping[str, str] | None = None) -> str:
+        import keras
+
+        tags = {
+            "optimizer": trial.optimizer,
+            "setting": trial.setting.label,
+            "setting_name": trial.setting.name,
+            "callback": trial.setting.kind,
+            "seed": str(trial.seed),
+            "how": how(trial),
+            "config_hash": self.hashes[trial],
+            "data_sha256": self.context.data_sha256,
+            "keras_backend": keras.backend.backend(),
+            **(extra_tags or {}),
+        }
+        return self.client.create_run(self.context.experiment_id, run_name=trial.run_name, tags=tags).info.run_id
+
+    def fail(self, run_id: str, error: BaseException) -> None:
+        self.client.set_terminated(run_id, KILLED if isinstance(error, KeyboardInterrupt) else FAILED)
+
+    def finish(
+        self,
+        trial: Trial,
+        run_id: str,
+        result: Any,  # fit.FitResult or replay.Replayed: history, model_weights, model_epoch, test, diverged_epoch
+        wall_seconds: float,
+        extra: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Log the run's params, per-epoch metrics and outcome, end it FINISHED, write its record."""
+        from src.tracking import config_params
+        from src.tracking.parent import log_batched
+        from src.training.fit import summarize_history
+
+        folder = trial.folder(self.trials_dir)
+        history = {key: [float(v) for v in values] for key, values in result.history.items()}
+        metrics = summarize_history(history) if history.get("val_accuracy") else {}
+        metrics |= {
+            "epochs_trained": len(history.get("loss", [])),
+            "model_epoch": result.model_epoch,
+            "test_accuracy": result.test.accuracy if result.test else None,
+            "test_loss": result.test.loss if result.test else None,
+            "wall_seconds": wall_seconds,
+        }
+        record = {
+            "config_hash": self.hashes[trial],
+            "optimizer": trial.optimizer,
+            "setting": trial.setting.name,
+            "label": trial.setting.label,
+            "kind": trial.setting.kind,
+            "how": how(trial),
+            "seed": trial.seed,
+            "budget_epochs": trial.epochs,
+            "status": DIVERGED if result.diverged_epoch else FINISHED,
+            "diverged_epoch": result.diverged_epoch,
+            "run_id": run_id,
+            "run_name": trial.run_name,
+            "model_weights": result.model_weights,
+            "metrics": metrics,
+            "history": history,
+            **(extra or {}),
+        }
+        cfg = self.configs[trial]
+        choices = {"optimizer": trial.optimizer, "model": str(cfg.model._target_).rsplit(".", 1)[-1], "data": "mnist"}
+        tags = {"diverged": "true" if result.diverged_epoch else "false"}
+        tags |= {"model_weights": result.model_weights, "model_epoch": str(result.model_epoch)}
+        logged = {key: float(value) for key, value in metrics.items() if value is not None}
+        log_batched(self.client, run_id, metrics=logged, params=config_params(cfg, choices), tags=tags, history=history)
+        self.client.set_terminated(run_id, FINISHED)
+        write_text_atomic(folder / RECORD, json.dumps(json_safe(record), indent=1) + "\n")
+        accuracy = metrics["test_accuracy"]
+        shown = "n/a" if accuracy is None else f"{accuracy:.4f}"
+        print(f"{trial.run_name} ({how(trial)}): test accuracy {shown}, {wall_seconds:.1f} s", flush=True)
+        return record
 
 
-def _train(
-    trials: Sequence[Trial],
-    configs: Mapping[Trial, DictConfig],
-    hashes: Mapping[Trial, str],
-    context: Context,
-    trials_dir: Path,
-) -> None:
-    """Train `trials` on the sequential engine, each an MLflow run logged and recorded as soon as it ends."""
-    import logging
-
-    from mlflow import MlflowClient
-
+def _train(trials: Sequence[Trial], recorder: Recorder) -> None:
+    """Train `trials` on the sequential engine, each recorded as soon as it ends; a baseline keeps its per-epoch
+    weights and optimizer variables, and the test accuracy of each epoch's weights."""
     from src.training import fit
 
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # every run traces its train step anew: expected
-    recorders = {index: EpochWeights() for index, trial in enumerate(trials) if trial.setting.kind == BASELINE}
+    recorders = {index: replay.EpochWeights() for index, trial in enumerate(trials) if trial.setting.kind == BASELINE}
     specs = [
         fit.TrialSpec(
-            configs[trial],
-            context.data_path,
+            recorder.configs[trial],
+            recorder.context.data_path,
             score_test=True,
             callbacks=[recorders[index]] if index in recorders else [],
             verbose=0,
         )
         for index, trial in enumerate(trials)
     ]
-    client = MlflowClient()
     open_runs: dict[int, str] = {}
 
     def start(index: int) -> None:
-        trial = trials[index]
-        tags = _tags(trial, hashes[trial], context) | {"replayed": "false"}
-        open_runs[index] = client.create_run(context.experiment_id, run_name=trial.run_name, tags=tags).info.run_id
+        open_runs[index] = recorder.start(trials[index])
 
     def finish(index: int, result: fit.FitResult) -> None:
-        trial, run_id = trials[index], open_runs[index]
-        folder = trial.folder(trials_dir)
+        trial = trials[index]
+        folder = trial.folder(recorder.trials_dir)
         extra: dict[str, Any] = {}
         if index in recorders:
-            save_weights(folder / WEIGHTS, recorders[index].epochs)
-            extra["epoch_test_accuracy"] = epoch_test_accuracy(specs[index], recorders[index].epochs)
+            replay.save_arrays(folder / replay.WEIGHTS, recorders[index].epochs)
+            replay.save_arrays(folder / replay.OPTIMIZER_STATES, recorders[index].optimizer_states)
+            extra["epoch_test_accuracy"] = replay.epoch_test_accuracy(specs[index], recorders[index].epochs)
         log_dir = folder / "tensorboard"
         if log_dir.is_dir():  # measured, then deleted: the cost study keeps the time, not the logs
             extra["tensorboard_bytes"] = sum(path.stat().st_size for path in log_dir.rglob("*") if path.is_file())
-        for written in ("tensorboard", "checkpoint"):
-            shutil.rmtree(folder / written, ignore_errors=True)
-        record = _record(trial, hashes[trial], run_id, result.status, result.diverged_epoch, result.history)
-        record["metrics"] |= {
-            "test_accuracy": result.test.accuracy if result.test else None,
-            "test_loss": result.test.loss if result.test else None,
-            "wall_seconds": result.train_seconds,
-            "model_epoch": result.model_epoch,
-        }
-        record |= {"model_weights": result.model_weights, "replayed": False} | extra
-        _log(client, run_id, configs[trial], record, result.model_tags())
-        client.set_terminated(run_id, FINISHED)
-        del open_runs[index]
-        write_text_atomic(folder / RECORD, json.dumps(json_safe(record), indent=1) + "\n")
-        accuracy = record["metrics"]["test_accuracy"]
-        shown = "n/a" if accuracy is None else f"{accuracy:.4f}"
-        print(f"{trial.run_name}: test accuracy {shown}, {result.train_seconds:.1f} s", flush=True)
+            shutil.rmtree(log_dir)
+        recorder.finish(trial, open_runs.pop(index), result, result.train_seconds, extra)
 
     try:
         fit.fit_trials(specs, fit.SequentialEngine(), on_start=start, on_result=finish)
     except BaseException as error:
         for run_id in open_runs.values():
-            client.set_terminated(run_id, KILLED if isinstance(error, KeyboardInterrupt) else FAILED)
+            recorder.fail(run_id, error)
         raise
 
 
-def _replayer(trial: Trial, trials_dir: Path) -> tuple[dict[str, Any], Replayer]:
-    """The baseline record of `trial`'s optimizer and seed, and a Replayer over its recorded epochs and weights."""
-    folder = Trial(trial.optimizer, Setting(BASELINE), trial.seed, trial.epochs).folder(trials_dir)
-    baseline = read_record(folder)
-    if baseline is None:
-        raise FileNotFoundError(f"{trial.run_name}: no baseline run in {folder} to replay from")
-    history = baseline["history"]
-    epochs = [{key: values[epoch] for key, values in history.items()} for epoch in range(len(history["loss"]))]
-    return baseline, Replayer(epochs, load_weights(folder / WEIGHTS))
+@dataclass
+class Baseline:
+    """A baseline run's record, its per-epoch logs, weights and optimizer variables, and one Replayer over them."""
+
+    record: dict[str, Any]
+    epochs: list[dict[str, float]]
+    weights: list[list[Any]]
+    optimizer_states: list[list[Any]]
+    replayer: replay.Replayer
+
+    @classmethod
+    def read(cls, trial: Trial, trials_dir: Path) -> Baseline:
+        folder = Trial(trial.optimizer, Setting(BASELINE), trial.seed, trial.epochs).folder(trials_dir)
+        record = read_record(folder)
+        if record is None:
+            raise FileNotFoundError(f"{trial.run_name}: no baseline run in {folder} to start from")
+        history = record["history"]
+        epochs = [{key: values[epoch] for key, values in history.items()} for epoch in range(len(history["loss"]))]
+        weights = replay.load_arrays(folder / replay.WEIGHTS)
+        states = replay.load_arrays(folder / replay.OPTIMIZER_STATES)
+        return cls(record, epochs, weights, states, replay.Replayer(epochs, weights))
+
+    def wall_seconds(self, shared_epochs: int, own_seconds: float = 0.0) -> float:
+        """The baseline's `model.fit` time with the epochs after the first `shared_epochs` replaced by
+        `own_seconds`."""
+        skipped = sum(self.record["history"]["epoch_seconds"][shared_epochs:])
+        return self.record["metrics"]["wall_seconds"] - skipped + own_seconds
 
 
-def _replay(
-    trial: Trial,
-    cfg: DictConfig,
-    config_hash: str,
-    context: Context,
-    trials_dir: Path,
-    baseline: Mapping[str, Any],
-    replayer: Replayer,
-) -> None:
-    """Replay `trial` over its seed's baseline: an MLflow run (tagged `replayed`, `replayed_from`) and a record."""
-    from mlflow import MlflowClient
-
+def _spec(trial: Trial, recorder: Recorder) -> Any:
     from src.training import fit
 
-    started = time.perf_counter()
-    outcome = replayer.replay(fit.TrialSpec(cfg, context.data_path, score_test=True, verbose=0))
-    shutil.rmtree(trial.folder(trials_dir) / "checkpoint", ignore_errors=True)
-    skipped = sum(baseline["history"]["epoch_seconds"][outcome.epochs_trained :])
-    client = MlflowClient()
-    tags = _tags(trial, config_hash, context) | {"replayed": "true", "replayed_from": baseline["run_id"]}
-    run_id = client.create_run(context.experiment_id, run_name=trial.run_name, tags=tags).info.run_id
-    status = "diverged" if outcome.diverged_epoch else FINISHED
-    record = _record(trial, config_hash, run_id, status, outcome.diverged_epoch, outcome.history)
-    record["metrics"] |= {
-        "test_accuracy": outcome.test.accuracy if outcome.test else None,
-        "test_loss": outcome.test.loss if outcome.test else None,
-        "wall_seconds": baseline["metrics"]["wall_seconds"] - skipped,
-        "model_epoch": outcome.model_epoch,
-        "replay_seconds": time.perf_counter() - started,
-    }
-    record |= {"model_weights": outcome.model_weights, "replayed": True, "replayed_from": baseline["run_id"]}
-    model_tags = {"model_weights": outcome.model_weights, "model_epoch": str(outcome.model_epoch)}
+    return fit.TrialSpec(recorder.configs[trial], recorder.context.data_path, score_test=True, verbose=0)
+
+
+def _replay(trial: Trial, baseline: Baseline, recorder: Recorder) -> None:
+    """An EarlyStopping or ModelCheckpoint run, replayed over its baseline (tags `replayed_from`)."""
+    run_id = recorder.start(trial, {"replayed_from": baseline.record["run_id"]})
     try:
-        _log(client, run_id, cfg, record, model_tags)
-    except BaseException:
-        client.set_terminated(run_id, FAILED)
+        outcome = baseline.replayer.replay(_spec(trial, recorder))
+        shutil.rmtree(trial.folder(recorder.trials_dir) / "checkpoint", ignore_errors=True)
+        wall = baseline.wall_seconds(outcome.epochs_trained)
+        recorder.finish(trial, run_id, outcome, wall, {"from_run_id": baseline.record["run_id"]})
+    except BaseException as error:
+        recorder.fail(run_id, error)
         raise
-    client.set_terminated(run_id, FINISHED)
-    write_text_atomic(trial.folder(trials_dir) / RECORD, json.dumps(json_safe(record), indent=1) + "\n")
 
 
-def _record(
-    trial: Trial,
-    config_hash: str,
-    run_id: str,
-    status: str,
-    diverged: int | None,
-    history: Mapping[str, Sequence[float]],
-) -> dict[str, Any]:
-    """trial.json: what the report reads of a finished run."""
-    from src.training.fit import summarize_history
-
-    metrics = summarize_history(history) if history.get("val_accuracy") else {}
-    metrics["epochs_trained"] = len(history.get("loss", []))
-    return {
-        "config_hash": config_hash,
-        "optimizer": trial.optimizer,
-        "setting": trial.setting.name,
-        "label": trial.setting.label,
-        "kind": trial.setting.kind,
-        "seed": trial.seed,
-        "budget_epochs": trial.epochs,
-        "status": status,
-        "diverged_epoch": diverged,
-        "run_id": run_id,
-        "run_name": trial.run_name,
-        "metrics": metrics,
-        "history": {key: [float(v) for v in values] for key, values in history.items()},
-    }
-
-
-def _log(client: Any, run_id: str, cfg: DictConfig, record: Mapping[str, Any], model_tags: Mapping[str, str]) -> None:
-    from src.tracking import config_params
-    from src.tracking.parent import log_batched
-
-    choices = {"optimizer": record["optimizer"], "model": str(cfg.model._target_).rsplit(".", 1)[-1], "data": "mnist"}
-    metrics = {key: float(value) for key, value in record["metrics"].items() if value is not None}
-    tags = {"diverged": "true" if record["diverged_epoch"] else "false", **model_tags}
-    log_batched(
-        client, run_id, metrics=metrics, params=config_params(cfg, choices), tags=tags, history=record["history"]
-    )
+def _fork(trial: Trial, baseline: Baseline, recorder: Recorder) -> None:
+    """A ReduceLROnPlateau run: forked from its baseline where it first changes the learning rate (tags
+    `forked_from`, `forked_after_epoch`), or its baseline's outcome when it never changes it before the end."""
+    spec = _spec(trial, recorder)
+    branch = replay.first_change(spec, baseline.epochs)
+    shared = len(baseline.epochs) if branch is None else branch + 1
+    tags = {"forked_from": baseline.record["run_id"], "forked_after_epoch": str(shared)}
+    run_id = recorder.start(trial, tags)
+    extra = {"from_run_id": baseline.record["run_id"], "forked_after_epoch": shared}
+    try:
+        if shared >= len(baseline.epochs):  # no change, or only after the last epoch: the run is its baseline
+            outcome = baseline.replayer.replay(spec)
+            recorder.finish(trial, run_id, outcome, baseline.wall_seconds(shared), extra)
+            return
+        result = replay.fork(spec, baseline.epochs, baseline.weights, baseline.optimizer_states, branch)  # type: ignore[arg-type]
+        own = sum(result.history["epoch_seconds"][shared:])  # its first own epoch traces the train step again
+        recorder.finish(trial, run_id, result, baseline.wall_seconds(shared, own), extra)
+    except BaseException as error:
+        recorder.fail(run_id, error)
+        raise
