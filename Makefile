@@ -25,7 +25,7 @@ SWEEP ?= optimizer=adam,adagrad,rmsprop
 
 .DEFAULT_GOAL := help
 FORCE:
-.PHONY: help install run fair sweep hw3 bench bench-vectorized test test-fast test-cluster ui server db db-stop db-rm plots screenshots lint format lock clean serve
+.PHONY: help install run fair callbacks sweep hw3 bench bench-vectorized test test-fast test-cluster ui server db db-stop db-rm plots screenshots lint format lock clean serve
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -53,6 +53,10 @@ run: install ## the DVC pipeline: fetch MNIST, train + score each optimizer x se
 fair: install ## the fair comparison: each optimizer's learning rate tuned (equal budget), judged over seeds on two workloads (dvc repro fair/dvc.yaml, ~9 min here)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro fair/dvc.yaml
 	@echo "Report: reports/fair/fair.md (+ lr_sensitivity.png, curves.png, budget.png); how to read it: docs/fair.md"
+
+callbacks: install ## the callback study: EarlyStopping, ModelCheckpoint, ReduceLROnPlateau, TensorBoard vs none, at the fair report's tuned rates (dvc repro callbacks/dvc.yaml)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro callbacks/dvc.yaml
+	@echo "Report: reports/callbacks/callbacks.md (+ pareto.png); how to read it: docs/callbacks.md"
 
 sweep: install ## a Hydra sweep outside DVC (SWEEP="optimizer=adam,adagrad,rmsprop" by default)
 	$(BIN)/python -m src.train -m $(SWEEP)
