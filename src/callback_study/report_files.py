@@ -197,23 +197,24 @@ def _stop_line(results: Sequence[OptimizerResult], name: str, budget: int) -> st
     )
 
 
-def _restore_effect(results: Sequence[OptimizerResult]) -> tuple[list[float], int]:
-    """Per optimizer and EarlyStopping pair (restore_best_weights true vs false, all else equal), the mean over seeds
-    of the difference in the kept model's test accuracy; and how many pairs there are."""
+def _restore_effect(results: Sequence[OptimizerResult]) -> list[tuple[int, float]]:
+    """Per optimizer and EarlyStopping pair (restore_best_weights true vs false, all else equal): its patience and
+    the mean over seeds of the difference in the kept model's test accuracy (with minus without)."""
     effects = []
     for r in results:
         by_keys = {tuple(s.setting.options): s for s in r.settings if s.setting.kind == EARLY_STOPPING}
         for options, with_restore in by_keys.items():
             if ("restore_best_weights", True) not in options:
                 continue
-            without = by_keys.get(
-                tuple(("restore_best_weights", False) if o == ("restore_best_weights", True) else o for o in options)
+            plain = tuple(
+                ("restore_best_weights", False) if o == ("restore_best_weights", True) else o for o in options
             )
-            if without is not None:
-                effects.append(
-                    statistics.fmean(with_restore.scores[seed] - without.scores[seed] for seed in with_restore.scores)
+            if (without := by_keys.get(plain)) is not None:
+                gain = statistics.fmean(
+                    with_restore.scores[seed] - without.scores[seed] for seed in with_restore.scores
                 )
-    return effects, len(effects) // max(len(results), 1)
+                effects.append((int(with_restore.setting.keys.get("patience", 0)), gain))
+    return effects
 
 
 def answer_lines(study: Study, results: Sequence[OptimizerResult], cost: CostResult) -> list[str]:
@@ -222,13 +223,19 @@ def answer_lines(study: Study, results: Sequence[OptimizerResult], cost: CostRes
     stops = [name for name in ("es-val_loss-p0", "es-val_loss-p5-restore") if _has(results, name)]
     if stops:
         lines.append("**EarlyStopping.** " + "; ".join(_stop_line(results, name, study.epochs) for name in stops) + ".")
-    effects, pairs = _restore_effect(results)
+    effects = _restore_effect(results)
     if effects:
+        gains = [gain for _, gain in effects]
+        by_patience = {
+            patience: statistics.fmean(gain for p, gain in effects if p == patience)
+            for patience in sorted({p for p, _ in effects})
+        }
+        per_patience = ", ".join(f"patience {p}: {pp(gain)}" for p, gain in by_patience.items())
         lines.append(
-            f"**restore_best_weights** (keep the best epoch, not the last): over the {pairs} EarlyStopping settings"
-            f" that differ only in it and the {len(results)} optimizers, it moves the kept model's test accuracy by"
-            f" {pp(statistics.fmean(effects))} pp on average (from {pp(min(effects))} to {pp(max(effects))}):"
-            " it matters when a run stops long after its best epoch, i.e. with a large patience."
+            f"**restore_best_weights** (keep the best epoch, not the last): over the {len(effects)} EarlyStopping"
+            f" settings x optimizers that differ only in it, it moves the kept model's test accuracy by"
+            f" {pp(statistics.fmean(gains))} pp on average (from {pp(min(gains))} to {pp(max(gains))}; {per_patience}"
+            " pp; descriptive, seed by seed); it can only matter where a run ends after its best epoch."
         )
     checkpoints = [s.name for s in results[0].settings if s.setting.kind == MODEL_CHECKPOINT]
     if checkpoints:
