@@ -35,9 +35,10 @@ def record(accuracy: float | None, epochs: int, kept: int, status: str = "FINISH
 
 
 def baseline_runs() -> dict[int, dict[str, Any]]:
-    """Best validation epoch 4 of 10; the test accuracy of each epoch's weights peaks at 0.975 there."""
-    curve = [0.9, 0.95, 0.96, 0.975, 0.972, 0.971, 0.97, 0.97, 0.97, 0.97]
-    runs = {seed: record(0.97 + seed * 1e-4, 10, 10, epoch_test_accuracy=curve) | {"how": "trained"} for seed in SEEDS}
+    """Best validation epoch 4 of 10, whose weights score 0.975 on the test set."""
+    runs = {
+        seed: record(0.97 + seed * 1e-4, 10, 10, best_epoch_test_accuracy=0.975) | {"how": "trained"} for seed in SEEDS
+    }
     for run in runs.values():
         run["metrics"]["best_epoch"] = 4
     return runs
@@ -132,7 +133,6 @@ def study_files(tmp_path: Path) -> settings.Study:
         "tensorboard": config["tensorboard"] | {"seeds": [1, 2]},
     }
     study = settings.read_study(config)
-    curve = [0.95, 0.97, 0.972, 0.971] + [0.97] * (study.epochs - 4)
     for optimizer in study.optimizers:
         for trial in settings.budget_trials(study, optimizer):
             kind = trial.setting.kind
@@ -140,7 +140,7 @@ def study_files(tmp_path: Path) -> settings.Study:
             run = record(0.97 + trial.seed * 1e-4 - (0.001 if stop == 4 else 0.0), stop, stop)
             run |= {"history": {"epoch_seconds": [0.5] * stop}, "how": "trained" if kind == BASELINE else "replayed"}
             if kind == BASELINE:
-                run |= {"epoch_test_accuracy": curve}
+                run |= {"best_epoch_test_accuracy": 0.972}
                 run["metrics"]["best_epoch"] = 3
             _write(trial.folder(study.trials_dir), run, json)
     for trial in settings.cost_trials(study):

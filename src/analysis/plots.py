@@ -265,25 +265,26 @@ class ParetoPoint:
     marker: str = "o"
     colour: str = OTHER_COLOUR
     filled: bool = True
+    on_frontier: bool = False
 
 
 def pareto(
-    panels: Sequence[tuple[str, Sequence[ParetoPoint], Sequence[str]]],
+    panels: Sequence[tuple[str, Sequence[ParetoPoint]]],
     path: Path,
     xlabel: str,
     ylabel: str,
     suptitle: str = "",
     y_scale: float = 100.0,
 ) -> None:
-    """One panel per (title, points, frontier labels): each point its mean with 95 % interval bars on both axes,
-    the frontier (the points no other beats on both axes: fewer x and more y) joined by a dashed step line and
-    named; one legend for all panels (a label appears once)."""
+    """One panel per (title, points): each point its mean with 95 % interval bars on both axes, the points marked
+    `on_frontier` (no other beats them on both axes: fewer x and more y) joined by a dashed step line and named;
+    one legend for all panels (a label appears once)."""
     pyplot = _pyplot()
     figure, axes_row = pyplot.subplots(
         1, len(panels), figsize=(PAGE_WIDTH, 4.6), squeeze=False, layout="constrained", sharey=False
     )
     seen: dict[str, Any] = {}
-    for axes, (title, points, frontier) in zip(axes_row[0], panels, strict=True):
+    for axes, (title, points) in zip(axes_row[0], panels, strict=True):
         for point in points:
             xerr = _half_width(point.x)
             yerr = _half_width(point.y, y_scale)
@@ -301,7 +302,7 @@ def pareto(
                 alpha=0.9,
             )
             seen.setdefault(point.label, drawn)
-        on_front = sorted((p for p in points if p.label in frontier), key=lambda p: p.x.mean)
+        on_front = sorted((p for p in points if p.on_frontier), key=lambda p: p.x.mean)
         if on_front:
             xs = [p.x.mean for p in on_front]
             ys = [p.y.mean * y_scale for p in on_front]

@@ -127,17 +127,14 @@ class Replayer:
         return Replayed(history, weights_kind, model_epoch, test, diverged_epoch(history, limit))
 
 
-def epoch_test_accuracy(spec: fit.TrialSpec, weights: Sequence[Sequence[np.ndarray]]) -> list[float]:
-    """The test accuracy of a run's model after each epoch (its recorded weights): the curve the report draws and
-    what "the baseline's best epoch" scored."""
+def test_accuracy_of(spec: fit.TrialSpec, weights: Sequence[np.ndarray]) -> float:
+    """The test accuracy of the spec's model holding `weights` (one epoch's recorded weights): what "the
+    baseline's best epoch" scored."""
     built = fit.build(spec)
     splits = spec.splits()
     batch_size = spec.cfg.train.get("validation_batch_size") or spec.cfg.train.batch_size
-    scores = []
-    for epoch_weights in weights:
-        built.model.set_weights(epoch_weights)
-        scores.append(fit.score(built.model, splits.x_test, splits.y_test, batch_size).accuracy)
-    return scores
+    built.model.set_weights(weights)
+    return fit.score(built.model, splits.x_test, splits.y_test, batch_size).accuracy
 
 
 # ------------------------------------------------------------------------------------------------

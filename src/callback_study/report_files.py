@@ -363,8 +363,9 @@ def markdown(study: Study, rates: dict[str, float], results: Sequence[OptimizerR
         "*How to read it:* one panel per optimizer, one marker per setting at its mean epochs trained and mean test"
         " accuracy of the kept model, bars the 95 % intervals over the seeds. Square: the baseline; circles:"
         " EarlyStopping (blue val_loss, orange val_accuracy; filled with restore_best_weights); diamonds:"
-        " ModelCheckpoint's best; stars: ReduceLROnPlateau. The dashed line joins the frontier, the settings no"
-        " other beats on both axes; up and to the left is better.",
+        " ModelCheckpoint's best (filled: val_accuracy, open: val_loss); stars: ReduceLROnPlateau (filled: the"
+        " first pair). The dashed line joins the frontier, the settings no other beats on both axes, named; up"
+        " and to the left is better.",
         "",
         "## TensorBoard's cost",
         "",
@@ -445,14 +446,20 @@ def cost_rows(cost: CostResult) -> list[list[Any]]:
 
 
 def pareto_points(result: OptimizerResult) -> list[plots.ParetoPoint]:
-    points = []
+    """A marker per setting: its shape by callback, EarlyStopping's colour by monitor and filled with
+    restore_best_weights; the first setting of another callback filled, the next ones open."""
+    points, seen = [], set()
     for s in result.settings:
-        keys = s.setting.keys
-        kind = s.setting.kind
+        keys, kind = s.setting.keys, s.setting.kind
         colour = MONITOR_COLOURS.get(keys.get("monitor"), "#2ca02c") if kind == EARLY_STOPPING else COLOURS[kind]
-        filled = kind != EARLY_STOPPING or bool(keys.get("restore_best_weights"))
+        filled = bool(keys.get("restore_best_weights")) if kind == EARLY_STOPPING else kind not in seen
+        seen.add(kind)
         short = s.name.removeprefix("es-")
-        points.append(plots.ParetoPoint(s.setting.label, short, s.epochs, s.accuracy, MARKERS[kind], colour, filled))
+        points.append(
+            plots.ParetoPoint(
+                s.setting.label, short, s.epochs, s.accuracy, MARKERS[kind], colour, filled, s.name in result.frontier
+            )
+        )
     return points
 
 
@@ -473,7 +480,7 @@ def write(study: Study, rates: dict[str, float], results: Sequence[OptimizerResu
         for s in r.settings
     ]
     write_text_atomic(folder / "pareto.json", json.dumps(pareto, indent=1) + "\n")
-    panels = [(f"{r.optimizer} (lr {r.learning_rate:g})", pareto_points(r), r.frontier) for r in results]
+    panels = [(f"{r.optimizer} (lr {r.learning_rate:g})", pareto_points(r)) for r in results]
     plots.pareto(
         panels,
         folder / "pareto.png",

@@ -110,7 +110,7 @@ class OptimizerResult:
     def best_epoch_accuracy(self) -> dict[int, float]:
         """Per seed, the test accuracy of the baseline's weights at its best validation-accuracy epoch."""
         return {
-            seed: record["epoch_test_accuracy"][int(record["metrics"]["best_epoch"]) - 1]
+            seed: record["best_epoch_test_accuracy"]
             for seed, record in self.baseline.runs.items()
             if not failed(record)
         }

@@ -3,8 +3,8 @@
 - trained: the baselines and the TensorBoard cost runs, through src/training/fit.py on the sequential engine
   (plain `model.fit` with the real Keras callbacks of their config: the vectorized engine runs no callbacks, and
   a baseline trained by it would differ from a real run in float32 rounding). A baseline also keeps its weights
-  and optimizer variables after every epoch (weights.npz, optimizer.npz) and the test accuracy of those weights
-  (`epoch_test_accuracy`), for the replays, the forks and "the baseline's best epoch";
+  and optimizer variables after every epoch (weights.npz, optimizer.npz), for the replays and the forks, and the
+  test accuracy of its best validation epoch's weights (`best_epoch_test_accuracy`, "the baseline's best epoch");
 - replayed: EarlyStopping and ModelCheckpoint, whose real callbacks are fed the baseline's recorded epochs
   (replay.py: a run with them is its baseline until they act);
 - forked: ReduceLROnPlateau, a real run that starts from the baseline's state at the end of the epoch where it
@@ -192,8 +192,9 @@ class Recorder:
 
 def _train(trials: Sequence[Trial], recorder: Recorder) -> None:
     """Train `trials` on the sequential engine, each recorded as soon as it ends; a baseline keeps its per-epoch
-    weights and optimizer variables, and the test accuracy of each epoch's weights."""
+    weights and optimizer variables, and the test accuracy of its best validation epoch's weights."""
     from src.training import fit
+    from src.training.fit import summarize_history
 
     recorders = {index: replay.EpochWeights() for index, trial in enumerate(trials) if trial.setting.kind == BASELINE}
     specs = [
@@ -218,7 +219,9 @@ def _train(trials: Sequence[Trial], recorder: Recorder) -> None:
         if index in recorders:
             replay.save_arrays(folder / replay.WEIGHTS, recorders[index].epochs)
             replay.save_arrays(folder / replay.OPTIMIZER_STATES, recorders[index].optimizer_states)
-            extra["epoch_test_accuracy"] = replay.epoch_test_accuracy(specs[index], recorders[index].epochs)
+            best = summarize_history(result.history)["best_epoch"]
+            weights = recorders[index].epochs[best - 1]
+            extra["best_epoch_test_accuracy"] = replay.test_accuracy_of(specs[index], weights)
         log_dir = folder / "tensorboard"
         if log_dir.is_dir():  # measured, then deleted: the cost study keeps the time, not the logs
             extra["tensorboard_bytes"] = sum(path.stat().st_size for path in log_dir.rglob("*") if path.is_file())
