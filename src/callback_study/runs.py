@@ -34,7 +34,7 @@ from omegaconf import DictConfig
 from src.analysis.replicates import DIVERGED, FAILED, FINISHED, KILLED
 from src.callback_study import replay
 from src.callback_study.records import RECORD, read_record
-from src.callback_study.settings import BASELINE, REDUCE_LR, Setting, Trial, trial_config
+from src.callback_study.settings import BASELINE, REDUCE_LR, TENSORBOARD, Setting, Trial, trial_config
 from src.infra.files import json_safe, write_text_atomic
 from src.training import resume
 
@@ -201,7 +201,7 @@ def _train(trials: Sequence[Trial], recorder: Recorder) -> None:
         fit.TrialSpec(
             recorder.configs[trial],
             recorder.context.data_path,
-            score_test=True,
+            score_test=trial.setting.kind != TENSORBOARD,  # a cost run is timed, not scored
             callbacks=[recorders[index]] if index in recorders else [],
             verbose=0,
         )
