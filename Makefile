@@ -54,7 +54,7 @@ fair: install ## the fair comparison: each optimizer's learning rate tuned (equa
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro fair/dvc.yaml
 	@echo "Report: reports/fair/fair.md (+ lr_sensitivity.png, curves.png, budget.png); how to read it: docs/fair.md"
 
-callbacks: install ## the callback study: EarlyStopping, ModelCheckpoint, ReduceLROnPlateau, TensorBoard vs none, at the fair report's tuned rates (callbacks/dvc.yaml, ~10 min)
+callbacks: install ## the callback study: EarlyStopping, ModelCheckpoint, ReduceLROnPlateau, TensorBoard vs none, at the fair report's tuned rates (callbacks/dvc.yaml, ~8 min here)
 	@# MNIST (the root pipeline's fetch), then the study's own stages only (--single-item): it reads the committed
 	@# fair report, so a changed one reruns the study, but `make callbacks` never retrains the fair comparison
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro fetch
