@@ -29,7 +29,7 @@ EQUIVALENCE_SETTINGS = [
     Setting(MODEL_CHECKPOINT, (("monitor", "val_accuracy"), ("save_best_only", True))),
     Setting(MODEL_CHECKPOINT, (("monitor", "val_loss"), ("save_best_only", True))),
     Setting(REDUCE_LR, (("factor", 0.5), ("patience", 1))),  # forked from the baseline where it first acts
-    Setting(REDUCE_LR, (("factor", 0.1), ("patience", 2))),
+    Setting(REDUCE_LR, (("factor", 0.1), ("patience", 1), ("cooldown", 1))),
 ]
 EPOCHS = 8
 
