@@ -355,6 +355,7 @@ LONGEST_FIRST = (
     "test_sweep_stats",
     "test_vectorized",
     "test_dvc_clean",
+    "test_callback_study",
     "test_bad_input",
     "test_secrets",
     "test_data",

@@ -8,7 +8,17 @@ from __future__ import annotations
 from src.training.config import PROJECT_ROOT
 from tests.test_dvc_deps import direct_imports
 
-LAYERS = {"infra": 0, "analysis": 1, "training": 2, "tracking": 3, "train": 4, "stages": 4, "fair": 4, "callback_study": 4, "homework": 4}
+LAYERS = {
+    "infra": 0,
+    "analysis": 1,
+    "training": 2,
+    "tracking": 3,
+    "train": 4,
+    "stages": 4,
+    "fair": 4,
+    "callback_study": 4,
+    "homework": 4,
+}
 
 
 def modules() -> list[str]:
