@@ -311,7 +311,7 @@ def test_the_report_opens_with_a_five_line_answer_and_times_each_target(protocol
         ("fair.targets.mlp=[0.9,1.5]", "1.5 is outside (0, 1]"),
         ("fair.targets.mlp=[0]", "0 is outside (0, 1]"),
         ("fair.workloads=[rnn]", "'rnn' has no conf/workload/rnn.yaml"),
-            ("data=fashion_mnist", "use fair.workloads"),
+        ("data=fashion_mnist", "use fair.workloads"),
         ("optimizer=sgd", "use fair.optimizers"),
         ("fair.engine=gpu", "fair.engine='gpu' is invalid: use one of vectorized, sequential"),
         ("fair.memory_budget_mb=0", "fair.memory_budget_mb=0"),
