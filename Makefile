@@ -50,7 +50,7 @@ run: install ## the DVC pipeline: fetch MNIST, train + score each optimizer x se
 	@echo "Report: reports/comparison.md (+ curves.png, confusion_grid.png); HTML plots (offline): make plots"
 	@echo "Browse the runs: make ui  (then open http://$(HOST):$(PORT))"
 
-fair: install ## the fair comparison: each optimizer's learning rate tuned (equal budget), judged over seeds on three workloads (dvc repro fair/dvc.yaml, ~15-18 min here)
+fair: install ## the fair comparison: each optimizer's learning rate tuned (equal budget), judged over seeds on three workloads (dvc repro fair/dvc.yaml, ~13 min here)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro fair/dvc.yaml
 	@echo "Report: reports/fair/fair.md (+ lr_sensitivity.png, curves.png, budget.png); how to read it: docs/fair.md"
 
