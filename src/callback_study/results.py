@@ -28,8 +28,8 @@ from typing import Any
 
 from src.analysis import stats
 from src.analysis.replicates import FINISHED
-from src.callback_study.records import read_record
 from src.callback_study.settings import BASELINE, NO_TENSORBOARD, Setting, Study, Trial, budget_trials, cost_trials
+from src.infra.files import read_record
 
 FAILURE_SCORE = 0.1  # a failed run's test accuracy: chance on the 10 classes (the fair protocol's rule)
 

@@ -33,9 +33,8 @@ from omegaconf import DictConfig
 
 from src.analysis.replicates import DIVERGED, FAILED, FINISHED, KILLED
 from src.callback_study import replay
-from src.callback_study.records import RECORD, read_record
 from src.callback_study.settings import BASELINE, REDUCE_LR, TENSORBOARD, Setting, Trial, trial_config
-from src.infra.files import json_safe, write_text_atomic
+from src.infra.files import RECORD, json_safe, read_record, write_text_atomic
 from src.training import resume
 
 TRAINED, REPLAYED, FORKED = "trained", "replayed", "forked"  # how a run was had (record key `how`, tag `how`)

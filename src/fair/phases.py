@@ -24,9 +24,9 @@ from src.fair.protocol import (
     lr_text,
     tune_trials,
 )
-from src.fair.records import read_record
 from src.fair.selection import Selection, select
 from src.infra.errors import ConfigError
+from src.infra.files import read_record
 from src.training import resume
 
 if TYPE_CHECKING:

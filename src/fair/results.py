@@ -27,9 +27,9 @@ from omegaconf import DictConfig
 
 from src.analysis import replicates, stats
 from src.fair import protocol as fair
-from src.fair.records import read_record
 from src.fair.selection import Selection, select
 from src.infra.errors import ConfigError
+from src.infra.files import read_record
 
 FAILURE_SCORE = 0.1  # a failed judged run's test accuracy in the comparison: chance on the 10 classes
 

@@ -36,8 +36,7 @@ from omegaconf import DictConfig
 
 from src.analysis.replicates import FAILED, FINISHED, KILLED
 from src.fair.protocol import JUDGE, Trial, lr_text
-from src.fair.records import RECORD, read_record
-from src.infra.files import json_safe, write_text_atomic
+from src.infra.files import RECORD, json_safe, read_record, write_text_atomic
 from src.training import resume
 
 if TYPE_CHECKING:

@@ -15,6 +15,7 @@ middle of step 1 can leave a `.tmp-*` folder behind: nothing reads it, and it ca
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -142,3 +143,16 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [json_safe(item) for item in value]
     return value
+
+
+RECORD = "trial.json"  # a finished trial's record (the fair protocol's and the callback study's trial folders)
+
+
+def read_record(folder: Path, config_hash: str | None = None) -> dict[str, Any] | None:
+    """The finished trial recorded in `folder/trial.json` (of `config_hash`, when given), or None. Written once
+    the trial's MLflow run ended FINISHED; a report stage reads it without importing any training code."""
+    path = folder / RECORD
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    return record if config_hash is None or record.get("config_hash") == config_hash else None
