@@ -397,7 +397,8 @@ def test_dvc_pipeline_caches_each_optimizer_and_adding_one_runs_only_its_stages(
     sh("git", "add", "-A")
     sh("git", "commit", "-qm", "copy")
     ran = stages(sh("dvc", "repro", "fair/dvc.yaml"))
-    assert ran == ["fetch", "fetch@fashion_mnist", "optimizer@sgd", "report"]
+    # the two fetch stages are independent: DVC runs them in either order
+    assert sorted(ran[:2]) == ["fetch", "fetch@fashion_mnist"] and ran[2:] == ["optimizer@sgd", "report"]
     report = tmp_path / "reports" / "fair" / "fair.md"
     assert "| sgd |" in report.read_text()
     assert "Data and pipelines are up to date" in sh("dvc", "repro", "fair/dvc.yaml")
