@@ -263,8 +263,10 @@ def test_a_stage_for_an_optimizer_outside_the_protocol_or_a_bad_command_stops_in
 
     with pytest.raises(ConfigError, match=r"^adamm is not in the protocol: fair.optimizers=\['sgd'"):
         run_stage(["optimizer", "adamm"])
-    with pytest.raises(ConfigError, match=r"^usage: python -m src.fair.stage optimizer <name>"):
+    with pytest.raises(ConfigError, match=r"^usage: python -m src.fair.stage train \[overrides\] \| "):
         run_stage(["tune", "adam"])  # a phase needs its workload
+    with pytest.raises(ConfigError, match=r"^usage: python -m src.fair.stage train"):
+        run_stage(["trian"])
 
 
 def test_seconds_to_target_sums_the_epochs_until_it_is_reached() -> None:
@@ -361,16 +363,17 @@ def _project_copy(root: Path, mnist_dir: Path) -> None:
 
 
 @pytest.mark.slow
-def test_dvc_pipeline_caches_each_optimizer_and_adding_one_runs_only_its_stages(
+def test_dvc_pipeline_runs_each_stage_once_and_adding_an_optimizer_reruns_training_and_report(
     tmp_path: Path, mnist_dir: Path
 ) -> None:
     """`dvc repro fair/dvc.yaml` in a copy of the project: every stage once, then nothing; then, with a second
-    optimizer, `dvc status` names its stage and the report, nothing else.
+    optimizer, `dvc status` names the training stage (for the optimizer list) and the report, not the fetches.
 
     DVC's own decision of what a repro reruns is the behaviour tested here, and `dvc status` is that decision
-    without spending two more TensorFlow processes. What those stages would run is tested elsewhere: the same
-    stage template runs for real above (optimizer@sgd: tuning, then judging, one process), and the report over two
-    optimizers, the same `report.main`, in this module's `protocol` tests (sgd and adam)."""
+    without spending two more TensorFlow processes. What those stages would run is tested elsewhere: the training
+    stage runs for real above (`train`: tuning, then judging, one process), a rerun trains only the trials it has
+    no record of (test_rerunning_trains_nothing_and_a_wider_grid_trains_only_its_new_rates), and the report over
+    two optimizers, the same `report.main`, in this module's `protocol` tests (sgd and adam)."""
     import os
     import re
     import subprocess
@@ -398,16 +401,17 @@ def test_dvc_pipeline_caches_each_optimizer_and_adding_one_runs_only_its_stages(
     sh("git", "commit", "-qm", "copy")
     ran = stages(sh("dvc", "repro", "fair/dvc.yaml"))
     # the two fetch stages are independent: DVC runs them in either order
-    assert sorted(ran[:2]) == ["fetch", "fetch@fashion_mnist"] and ran[2:] == ["optimizer@sgd", "report"]
+    assert sorted(ran[:2]) == ["fetch", "fetch@fashion_mnist"] and ran[2:] == ["train", "report"]
     report = tmp_path / "reports" / "fair" / "fair.md"
     assert "| sgd |" in report.read_text()
     assert "Data and pipelines are up to date" in sh("dvc", "repro", "fair/dvc.yaml")
     preset = tmp_path / "conf" / "fair" / "default.yaml"
     preset.write_text(re.sub(r"(?m)^optimizers: \[sgd\]", "optimizers: [sgd, adam]", preset.read_text()))
     status = json.loads(sh("dvc", "status", "--json", "fair/dvc.yaml"))
-    assert sorted(status) == [f"fair/dvc.yaml:{stage}" for stage in ("optimizer@adam", "report")]
-    # the report reruns for the new optimizer in the list; the sgd stages' inputs did not change
-    assert status["fair/dvc.yaml:report"] == [{"changed deps": {"conf/fair/default.yaml": {"optimizers": "modified"}}}]
+    assert sorted(status) == [f"fair/dvc.yaml:{stage}" for stage in ("report", "train")]
+    # both rerun for the new optimizer in the list, and for nothing else: the fetches' inputs did not change
+    changed = [{"changed deps": {"conf/fair/default.yaml": {"optimizers": "modified"}}}]
+    assert status["fair/dvc.yaml:train"] == status["fair/dvc.yaml:report"] == changed
 
 
 def _png_width(path: Path) -> int:

@@ -1,8 +1,9 @@
 """`python -m src.fair [overrides]`: the whole fair comparison in one process (docs/fair.md).
 
     python -m src.fair [overrides]                      tune and judge every optimizer x workload, then report
-    python -m src.fair optimizer <name> [o]             one DVC stage (= python -m src.fair.stage optimizer ...):
-                                                        that optimizer's tuning and judging on every workload
+    python -m src.fair train [o]                        the DVC training stage (= python -m src.fair.stage train):
+                                                        every optimizer's tuning and judging, no report
+    python -m src.fair optimizer <name> [o]             one optimizer's tuning and judging on every workload
     python -m src.fair tune <optimizer> <workload> [o]  one phase of one workload by hand (judge alike)
     python -m src.fair report [overrides]               the report alone (= python -m src.fair.report)
 

@@ -85,8 +85,9 @@ def judge(protocol: Protocol, base: DictConfig, optimizer: str, workload: str) -
 
 
 def run_all(protocol: Protocol, bases: Mapping[tuple[str, str], DictConfig]) -> None:
-    """Tune, then judge, every optimizer x workload in this process (one TensorFlow import in all)."""
-    for workload in protocol.workloads:
-        for optimizer in protocol.optimizers:
-            tune(protocol, bases[(optimizer, workload)], optimizer, workload)
-            judge(protocol, bases[(optimizer, workload)], optimizer, workload)
+    """Tune, then judge, every optimizer x workload of `bases` (workload by workload, in the protocol's order) in
+    this process: one TensorFlow import in all."""
+    for number, ((optimizer, workload), base) in enumerate(bases.items(), start=1):
+        print(f"[{number}/{len(bases)}] {optimizer} on {workload}", flush=True)
+        tune(protocol, base, optimizer, workload)
+        judge(protocol, base, optimizer, workload)
