@@ -250,8 +250,8 @@ class Trial:
 
 
 def phase_dir(trials_dir: Path, workload: str, optimizer: str, phase: str) -> Path:
-    """The folder of one optimizer x workload's phase, under the optimizer's folder: the output of its DVC
-    stage (optimizer@<optimizer>, fair/dvc.yaml)."""
+    """The folder of one optimizer x workload's phase, under the optimizer's folder (fair/trials/<optimizer>/: the
+    training stage's output, fair/dvc.yaml, is fair/trials)."""
     return trials_dir / optimizer / workload / phase
 
 
