@@ -19,7 +19,7 @@ import pytest
 from omegaconf import DictConfig
 
 from src.infra.errors import ConfigError
-from src.training import data, fit, stackable, vectorized
+from src.training import data, fit, memory, stackable, vectorized
 from src.training.callbacks import EpochStats
 from src.training.config import compose
 
@@ -278,7 +278,7 @@ def test_groups_chunks_progress_and_results(mnist_dir: Path, tmp_path: Path) -> 
     order = [0, 3, 1, 4, 2]  # interleaved: adam, sgd, adam, sgd, adam
     specs = [spec(configs[i], mnist_dir, score_test=True) for i in order]
     arrays = vectorized.verified_arrays(mnist_dir / data.FILE_NAME)
-    one = vectorized.plan_group([adam], arrays, vectorized.DEFAULT_MEMORY_BUDGET)
+    one = vectorized.plan_group([adam], arrays, memory.DEFAULT_MEMORY_BUDGET)
     budget = one.shared_bytes + 2 * one.member_bytes + one.member_bytes // 2
     lines: list[str] = []
     started: list[int] = []
@@ -319,11 +319,11 @@ def test_a_budget_too_small_for_one_member_is_refused_before_training(mnist_dir:
 
 
 def test_chunks_are_balanced_and_within_the_budget() -> None:
-    plan = vectorized.plan_chunks(60, member_bytes=10, shared_bytes=100, budget=460, what="x")
+    plan = memory.plan_chunks(60, member_bytes=10, shared_bytes=100, budget=460, what="x")
     assert plan.chunk_sizes == (30, 30)
     assert all(plan.shared_bytes + size * plan.member_bytes <= 460 for size in plan.chunk_sizes)
-    assert vectorized.plan_chunks(5, 10, 100, 10**9, "x").chunk_sizes == (5,)
-    assert vectorized.plan_chunks(7, 10, 100, 130, "x").chunk_sizes == (3, 2, 2)
+    assert memory.plan_chunks(5, 10, 100, 10**9, "x").chunk_sizes == (5,)
+    assert memory.plan_chunks(7, 10, 100, 130, "x").chunk_sizes == (3, 2, 2)
 
 
 @pytest.mark.parametrize(

@@ -250,8 +250,8 @@ class Trial:
 
 
 def phase_dir(trials_dir: Path, workload: str, optimizer: str, phase: str) -> Path:
-    """The folder of one optimizer x workload's phase, under the optimizer's folder (fair/trials/<optimizer>/: the
-    training stage's output, fair/dvc.yaml, is fair/trials)."""
+    """The folder of one optimizer x workload's phase: <trials_dir>/<optimizer>/<workload>/<phase> (trials_dir is
+    fair/trials, the output of fair/dvc.yaml's `train` stage)."""
     return trials_dir / optimizer / workload / phase
 
 

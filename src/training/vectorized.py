@@ -36,8 +36,8 @@ epoch, and `src.training.callbacks.diverged_epoch` (the house rule) names the ep
 unaffected (their gradients never touch it).
 
 Memory is bounded: the members of a group are trained in chunks, each fitting `memory_budget_bytes`
-(`estimate_member_bytes`: weights, gradients, optimizer slots and their masking copies, activations at the
-batch size); a budget that cannot hold one member is refused before anything trains.
+(memory.py: what one member needs, and the chunks); a budget that cannot hold one member is refused before
+anything trains.
 """
 
 from __future__ import annotations
@@ -56,7 +56,6 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from src.infra.errors import ConfigError
 from src.training import data
 from src.training.callbacks import StopOnDivergence, diverged_epoch, effective_step_sizes, from_config
 from src.training.config import LOGGED_METRICS
@@ -70,9 +69,8 @@ from src.training.fit import (
     freeze_imported_objects,
     score,
 )
+from src.training.memory import DEFAULT_MEMORY_BUDGET, MemoryPlan, estimate_member_bytes, plan_chunks
 from src.training.stackable import container, group_key, memberwise_keys, optimizer_class, why_not_vectorized
-
-DEFAULT_MEMORY_BUDGET = 2 * 1024**3  # bytes; the fair protocol's 12 tuning trials of the MLP need ~140 MiB
 
 
 class NotVectorizable(Exception):
@@ -118,52 +116,6 @@ def _keras_order(seed: int, size: int) -> np.ndarray:
     order = next(iter(tf.data.Dataset.range(1).map(permutation))).numpy()
     order.setflags(write=False)
     return order
-
-
-# ------------------------------------------------------------------------------------------------
-# Memory
-# ------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MemoryPlan:
-    shared_bytes: int  # the images and labels, once for all chunks
-    member_bytes: int  # one member's estimate (see estimate_member_bytes)
-    chunk_sizes: tuple[int, ...]
-
-
-def estimate_member_bytes(
-    model: keras.Model, optimizer_cfg: Mapping[str, Any], batch_size: int, validation_batch_size: int, n_train: int
-) -> int:
-    """One member's memory, estimated: weights, their gradients and masking copy (3x the parameters), the
-    optimizer's slots and their masking copy (2x, counted by building the configured optimizer on `model`),
-    the activations of a training step (input, pre-activation and output of every layer, forward and backward)
-    or of a validation batch (forward only), whichever is larger, and its index arrays."""
-    item = np.dtype(keras.config.floatx()).itemsize
-    params = int(sum(np.prod(v.shape) for v in model.trainable_variables))
-    optimizer = instantiate(optimizer_cfg)
-    optimizer.build(model.trainable_variables)
-    slots = int(sum(np.prod(v.shape) for v in optimizer.variables if len(v.shape) > 0))
-    dense = _dense(model)
-    widths = int(dense[0].kernel.shape[0]) + 2 * sum(int(layer.units) for layer in dense)
-    activations = max(2 * batch_size * widths, validation_batch_size * widths) * item
-    indices = n_train * (8 + 4)  # the split's int64 positions, an epoch's int32 order
-    return item * (3 * params + 2 * slots) + activations + indices
-
-
-def plan_chunks(members: int, member_bytes: int, shared_bytes: int, budget: int, what: str) -> MemoryPlan:
-    """Chunks as equal as possible, each within `budget`; ConfigError when not even one member fits."""
-    needed = shared_bytes + member_bytes
-    if budget < needed:
-        raise ConfigError(
-            f"memory budget {budget / 2**20:.1f} MiB cannot hold one member of {what}: it needs at least"
-            f" {needed / 2**20:.1f} MiB ({shared_bytes / 2**20:.1f} MiB of shared data + {member_bytes / 2**20:.1f}"
-            " MiB per member); raise the budget"
-        )
-    most = min(members, (budget - shared_bytes) // member_bytes)
-    count = math.ceil(members / most)
-    sizes = tuple(members // count + (1 if index < members % count else 0) for index in range(count))
-    return MemoryPlan(shared_bytes, member_bytes, sizes)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -554,8 +506,10 @@ def plan_group(configs: Sequence[DictConfig], arrays: data.Arrays, budget: int) 
     limit = first.data.get("limit")
     member = _member(first, limit)
     batch_size = int(first.train.batch_size)
+    dense = _dense(member.model)
     member_bytes = estimate_member_bytes(
         member.model,
+        [int(dense[0].kernel.shape[0]), *(int(layer.units) for layer in dense)],
         container(first.optimizer),
         batch_size,
         int(first.train.get("validation_batch_size") or batch_size),
